@@ -1,0 +1,195 @@
+//! `musicgen`: the engine's command-line tool.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use musicgen_engine::pattern::{Coord, Delays, Pattern, PatternKind};
+use musicgen_engine::runtime::Runtime;
+use serde::Serialize;
+
+#[derive(Parser)]
+#[command(name = "musicgen", version, about = "MusicGen Live engine tools")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Compare codebook interleaving patterns, or draw one.
+    Patterns(PatternsArgs),
+    /// Show the ONNX Runtime library in use and its execution providers.
+    Info {
+        /// ONNX Runtime library to load instead of searching for one.
+        #[arg(long)]
+        ort_library: Option<PathBuf>,
+    },
+}
+
+#[derive(clap::Args)]
+struct PatternsArgs {
+    /// Length of the generated audio.
+    #[arg(long, default_value_t = 30.0)]
+    seconds: f64,
+    /// Codec frames per second.
+    #[arg(long, default_value_t = 50.0)]
+    frame_rate: f64,
+    /// Codebooks per frame (K).
+    #[arg(long, default_value_t = 4)]
+    codebooks: usize,
+    /// Delays for `delay` and `partial-delay`, one per codebook, e.g. 0,1,1,1.
+    #[arg(long)]
+    delays: Option<Delays>,
+    /// Draw this pattern as a grid instead of printing the table.
+    #[arg(long, value_parser = PatternKind::NAMES)]
+    show: Option<String>,
+    /// Timesteps to draw with --show.
+    #[arg(long, default_value_t = 8)]
+    frames: usize,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Serialize)]
+struct PatternRow {
+    name: &'static str,
+    description: String,
+    steps: usize,
+    frame_lag_steps: usize,
+    streamable: bool,
+}
+
+fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Patterns(args) => patterns(&args),
+        Command::Info { ort_library } => info(ort_library),
+    }
+}
+
+fn pattern_kind(name: &str, args: &PatternsArgs) -> Result<PatternKind> {
+    let kind = PatternKind::from_name(name, args.codebooks)?;
+    Ok(match (&kind, &args.delays) {
+        (PatternKind::Delay { .. }, Some(Delays(delays))) => PatternKind::Delay { delays: delays.clone() },
+        _ => kind,
+    })
+}
+
+fn patterns(args: &PatternsArgs) -> Result<()> {
+    if let Some(name) = &args.show {
+        let pattern = pattern_kind(name, args)?.build(args.frames, args.codebooks)?;
+        return match args.format {
+            Format::Json => print_json(
+                &pattern.steps()[1..]
+                    .iter()
+                    .map(|s| s.iter().map(|c| [c.t, c.k]).collect::<Vec<_>>())
+                    .collect::<Vec<_>>(),
+            ),
+            Format::Table => {
+                print!("{}", draw_grid(&pattern));
+                Ok(())
+            }
+        };
+    }
+    let frames = (args.seconds * args.frame_rate).round();
+    anyhow::ensure!(
+        frames.is_finite() && frames >= 0.0,
+        "--seconds {} at --frame-rate {} gives no frames; both must be positive",
+        args.seconds,
+        args.frame_rate
+    );
+    let timesteps = frames as usize;
+    let rows = PatternKind::NAMES
+        .iter()
+        .map(|name| {
+            let kind = pattern_kind(name, args)?;
+            let pattern = kind.build(timesteps, args.codebooks)?;
+            Ok(PatternRow {
+                name,
+                description: kind.to_string(),
+                steps: pattern.num_steps(),
+                frame_lag_steps: pattern.frame_lag_steps(),
+                streamable: pattern.is_streamable(),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    match args.format {
+        Format::Json => print_json(&rows),
+        Format::Table => {
+            println!(
+                "{timesteps} frames ({} s at {} Hz), {} codebooks\n",
+                args.seconds, args.frame_rate, args.codebooks
+            );
+            println!(
+                "{:<20} {:<28} {:>8} {:>16} {:>11}",
+                "pattern", "layout", "steps", "frame lag steps", "streamable"
+            );
+            for row in rows {
+                println!(
+                    "{:<20} {:<28} {:>8} {:>16} {:>11}",
+                    row.name,
+                    row.description,
+                    row.steps,
+                    row.frame_lag_steps,
+                    if row.streamable { "yes" } else { "no" }
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+fn print_json<T: Serialize>(value: &T) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+/// Codebook rows, timestep columns; each cell is the step that produces that token.
+fn draw_grid(pattern: &Pattern) -> String {
+    let width = pattern.num_steps().to_string().len().max(2);
+    let mut out = format!(
+        "{}: {} steps for {} frames, a frame completes {} steps after its first token\n",
+        pattern.kind(),
+        pattern.num_steps(),
+        pattern.num_timesteps(),
+        pattern.frame_lag_steps()
+    );
+    out += &format!("{:>6} ", "t =");
+    for t in 0..pattern.num_timesteps() {
+        out += &format!(" {t:>width$}");
+    }
+    out += "\n";
+    for k in 0..pattern.num_codebooks() {
+        out += &format!("{:>6} ", format!("k{k}"));
+        for t in 0..pattern.num_timesteps() {
+            out += &format!(" {:>width$}", pattern.step_of(Coord { t, k }));
+        }
+        out += "\n";
+    }
+    out += "(each cell: the decoder step that produces the token)\n";
+    out
+}
+
+fn info(ort_library: Option<PathBuf>) -> Result<()> {
+    let runtime = Runtime::init(ort_library.as_deref()).context("loading ONNX Runtime")?;
+    println!("ONNX Runtime version: {}", runtime.version());
+    println!("library:              {}", runtime.library_path().display());
+    let providers = runtime
+        .available_providers()
+        .context("asking ONNX Runtime for its execution providers")?;
+    println!("execution providers:  {}", providers.join(", "));
+    Ok(())
+}

@@ -1,0 +1,100 @@
+//! `cargo xtask`: the project's tasks, so that a fresh machine needs only cargo.
+
+mod ort;
+mod python;
+mod system;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "MusicGen Live project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Fetch the ONNX Runtime library from its official PyPI wheel into target/onnxruntime/<provider>/.
+    Ort {
+        #[arg(long, value_enum, default_value_t = ort::Provider::Cpu)]
+        provider: ort::Provider,
+    },
+    /// Export a MusicGen model to an ONNX bundle (arguments go to models/export.py; try --help).
+    Export {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// The main job: show the codebook patterns and the ONNX Runtime in use.
+    Demo,
+    /// Install what the tests need, then run fmt, clippy and every test.
+    Test,
+}
+
+fn main() -> Result<()> {
+    let root = workspace_root();
+    match Cli::parse().task {
+        Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
+        Task::Export { args } => python::export(&root, &args),
+        Task::Demo => demo(&root),
+        Task::Test => test(&root),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one folder below the workspace root")
+        .to_path_buf()
+}
+
+fn demo(root: &Path) -> Result<()> {
+    ort::ensure(root, ort::Provider::Cpu)?;
+    let musicgen = [
+        "run",
+        "--quiet",
+        "--release",
+        "--package",
+        "musicgen-engine",
+        "--bin",
+        "musicgen",
+        "--",
+    ];
+    cargo(root, &[&musicgen[..], &["patterns", "--seconds", "30"]].concat())?;
+    println!();
+    cargo(
+        root,
+        &[&musicgen[..], &["patterns", "--show", "delay", "--frames", "8"]].concat(),
+    )?;
+    println!();
+    cargo(root, &[&musicgen[..], &["info"]].concat())
+}
+
+fn test(root: &Path) -> Result<()> {
+    system::ensure_test_prerequisites()?;
+    ort::ensure(root, ort::Provider::Cpu)?;
+    cargo(root, &["fmt", "--all", "--check"])?;
+    cargo(
+        root,
+        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+    )?;
+    cargo(root, &["test", "--workspace"])
+}
+
+/// Runs cargo in the workspace root and fails if it fails.
+fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo).args(args).current_dir(root))
+}
+
+fn run(command: &mut Command) -> Result<()> {
+    let status = command.status().with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}

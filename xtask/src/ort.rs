@@ -1,0 +1,151 @@
+//! Fetches ONNX Runtime's shared libraries from the official PyPI wheels, so that no
+//! build step downloads binaries from anywhere else.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use crate::run;
+
+/// The ONNX Runtime release the engine's `ort` crate is built against (its API 1.31).
+pub const ORT_VERSION: &str = "1.31.1";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Provider {
+    Cpu,
+    Cuda,
+    Directml,
+}
+
+impl Provider {
+    fn wheel(self) -> &'static str {
+        match self {
+            Self::Cpu => "onnxruntime",
+            Self::Cuda => "onnxruntime-gpu",
+            Self::Directml => "onnxruntime-directml",
+        }
+    }
+
+    fn folder(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::Directml => "directml",
+        }
+    }
+}
+
+/// The platform's file name for the main library, as the engine looks for it.
+fn library_file_name() -> String {
+    format!(
+        "{}onnxruntime{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
+
+fn library_dir(root: &Path, provider: Provider) -> PathBuf {
+    root.join("target").join("onnxruntime").join(provider.folder())
+}
+
+/// Fetches the library unless the development copy is already there.
+pub fn ensure(root: &Path, provider: Provider) -> Result<PathBuf> {
+    let library = library_dir(root, provider).join(library_file_name());
+    if library.is_file() {
+        return Ok(library);
+    }
+    fetch(root, provider)
+}
+
+/// Downloads the provider's wheel for this platform with pip and unpacks its shared
+/// libraries to `target/onnxruntime/<provider>/`.
+pub fn fetch(root: &Path, provider: Provider) -> Result<PathBuf> {
+    let wheels = root
+        .join("target")
+        .join("onnxruntime")
+        .join("wheels")
+        .join(provider.folder());
+    fs::create_dir_all(&wheels)?;
+    let requirement = format!("{}=={ORT_VERSION}", provider.wheel());
+    println!("fetching {requirement} from PyPI with pip ...");
+    run(Command::new("python3")
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--dest",
+        ])
+        .arg(&wheels)
+        .arg(&requirement))
+    .with_context(|| format!("pip could not download {requirement}; it needs python3 with pip and access to PyPI"))?;
+    let wheel = newest_wheel(&wheels, provider)?;
+    let out = library_dir(root, provider);
+    let library = unpack_libraries(&wheel, &out)?;
+    println!(
+        "ONNX Runtime {ORT_VERSION} ({}) ready: {}",
+        provider.folder(),
+        library.display()
+    );
+    Ok(library)
+}
+
+fn newest_wheel(dir: &Path, provider: Provider) -> Result<PathBuf> {
+    let prefix = format!("{}-{ORT_VERSION}-", provider.wheel().replace('-', "_"));
+    fs::read_dir(dir)?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .find(|path| {
+            path.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".whl"))
+        })
+        .with_context(|| format!("pip reported success but no {prefix}*.whl is in {}", dir.display()))
+}
+
+/// Copies `onnxruntime/capi/*onnxruntime*` shared libraries (not the Python binding) out
+/// of the wheel, and gives the main one its plain platform name.
+fn unpack_libraries(wheel: &Path, out: &Path) -> Result<PathBuf> {
+    let file = fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
+    fs::create_dir_all(out)?;
+    let main_name = library_file_name();
+    let mut main_library = None;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i)?;
+        let entry_name = entry.name()?.into_owned();
+        let Some(name) = entry_name.strip_prefix("onnxruntime/capi/").map(str::to_owned) else {
+            continue;
+        };
+        if name.contains('/') || !is_native_library(&name) || name.contains("pybind11") {
+            continue;
+        }
+        let target = out.join(&name);
+        let mut dest = fs::File::create(&target).with_context(|| format!("writing {}", target.display()))?;
+        io::copy(&mut entry, &mut dest)?;
+        if name == main_name || name.starts_with(&format!("{main_name}.")) || is_versioned_dylib(&name) {
+            main_library = Some(target);
+        }
+    }
+    let Some(found) = main_library else {
+        bail!("{} holds no {main_name}; is it an ONNX Runtime wheel?", wheel.display());
+    };
+    let canonical = out.join(&main_name);
+    if found != canonical {
+        fs::copy(&found, &canonical)?;
+    }
+    Ok(canonical)
+}
+
+fn is_native_library(name: &str) -> bool {
+    name.ends_with(".dll") || name.ends_with(".dylib") || name.contains(".so")
+}
+
+/// macOS wheels name the library `libonnxruntime.1.31.1.dylib`.
+fn is_versioned_dylib(name: &str) -> bool {
+    name.starts_with("libonnxruntime.") && name.ends_with(".dylib")
+}

@@ -1,0 +1,62 @@
+//! Host prerequisites that cargo cannot install: Debian packages, installed with apt-get
+//! when they are missing (CI and fresh machines start bare).
+
+use std::process::Command;
+
+use anyhow::{Result, bail};
+
+use crate::run;
+
+/// Debian packages the tests need, each with the command that proves it is present.
+const TEST_PACKAGES: &[(&str, &[&str])] = &[
+    ("python3", &["python3", "--version"]),
+    ("python3-pip", &["python3", "-m", "pip", "--version"]),
+    ("python3-venv", &["python3", "-m", "venv", "--help"]),
+];
+
+pub fn ensure_test_prerequisites() -> Result<()> {
+    let missing: Vec<&str> = TEST_PACKAGES
+        .iter()
+        .filter(|(_, probe)| !succeeds(probe))
+        .map(|(package, _)| *package)
+        .collect();
+    install_debian(&missing)
+}
+
+fn succeeds(argv: &[&str]) -> bool {
+    Command::new(argv[0])
+        .args(&argv[1..])
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+fn install_debian(packages: &[&str]) -> Result<()> {
+    if packages.is_empty() {
+        return Ok(());
+    }
+    if !succeeds(&["apt-get", "--version"]) {
+        bail!("missing system packages {packages:?} and no apt-get to install them; install them by hand");
+    }
+    println!("installing Debian packages: {}", packages.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let apt = |args: &[&str]| {
+        let argv: Vec<&str> = sudo
+            .iter()
+            .copied()
+            .chain(["apt-get"])
+            .chain(args.iter().copied())
+            .collect();
+        run(Command::new(argv[0])
+            .args(&argv[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+    };
+    apt(&["update", "-q"])?;
+    apt(&[&["install", "-y", "-q", "--no-install-recommends"], packages].concat())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
