@@ -2,5 +2,7 @@
 //! dependency on the plugin, its host API or its GUI.
 
 pub mod pattern;
+pub mod playback;
+pub mod resample;
 pub mod runtime;
 pub mod sampler;

@@ -1,0 +1,207 @@
+//! The lock-free hand-over of audio from the engine's threads to the audio thread.
+//!
+//! [`playback_channel`] makes a single-producer single-consumer ring buffer of mono f32
+//! samples at the output rate. The engine pushes with [`PlaybackProducer`]; the audio
+//! callback pulls with [`PlaybackConsumer::pop`], which never allocates, locks or blocks:
+//! when the buffer runs dry it fades the last samples out, plays silence, counts the
+//! underrun, and fades back in when audio returns. [`PlaybackStats`] can be read from any
+//! thread without disturbing either side.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use ringbuf::traits::{Consumer, Observer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+/// Length of the fade at an underrun and at the recovery after it: 2 ms at 32 kHz, short
+/// enough to keep as much audio as possible, long enough to avoid a click.
+pub const FADE_SAMPLES: usize = 64;
+
+/// Counters shared by both ends; relaxed atomics, read by the GUI and the CLI.
+#[derive(Debug, Default)]
+pub struct PlaybackStats {
+    underruns: AtomicU64,
+    samples_played: AtomicU64,
+    silent_samples: AtomicU64,
+}
+
+impl PlaybackStats {
+    /// Callbacks that found the buffer with fewer samples than they needed, after audio
+    /// had started.
+    pub fn underruns(&self) -> u64 {
+        self.underruns.load(Ordering::Relaxed)
+    }
+
+    /// Samples taken from the buffer and played.
+    pub fn samples_played(&self) -> u64 {
+        self.samples_played.load(Ordering::Relaxed)
+    }
+
+    /// Samples of silence played because the buffer was empty (before the first audio too).
+    pub fn silent_samples(&self) -> u64 {
+        self.silent_samples.load(Ordering::Relaxed)
+    }
+}
+
+/// Creates a ring buffer holding `capacity` samples.
+pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer) {
+    let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
+    let stats = Arc::new(PlaybackStats::default());
+    (
+        PlaybackProducer {
+            inner: producer,
+            stats: Arc::clone(&stats),
+        },
+        PlaybackConsumer {
+            inner: consumer,
+            stats,
+            started: false,
+            fading_in: false,
+        },
+    )
+}
+
+/// The engine's end of the buffer.
+pub struct PlaybackProducer {
+    inner: HeapProd<f32>,
+    stats: Arc<PlaybackStats>,
+}
+
+impl PlaybackProducer {
+    /// Pushes as many samples as fit; returns how many did.
+    pub fn push(&mut self, samples: &[f32]) -> usize {
+        self.inner.push_slice(samples)
+    }
+
+    /// Samples waiting to be played.
+    pub fn buffered(&self) -> usize {
+        self.inner.occupied_len()
+    }
+
+    /// Room left in the buffer.
+    pub fn free(&self) -> usize {
+        self.inner.vacant_len()
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.inner.capacity().get()
+    }
+
+    pub fn stats(&self) -> &Arc<PlaybackStats> {
+        &self.stats
+    }
+}
+
+/// The audio thread's end of the buffer.
+pub struct PlaybackConsumer {
+    inner: HeapCons<f32>,
+    stats: Arc<PlaybackStats>,
+    /// Audio has been played at least once; an empty buffer before that is not an underrun.
+    started: bool,
+    /// The previous callback ran dry, so the next audio starts with a fade-in.
+    fading_in: bool,
+}
+
+impl PlaybackConsumer {
+    /// Fills `out` with the next samples, or silence where there are none. Never
+    /// allocates, locks or blocks. Returns the number of real samples written.
+    pub fn pop(&mut self, out: &mut [f32]) -> usize {
+        let got = self.inner.pop_slice(out);
+        out[got..].fill(0.0);
+        if got > 0 && self.fading_in {
+            let n = got.min(FADE_SAMPLES);
+            for (i, s) in out[..n].iter_mut().enumerate() {
+                *s *= i as f32 / n as f32;
+            }
+            self.fading_in = false;
+        }
+        if got < out.len() {
+            if got > 0 || self.started {
+                let n = got.min(FADE_SAMPLES);
+                for (i, s) in out[got - n..got].iter_mut().enumerate() {
+                    *s *= (n - i) as f32 / (n + 1) as f32;
+                }
+                self.stats.underruns.fetch_add(1, Ordering::Relaxed);
+                self.fading_in = true;
+            }
+            self.stats
+                .silent_samples
+                .fetch_add((out.len() - got) as u64, Ordering::Relaxed);
+        }
+        if got > 0 {
+            self.started = true;
+            self.stats.samples_played.fetch_add(got as u64, Ordering::Relaxed);
+        }
+        got
+    }
+
+    /// Samples waiting to be played.
+    pub fn buffered(&self) -> usize {
+        self.inner.occupied_len()
+    }
+
+    /// Forgets that audio has played, so the silence before the next stream's first
+    /// samples is not counted as an underrun.
+    pub fn reset_underrun_tracking(&mut self) {
+        self.started = false;
+        self.fading_in = false;
+    }
+
+    pub fn stats(&self) -> &Arc<PlaybackStats> {
+        &self.stats
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn samples_come_out_in_order() {
+        let (mut tx, mut rx) = playback_channel(8);
+        assert_eq!(tx.push(&[1.0, 2.0, 3.0]), 3);
+        let mut out = [9.0; 2];
+        assert_eq!(rx.pop(&mut out), 2);
+        assert_eq!(out, [1.0, 2.0]);
+        assert_eq!(tx.buffered(), 1);
+        assert_eq!(rx.stats().underruns(), 0);
+    }
+
+    #[test]
+    fn a_full_buffer_takes_what_fits() {
+        let (mut tx, _rx) = playback_channel(4);
+        assert_eq!(tx.push(&[0.5; 6]), 4);
+        assert_eq!(tx.free(), 0);
+    }
+
+    #[test]
+    fn silence_before_the_first_audio_is_not_an_underrun() {
+        let (_tx, mut rx) = playback_channel(4);
+        let mut out = [1.0; 4];
+        assert_eq!(rx.pop(&mut out), 0);
+        assert_eq!(out, [0.0; 4]);
+        assert_eq!(rx.stats().underruns(), 0);
+        assert_eq!(rx.stats().silent_samples(), 4);
+    }
+
+    #[test]
+    fn running_dry_fades_out_counts_and_fades_back_in() {
+        let (mut tx, mut rx) = playback_channel(1024);
+        tx.push(&[1.0; 200]);
+        let mut out = [0.0; 256];
+        assert_eq!(rx.pop(&mut out), 200);
+        assert_eq!(rx.stats().underruns(), 1);
+        assert_eq!(out[..136], [1.0; 136]);
+        assert!(out[199] < 0.05 && out[199] > 0.0, "tail {}", out[199]);
+        assert!(out[137..200].windows(2).all(|w| w[1] < w[0]), "fade-out is monotone");
+        assert_eq!(out[200..], [0.0; 56]);
+
+        tx.push(&[1.0; 256]);
+        assert_eq!(rx.pop(&mut out), 256);
+        assert_eq!(out[0], 0.0);
+        assert!(out[1..64].windows(2).all(|w| w[1] > w[0]), "fade-in is monotone");
+        assert_eq!(out[64..], [1.0; 192]);
+        assert_eq!(rx.stats().underruns(), 1);
+        assert_eq!(rx.stats().samples_played(), 456);
+    }
+}

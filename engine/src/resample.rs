@@ -1,0 +1,175 @@
+//! Converting the codec's sample rate to the output device's, on the producer side.
+//!
+//! Streams arrive in pieces of any length (one codec window at a time), so
+//! [`StreamResampler`] buffers input up to the resampler's fixed chunk and emits whatever
+//! output is ready. Rates are integers (Hz) and fixed per stream, so rubato's synchronous
+//! FFT resampler fits: exact ratio, no drift, a known delay. A new host rate makes a new
+//! resampler; nothing else in the engine has to change.
+
+use rubato::{FftFixedIn, Resampler};
+
+/// The host rates the engine accepts.
+pub const SUPPORTED_RATES_HZ: std::ops::RangeInclusive<u32> = 8_000..=384_000;
+
+/// Input samples per resampler chunk: 20 ms at 32 kHz, one codec frame.
+const CHUNK_FRAMES: usize = 640;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ResampleError {
+    #[error(
+        "output sample rate {rate_hz} Hz is not supported; use a rate between {} and {} Hz",
+        SUPPORTED_RATES_HZ.start(),
+        SUPPORTED_RATES_HZ.end()
+    )]
+    UnsupportedRate { rate_hz: u32 },
+    #[error("resampler from {from_hz} Hz to {to_hz} Hz: {reason}")]
+    Rubato { from_hz: u32, to_hz: u32, reason: String },
+}
+
+/// A mono streaming resampler; a pass-through when both rates are equal.
+pub struct StreamResampler {
+    input_rate_hz: u32,
+    output_rate_hz: u32,
+    inner: Option<FftFixedIn<f32>>,
+    pending: Vec<f32>,
+    chunk_out: Vec<f32>,
+}
+
+impl StreamResampler {
+    pub fn new(input_rate_hz: u32, output_rate_hz: u32) -> Result<Self, ResampleError> {
+        for rate_hz in [input_rate_hz, output_rate_hz] {
+            if !SUPPORTED_RATES_HZ.contains(&rate_hz) {
+                return Err(ResampleError::UnsupportedRate { rate_hz });
+            }
+        }
+        let inner = if input_rate_hz == output_rate_hz {
+            None
+        } else {
+            Some(
+                FftFixedIn::new(input_rate_hz as usize, output_rate_hz as usize, CHUNK_FRAMES, 2, 1).map_err(|e| {
+                    ResampleError::Rubato {
+                        from_hz: input_rate_hz,
+                        to_hz: output_rate_hz,
+                        reason: e.to_string(),
+                    }
+                })?,
+            )
+        };
+        let max_out = inner.as_ref().map_or(0, |r| r.output_frames_max());
+        Ok(Self {
+            input_rate_hz,
+            output_rate_hz,
+            inner,
+            pending: Vec::with_capacity(CHUNK_FRAMES * 2),
+            chunk_out: vec![0.0; max_out],
+        })
+    }
+
+    pub fn input_rate_hz(&self) -> u32 {
+        self.input_rate_hz
+    }
+
+    pub fn output_rate_hz(&self) -> u32 {
+        self.output_rate_hz
+    }
+
+    /// Output samples by which the resampled stream lags its input.
+    pub fn delay_frames(&self) -> usize {
+        self.inner.as_ref().map_or(0, |r| r.output_delay())
+    }
+
+    /// Resamples `input` and appends every output sample that is ready to `out`.
+    pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
+        let Some(inner) = self.inner.as_mut() else {
+            out.extend_from_slice(input);
+            return;
+        };
+        self.pending.extend_from_slice(input);
+        let mut consumed = 0;
+        while self.pending.len() - consumed >= CHUNK_FRAMES {
+            let chunk = &self.pending[consumed..consumed + CHUNK_FRAMES];
+            let (used, written) = inner
+                .process_into_buffer(&[chunk], &mut [&mut self.chunk_out[..]], None)
+                .expect("buffers are sized from the resampler's own limits");
+            consumed += used;
+            out.extend_from_slice(&self.chunk_out[..written]);
+        }
+        self.pending.drain(..consumed);
+    }
+
+    /// Pushes out what is still inside the resampler (the end of a stream), padding with
+    /// silence, and appends it to `out`.
+    pub fn flush(&mut self, out: &mut Vec<f32>) {
+        if self.inner.is_none() {
+            return;
+        }
+        let tail = CHUNK_FRAMES - self.pending.len() % CHUNK_FRAMES + self.delay_frames();
+        let silence = vec![0.0; tail.next_multiple_of(CHUNK_FRAMES)];
+        self.process(&silence, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sine(rate_hz: u32, freq_hz: f32, seconds: f32) -> Vec<f32> {
+        (0..(rate_hz as f32 * seconds) as usize)
+            .map(|i| (std::f32::consts::TAU * freq_hz * i as f32 / rate_hz as f32).sin())
+            .collect()
+    }
+
+    #[test]
+    fn equal_rates_pass_through() {
+        let mut r = StreamResampler::new(32_000, 32_000).unwrap();
+        let mut out = Vec::new();
+        r.process(&[0.25, -0.5], &mut out);
+        assert_eq!(out, [0.25, -0.5]);
+        assert_eq!(r.delay_frames(), 0);
+    }
+
+    #[test]
+    fn odd_rates_are_refused_with_the_value() {
+        let err = StreamResampler::new(32_000, 1_000).err().unwrap().to_string();
+        assert!(err.contains("1000 Hz"), "{err}");
+    }
+
+    #[test]
+    fn a_sine_keeps_its_frequency_and_length_at_44_1_khz() {
+        let input = sine(32_000, 440.0, 1.0);
+        let mut r = StreamResampler::new(32_000, 44_100).unwrap();
+        let mut out = Vec::new();
+        // Odd piece sizes, as codec windows arrive.
+        for piece in input.chunks(777) {
+            r.process(piece, &mut out);
+        }
+        r.flush(&mut out);
+        let delay = r.delay_frames();
+        assert!(out.len() >= 44_100 + delay, "{} < {}", out.len(), 44_100 + delay);
+        // Fit a 440 Hz sinusoid at the output rate (the delay is fractional) and require
+        // the rest to be at least 60 dB below it.
+        let segment = &out[delay + 1_000..delay + 43_000];
+        let w = std::f64::consts::TAU * 440.0 / 44_100.0;
+        let (mut a, mut b) = (0.0f64, 0.0f64);
+        for (i, &x) in segment.iter().enumerate() {
+            let t = (i + delay + 1_000) as f64 * w;
+            a += f64::from(x) * t.sin();
+            b += f64::from(x) * t.cos();
+        }
+        let n = segment.len() as f64;
+        let (a, b) = (2.0 * a / n, 2.0 * b / n);
+        let residual: f64 = segment
+            .iter()
+            .enumerate()
+            .map(|(i, &x)| {
+                let t = (i + delay + 1_000) as f64 * w;
+                (f64::from(x) - a * t.sin() - b * t.cos()).powi(2)
+            })
+            .sum::<f64>()
+            / n;
+        let amplitude = (a * a + b * b).sqrt();
+        let snr_db = 10.0 * ((amplitude * amplitude / 2.0) / residual).log10();
+        assert!((amplitude - 1.0).abs() < 1e-2, "amplitude {amplitude}");
+        assert!(snr_db > 60.0, "signal-to-residual {snr_db:.1} dB");
+    }
+}
