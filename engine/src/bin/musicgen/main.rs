@@ -9,6 +9,9 @@ use musicgen_engine::pattern::{Coord, Delays, Pattern, PatternKind};
 use musicgen_engine::runtime::Runtime;
 use serde::Serialize;
 
+mod play;
+mod render;
+
 #[derive(Parser)]
 #[command(name = "musicgen", version, about = "MusicGen Live engine tools")]
 struct Cli {
@@ -20,12 +23,57 @@ struct Cli {
 enum Command {
     /// Compare codebook interleaving patterns, or draw one.
     Patterns(PatternsArgs),
+    /// Generate audio through the streaming path and write it to a WAV file.
+    Render(RenderArgs),
+    /// Play a WAV file on the default audio output, if there is one.
+    Play { file: PathBuf },
     /// Show the ONNX Runtime library in use and its execution providers.
     Info {
         /// ONNX Runtime library to load instead of searching for one.
         #[arg(long)]
         ort_library: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args)]
+struct RenderArgs {
+    /// Model bundle folder (default: the tiny test bundle, models/tiny).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    #[arg(long, default_value = "warm lo-fi piano with soft drums")]
+    prompt: String,
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    #[arg(long)]
+    out: PathBuf,
+    /// Output sample rate (default: the model's).
+    #[arg(long)]
+    sample_rate: Option<u32>,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    /// Keep the k most likely tokens (0: all).
+    #[arg(long, default_value_t = 250)]
+    top_k: usize,
+    /// Keep the most likely tokens up to this probability (0: off).
+    #[arg(long, default_value_t = 0.0)]
+    top_p: f32,
+    /// Classifier-free guidance scale.
+    #[arg(long, default_value_t = 3.0)]
+    cfg: f32,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Take the most likely token at every step.
+    #[arg(long)]
+    greedy: bool,
+    /// Write the generated codes [K, T] as JSON.
+    #[arg(long)]
+    codes_out: Option<PathBuf>,
+    /// Pull audio at real-time pace, as an audio device would, and count underruns.
+    #[arg(long)]
+    realtime: bool,
+    /// ONNX Runtime library to load instead of searching for one.
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -74,6 +122,8 @@ fn main() -> Result<()> {
         .init();
     match Cli::parse().command {
         Command::Patterns(args) => patterns(&args),
+        Command::Render(args) => render::render(&args),
+        Command::Play { file } => play::play(&file),
         Command::Info { ort_library } => info(ort_library),
     }
 }

@@ -1,0 +1,77 @@
+//! `musicgen play`: a WAV file on the default output device, through the engine's playback
+//! ring buffer, so the callback is the same one the plugin runs.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
+use musicgen_engine::playback::playback_channel;
+use musicgen_engine::resample::StreamResampler;
+
+pub fn play(file: &Path) -> Result<()> {
+    let host = cpal::default_host();
+    let device_and_config = host
+        .default_output_device()
+        .ok_or_else(|| "no default output device".to_owned())
+        .and_then(|device| {
+            let config = device.default_output_config().map_err(|e| e.to_string())?;
+            Ok((device, config))
+        });
+    let (device, config) = match device_and_config {
+        Ok(found) => found,
+        Err(reason) => {
+            println!(
+                "no audio output device ({} host: {reason}); nothing played. The audio is in {}; \
+                 `musicgen render` writes WAV files without a device.",
+                host.id().name(),
+                file.display()
+            );
+            return Ok(());
+        }
+    };
+    let rate_hz = config.sample_rate();
+    let channels = usize::from(config.channels());
+
+    let mut reader = hound::WavReader::open(file).with_context(|| format!("reading {}", file.display()))?;
+    let spec = reader.spec();
+    let mono: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
+        hound::SampleFormat::Int => {
+            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|s| s as f32 / scale))
+                .collect::<Result<_, _>>()?
+        }
+    };
+    let mono: Vec<f32> = mono.chunks(usize::from(spec.channels)).map(|frame| frame[0]).collect();
+    let mut resampled = Vec::new();
+    let mut resampler = StreamResampler::new(spec.sample_rate, rate_hz)?;
+    resampler.process(&mono, &mut resampled);
+    resampler.flush(&mut resampled);
+
+    let (mut producer, mut consumer) = playback_channel(resampled.len().max(1));
+    producer.push(&resampled);
+    let mut scratch = vec![0.0f32; 16_384];
+    let stream = device.build_output_stream(
+        config.config(),
+        move |out: &mut [f32], _| {
+            for block in out.chunks_mut(scratch.len() * channels) {
+                let frames = block.len() / channels;
+                consumer.pop(&mut scratch[..frames]);
+                for (frame, &s) in block.chunks_mut(channels).zip(&scratch[..frames]) {
+                    frame.fill(s);
+                }
+            }
+        },
+        |error| eprintln!("audio output error: {error}"),
+        None,
+    )?;
+    stream.play()?;
+    println!("playing {} on the default output ({rate_hz} Hz)", file.display());
+    std::thread::sleep(Duration::from_secs_f64(
+        resampled.len() as f64 / f64::from(rate_hz) + 0.2,
+    ));
+    Ok(())
+}

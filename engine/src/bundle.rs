@@ -1,0 +1,341 @@
+//! A model bundle on disk: the `musicgen.json` manifest, the tokenizer and the ONNX graphs,
+//! and the checks that refuse a bundle whose parts disagree.
+//!
+//! Opening a bundle reads and checks the manifest only; [`Bundle::session`] loads a graph
+//! and compares its real inputs and outputs with the manifest, naming the file and the
+//! tensor when they differ. The format is documented in `models/README.md`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use ort::session::Session;
+use ort::session::builder::GraphOptimizationLevel;
+use ort::value::ValueType;
+use serde::Deserialize;
+
+use crate::pattern::{Pattern, PatternError, PatternKind};
+use crate::runtime::Runtime;
+
+/// The manifest's file name inside a bundle folder.
+pub const MANIFEST_FILE: &str = "musicgen.json";
+
+/// The manifest format this engine reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, thiserror::Error)]
+pub enum BundleError {
+    #[error("{path}: {source}\nfix: point --model at a bundle folder made by `cargo xtask export`", path = .path.display())]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("{path}: not a valid bundle manifest: {source}", path = .path.display())]
+    Manifest { path: PathBuf, source: serde_json::Error },
+    #[error("{path}: format version {found}, this engine reads version {FORMAT_VERSION}; re-export the bundle", path = .path.display())]
+    FormatVersion { path: PathBuf, found: u32 },
+    #[error("{path}: {field} is {value}: {why}", path = .path.display())]
+    Invalid {
+        path: PathBuf,
+        field: &'static str,
+        value: String,
+        why: String,
+    },
+    #[error("{path}: the manifest names no `{graph}` graph", path = .path.display())]
+    MissingGraph { path: PathBuf, graph: &'static str },
+    #[error("{path}: missing; the manifest lists it as the `{graph}` graph", path = .path.display())]
+    MissingFile { path: PathBuf, graph: &'static str },
+    #[error("{path}: {source}", path = .path.display())]
+    Pattern { path: PathBuf, source: PatternError },
+    #[error("{path}: ONNX Runtime could not load it: {source}", path = .path.display())]
+    Load { path: PathBuf, source: ort::Error },
+    #[error("{path}: {what} `{tensor}`: {problem}", path = .path.display())]
+    Tensor {
+        path: PathBuf,
+        what: &'static str,
+        tensor: String,
+        problem: String,
+    },
+}
+
+/// `musicgen.json`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub model_name: String,
+    pub sample_rate_hz: u32,
+    pub frame_rate_hz: f64,
+    pub samples_per_frame: usize,
+    pub audio_channels: usize,
+    pub num_codebooks: usize,
+    pub cardinality: usize,
+    pub special_token_id: u32,
+    pub pattern: PatternSpec,
+    pub max_frames: usize,
+    pub decoder: DecoderGeometry,
+    pub dtype: String,
+    pub quantization: String,
+    pub graphs: BTreeMap<String, GraphSpec>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct PatternSpec {
+    pub kind: String,
+    #[serde(default)]
+    pub delays: Vec<usize>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct DecoderGeometry {
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub head_dim: usize,
+    pub hidden_size: usize,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+pub struct GraphSpec {
+    pub file: String,
+    pub inputs: Vec<String>,
+    pub outputs: Vec<String>,
+}
+
+/// The graphs of a bundle, by the manifest's names for them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Graph {
+    TextEncoder,
+    CrossKv,
+    Decoder,
+    CodecDecoder,
+    CodecEncoder,
+}
+
+impl Graph {
+    pub fn key(self) -> &'static str {
+        match self {
+            Self::TextEncoder => "text_encoder",
+            Self::CrossKv => "cross_kv",
+            Self::Decoder => "decoder",
+            Self::CodecDecoder => "codec_decoder",
+            Self::CodecEncoder => "codec_encoder",
+        }
+    }
+
+    /// Graphs every bundle must have; the codec encoder is only needed to continue audio.
+    const REQUIRED: [Graph; 4] = [Self::TextEncoder, Self::CrossKv, Self::Decoder, Self::CodecDecoder];
+}
+
+/// A bundle folder with a checked manifest.
+#[derive(Clone, Debug)]
+pub struct Bundle {
+    dir: PathBuf,
+    manifest: Manifest,
+    pattern_kind: PatternKind,
+}
+
+impl Bundle {
+    pub fn open(dir: &Path) -> Result<Self, BundleError> {
+        let path = dir.join(MANIFEST_FILE);
+        let text = std::fs::read_to_string(&path).map_err(|source| BundleError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest: Manifest = serde_json::from_str(&text).map_err(|source| BundleError::Manifest {
+            path: path.clone(),
+            source,
+        })?;
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(BundleError::FormatVersion {
+                path,
+                found: manifest.format_version,
+            });
+        }
+        let invalid = |field, value: String, why: &str| BundleError::Invalid {
+            path: path.clone(),
+            field,
+            value,
+            why: why.to_owned(),
+        };
+        if manifest.num_codebooks == 0 {
+            return Err(invalid(
+                "num_codebooks",
+                "0".into(),
+                "a model needs at least one codebook",
+            ));
+        }
+        if manifest.special_token_id as usize != manifest.cardinality {
+            return Err(invalid(
+                "special_token_id",
+                manifest.special_token_id.to_string(),
+                &format!("MusicGen's special token is the cardinality, {}", manifest.cardinality),
+            ));
+        }
+        if manifest.samples_per_frame as f64 * manifest.frame_rate_hz != f64::from(manifest.sample_rate_hz) {
+            return Err(invalid(
+                "samples_per_frame",
+                manifest.samples_per_frame.to_string(),
+                &format!(
+                    "{} Hz / {} frames per second does not give it",
+                    manifest.sample_rate_hz, manifest.frame_rate_hz
+                ),
+            ));
+        }
+        let pattern_kind = match manifest.pattern.kind.as_str() {
+            "delay" => PatternKind::Delay {
+                delays: manifest.pattern.delays.clone(),
+            },
+            other => PatternKind::from_name(other, manifest.num_codebooks).map_err(|source| BundleError::Pattern {
+                path: path.clone(),
+                source,
+            })?,
+        };
+        pattern_kind
+            .build(1, manifest.num_codebooks)
+            .map_err(|source| BundleError::Pattern {
+                path: path.clone(),
+                source,
+            })?;
+        for graph in Graph::REQUIRED {
+            let spec = manifest.graphs.get(graph.key()).ok_or(BundleError::MissingGraph {
+                path: path.clone(),
+                graph: graph.key(),
+            })?;
+            let file = dir.join(&spec.file);
+            if !file.is_file() {
+                return Err(BundleError::MissingFile {
+                    path: file,
+                    graph: graph.key(),
+                });
+            }
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            manifest,
+            pattern_kind,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn tokenizer_path(&self) -> PathBuf {
+        self.dir.join("tokenizer.json")
+    }
+
+    pub fn pattern_kind(&self) -> &PatternKind {
+        &self.pattern_kind
+    }
+
+    /// The bundle's pattern over `num_frames` frames.
+    pub fn pattern(&self, num_frames: usize) -> Pattern {
+        self.pattern_kind
+            .build(num_frames, self.manifest.num_codebooks)
+            .expect("checked when the bundle was opened")
+    }
+
+    pub fn has_graph(&self, graph: Graph) -> bool {
+        self.manifest
+            .graphs
+            .get(graph.key())
+            .is_some_and(|spec| self.dir.join(&spec.file).is_file())
+    }
+
+    fn graph_path(&self, graph: Graph) -> Result<(PathBuf, &GraphSpec), BundleError> {
+        let spec = self.manifest.graphs.get(graph.key()).ok_or(BundleError::MissingGraph {
+            path: self.dir.join(MANIFEST_FILE),
+            graph: graph.key(),
+        })?;
+        let path = self.dir.join(&spec.file);
+        if !path.is_file() {
+            return Err(BundleError::MissingFile {
+                path,
+                graph: graph.key(),
+            });
+        }
+        Ok((path, spec))
+    }
+
+    /// Loads `graph` with `threads` intra-op threads and checks its inputs and outputs
+    /// against the manifest and the model geometry.
+    pub fn session(&self, runtime: &Runtime, graph: Graph, threads: usize) -> Result<Session, BundleError> {
+        let (path, spec) = self.graph_path(graph)?;
+        let load = |source| BundleError::Load {
+            path: path.clone(),
+            source,
+        };
+        let session = Session::builder(runtime.environment())
+            .map_err(load)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)
+            .map_err(|e| load(e.into()))?
+            .with_intra_threads(threads)
+            .map_err(|e| load(e.into()))?
+            .commit_from_file(&path)
+            .map_err(load)?;
+        let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+        check_names(&path, "input", &spec.inputs, &inputs)?;
+        check_names(&path, "output", &spec.outputs, &outputs)?;
+        for (name, want) in self.expected_dims(graph) {
+            let outlet = session
+                .inputs()
+                .iter()
+                .chain(session.outputs())
+                .find(|o| o.name() == name)
+                .ok_or_else(|| BundleError::Tensor {
+                    path: path.clone(),
+                    what: "tensor",
+                    tensor: name.to_owned(),
+                    problem: "the graph does not have it".into(),
+                })?;
+            if let ValueType::Tensor { shape, .. } = outlet.dtype() {
+                for (axis, (&got, &want)) in shape.iter().zip(&want).enumerate() {
+                    if got >= 0 && want >= 0 && got != want {
+                        return Err(BundleError::Tensor {
+                            path: path.clone(),
+                            what: "tensor",
+                            tensor: name.to_owned(),
+                            problem: format!(
+                                "axis {axis} is {got} but the manifest's geometry says {want} (shape {shape:?})"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(session)
+    }
+
+    /// Axis sizes the manifest implies for tensors whose names are fixed by the format;
+    /// -1 where the size varies.
+    fn expected_dims(&self, graph: Graph) -> Vec<(&'static str, Vec<i64>)> {
+        let m = &self.manifest;
+        let k = m.num_codebooks as i64;
+        match graph {
+            Graph::Decoder => vec![("input_ids", vec![2, k]), ("logits", vec![2, k, m.cardinality as i64])],
+            Graph::CodecDecoder => vec![("audio_codes", vec![1, k, -1])],
+            Graph::TextEncoder => vec![("conditioning", vec![1, -1, m.decoder.hidden_size as i64])],
+            Graph::CrossKv | Graph::CodecEncoder => Vec::new(),
+        }
+    }
+}
+
+fn check_names(path: &Path, what: &'static str, manifest: &[String], graph: &[&str]) -> Result<(), BundleError> {
+    if let Some(missing) = manifest.iter().find(|name| !graph.contains(&name.as_str())) {
+        return Err(BundleError::Tensor {
+            path: path.to_path_buf(),
+            what,
+            tensor: missing.clone(),
+            problem: format!("named in {MANIFEST_FILE} but the graph's {what}s are {graph:?}"),
+        });
+    }
+    if let Some(extra) = graph.iter().find(|name| !manifest.iter().any(|m| m == *name)) {
+        return Err(BundleError::Tensor {
+            path: path.to_path_buf(),
+            what,
+            tensor: (*extra).to_owned(),
+            problem: format!("the graph has it but {MANIFEST_FILE} does not list it"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,450 @@
+//! A live stream: the generation thread, the codec thread, the commands that steer them
+//! and the status they report.
+//!
+//! ```text
+//! generation thread: decoder step -> sampler -> complete frames --(bounded channel)--+
+//! codec thread:      windowed decode -> resample -> PlaybackProducer (ring buffer) <-+
+//! audio callback:    PlaybackConsumer::pop
+//! ```
+//!
+//! Back-pressure paces everything: the codec thread waits while the ring buffer is full,
+//! and the generation thread waits while the frame channel is full. Commands arrive over
+//! a crossbeam channel and are read between steps; status is a set of atomics that any
+//! thread may read without blocking the producers.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
+use parking_lot::Mutex;
+
+use crate::bundle::{Bundle, BundleError};
+use crate::codec::{CodecError, CodecWindow, StreamingCodec};
+use crate::conditioning::{Conditioner, ConditioningError, CrossAttention};
+use crate::decoder::{Decoder, DecoderError};
+use crate::generator::Generator;
+use crate::pattern::{CodeGrid, PatternError};
+use crate::playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
+use crate::resample::{ResampleError, StreamResampler};
+use crate::runtime::{Runtime, RuntimeError};
+use crate::sampler::{Sampler, SamplingError, SamplingSettings};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    #[error(transparent)]
+    Conditioning(#[from] ConditioningError),
+    #[error(transparent)]
+    Decoder(#[from] DecoderError),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Resample(#[from] ResampleError),
+    #[error(transparent)]
+    Sampling(#[from] SamplingError),
+    #[error(transparent)]
+    Pattern(#[from] PatternError),
+    #[error("{seconds} s is {frames} frames; this model generates at most {max_frames} frames in one stream")]
+    TooLong {
+        seconds: f64,
+        frames: usize,
+        max_frames: usize,
+    },
+}
+
+/// What to generate and where the audio goes.
+#[derive(Clone, Debug)]
+pub struct StreamConfig {
+    pub model_dir: PathBuf,
+    pub ort_library: Option<PathBuf>,
+    pub prompt: String,
+    pub sampling: SamplingSettings,
+    pub guidance_scale: f32,
+    pub seed: u64,
+    /// Audio length; `None` runs to the model's maximum context.
+    pub seconds: Option<f64>,
+    pub output_rate_hz: u32,
+    /// Ring buffer size, in seconds at the output rate.
+    pub buffer_seconds: f64,
+    pub codec_window: CodecWindow,
+    pub decoder_threads: usize,
+    pub codec_threads: usize,
+}
+
+impl StreamConfig {
+    pub fn new(model_dir: PathBuf, prompt: impl Into<String>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            model_dir,
+            ort_library: None,
+            prompt: prompt.into(),
+            sampling: SamplingSettings::default(),
+            guidance_scale: 3.0,
+            seed: 0,
+            seconds: None,
+            output_rate_hz: 48_000,
+            buffer_seconds: 2.0,
+            codec_window: CodecWindow::default(),
+            decoder_threads: cores.saturating_sub(1).max(1),
+            codec_threads: 1,
+        }
+    }
+}
+
+/// Steering a running stream.
+#[derive(Clone, Debug)]
+pub enum Command {
+    /// Re-conditions on a new prompt from the next step; the music continues.
+    SetPrompt(String),
+    /// New sampling settings and guidance scale from the next token.
+    SetSampling {
+        sampling: SamplingSettings,
+        guidance_scale: f32,
+    },
+    /// Ends generation; what is generated still plays out.
+    Stop,
+}
+
+/// Live figures, readable from any thread without locks (the error text aside).
+#[derive(Debug, Default)]
+pub struct StreamStatus {
+    steps: AtomicU64,
+    frames: AtomicU64,
+    samples_pushed: AtomicU64,
+    steps_per_second_bits: AtomicU32,
+    realtime_factor_bits: AtomicU32,
+    first_audio_us: AtomicU64,
+    finished: AtomicBool,
+    error: Mutex<Option<String>>,
+}
+
+impl StreamStatus {
+    pub fn steps(&self) -> u64 {
+        self.steps.load(Ordering::Relaxed)
+    }
+
+    pub fn frames(&self) -> u64 {
+        self.frames.load(Ordering::Relaxed)
+    }
+
+    /// Output samples handed to the ring buffer so far.
+    pub fn samples_pushed(&self) -> u64 {
+        self.samples_pushed.load(Ordering::Relaxed)
+    }
+
+    /// Decoder steps per second, over the stream so far.
+    pub fn steps_per_second(&self) -> f32 {
+        f32::from_bits(self.steps_per_second_bits.load(Ordering::Relaxed))
+    }
+
+    /// Seconds of audio generated per second of wall time; above 1 keeps up with playback.
+    pub fn realtime_factor(&self) -> f32 {
+        f32::from_bits(self.realtime_factor_bits.load(Ordering::Relaxed))
+    }
+
+    /// Time from the start of the stream to its first samples in the ring buffer.
+    pub fn time_to_first_audio(&self) -> Option<Duration> {
+        match self.first_audio_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
+    }
+
+    /// Generation and decoding are over and every sample is in the ring buffer.
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::Acquire)
+    }
+
+    /// The error that ended the stream early, if any.
+    pub fn error(&self) -> Option<String> {
+        self.error.lock().clone()
+    }
+}
+
+/// A running stream. Dropping it stops the threads and waits for them.
+pub struct Stream {
+    commands: Sender<Command>,
+    status: Arc<StreamStatus>,
+    playback: Arc<PlaybackStats>,
+    sample_rate_hz: u32,
+    latency_samples: usize,
+    codes: Arc<Mutex<Option<CodeGrid>>>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Stream {
+    /// Loads the model, encodes the prompt and starts generating. Returns the stream and
+    /// the consumer that the audio callback reads.
+    pub fn start(config: StreamConfig) -> Result<(Stream, PlaybackConsumer), StreamError> {
+        let runtime = Runtime::init(config.ort_library.as_deref())?;
+        let bundle = Bundle::open(&config.model_dir)?;
+        let manifest = bundle.manifest().clone();
+        let max_frames = manifest.max_frames;
+        let frames = match config.seconds {
+            Some(seconds) => {
+                let frames = (seconds * manifest.frame_rate_hz).ceil() as usize;
+                if frames > max_frames {
+                    return Err(StreamError::TooLong {
+                        seconds,
+                        frames,
+                        max_frames,
+                    });
+                }
+                frames
+            }
+            None => max_frames,
+        };
+        let pattern = bundle.pattern(frames);
+        pattern.require_streamable()?;
+        let sampler = Sampler::new(config.sampling, config.seed)?;
+        let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads)?;
+        let cross = conditioner.encode(&config.prompt)?;
+        let decoder = Decoder::load(&bundle, runtime, config.decoder_threads)?;
+        let codec = StreamingCodec::load(&bundle, runtime, config.codec_threads, config.codec_window)?;
+        let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
+
+        let capacity = (config.buffer_seconds * f64::from(config.output_rate_hz)).ceil() as usize;
+        let (producer, consumer) = playback_channel(capacity.max(1024));
+        let status = Arc::new(StreamStatus::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let codes = Arc::new(Mutex::new(None));
+        let (commands, command_rx) = unbounded();
+        let (frame_tx, frame_rx) = bounded::<Vec<u32>>(codec.window().chunk_frames * 4);
+
+        let frame_lag = pattern.frame_lag_steps();
+        let latency_frames = frame_lag + codec.latency_frames();
+        let latency_samples = (latency_frames * manifest.samples_per_frame) as u64 * u64::from(config.output_rate_hz)
+            / u64::from(manifest.sample_rate_hz)
+            + resampler.delay_frames() as u64;
+
+        let started = Instant::now();
+        let generation = GenerationLoop {
+            generator: Generator::new(pattern, manifest.special_token_id, sampler, config.guidance_scale),
+            decoder,
+            conditioner,
+            cross,
+            commands: command_rx,
+            frames: frame_tx,
+            status: Arc::clone(&status),
+            codes: Arc::clone(&codes),
+            stop: Arc::clone(&stop),
+            frame_rate_hz: manifest.frame_rate_hz,
+            started,
+        };
+        let decoding = CodecLoop {
+            codec,
+            resampler,
+            producer,
+            frames: frame_rx,
+            status: Arc::clone(&status),
+            stop: Arc::clone(&stop),
+            started,
+        };
+        let threads = vec![
+            spawn("musicgen-generation", move || generation.run()),
+            spawn("musicgen-codec", move || decoding.run()),
+        ];
+        Ok((
+            Stream {
+                commands,
+                status,
+                playback: Arc::clone(consumer.stats()),
+                sample_rate_hz: config.output_rate_hz,
+                latency_samples: latency_samples as usize,
+                codes,
+                stop,
+                threads,
+            },
+            consumer,
+        ))
+    }
+
+    pub fn send(&self, command: Command) {
+        // The generation thread may have finished; a command to a finished stream has no effect.
+        let _ = self.commands.send(command);
+    }
+
+    pub fn status(&self) -> &StreamStatus {
+        &self.status
+    }
+
+    pub fn playback(&self) -> &PlaybackStats {
+        &self.playback
+    }
+
+    pub fn sample_rate_hz(&self) -> u32 {
+        self.sample_rate_hz
+    }
+
+    /// Output samples between a frame's first token and its audio: the pattern's lag and
+    /// the codec window, at the output rate, plus the resampler's delay.
+    pub fn latency_samples(&self) -> usize {
+        self.latency_samples
+    }
+
+    /// The generated codes `[K, T]`, once generation has ended.
+    pub fn codes(&self) -> Option<CodeGrid> {
+        self.codes.lock().clone()
+    }
+}
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        let _ = self.commands.send(Command::Stop);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
+    std::thread::Builder::new()
+        .name(name.to_owned())
+        .spawn(body)
+        .expect("the OS can start a thread")
+}
+
+fn store_f32(cell: &AtomicU32, value: f32) {
+    cell.store(value.to_bits(), Ordering::Relaxed);
+}
+
+struct GenerationLoop {
+    generator: Generator,
+    decoder: Decoder,
+    conditioner: Conditioner,
+    cross: CrossAttention,
+    commands: Receiver<Command>,
+    frames: Sender<Vec<u32>>,
+    status: Arc<StreamStatus>,
+    codes: Arc<Mutex<Option<CodeGrid>>>,
+    stop: Arc<AtomicBool>,
+    frame_rate_hz: f64,
+    started: Instant,
+}
+
+impl GenerationLoop {
+    fn run(mut self) {
+        if let Err(error) = self.generate() {
+            tracing::error!(%error, "generation stopped");
+            *self.status.error.lock() = Some(error.to_string());
+        }
+        *self.codes.lock() = Some(self.generator.codes());
+    }
+
+    fn generate(&mut self) -> Result<(), StreamError> {
+        let mut frame = Vec::new();
+        while !self.generator.is_finished() && !self.stop.load(Ordering::Acquire) {
+            if !self.apply_commands()? {
+                break;
+            }
+            let completed = self.generator.step(&mut self.decoder, &self.cross)?;
+            for t in completed {
+                self.generator.frame(t, &mut frame);
+                if self.frames.send(frame.clone()).is_err() {
+                    return Ok(());
+                }
+            }
+            let elapsed_s = self.started.elapsed().as_secs_f64();
+            let steps = self.generator.steps_done();
+            let frames = self.generator.frames_done();
+            self.status.steps.store(steps as u64, Ordering::Relaxed);
+            self.status.frames.store(frames as u64, Ordering::Relaxed);
+            store_f32(&self.status.steps_per_second_bits, (steps as f64 / elapsed_s) as f32);
+            store_f32(
+                &self.status.realtime_factor_bits,
+                (frames as f64 / self.frame_rate_hz / elapsed_s) as f32,
+            );
+        }
+        Ok(())
+    }
+
+    /// Applies pending commands; false when the stream should stop.
+    fn apply_commands(&mut self) -> Result<bool, StreamError> {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::SetPrompt(prompt)) => self.cross = self.conditioner.encode(&prompt)?,
+                Ok(Command::SetSampling {
+                    sampling,
+                    guidance_scale,
+                }) => {
+                    self.generator.sampler_mut().set_settings(sampling)?;
+                    self.generator.set_guidance_scale(guidance_scale);
+                }
+                Ok(Command::Stop) => return Ok(false),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(true),
+            }
+        }
+    }
+}
+
+struct CodecLoop {
+    codec: StreamingCodec,
+    resampler: StreamResampler,
+    producer: PlaybackProducer,
+    frames: Receiver<Vec<u32>>,
+    status: Arc<StreamStatus>,
+    stop: Arc<AtomicBool>,
+    started: Instant,
+}
+
+impl CodecLoop {
+    fn run(mut self) {
+        if let Err(error) = self.decode() {
+            tracing::error!(%error, "decoding stopped");
+            *self.status.error.lock() = Some(error.to_string());
+        }
+        self.status.finished.store(true, Ordering::Release);
+    }
+
+    fn decode(&mut self) -> Result<(), StreamError> {
+        let mut audio = Vec::new();
+        let mut resampled = Vec::new();
+        for frame in self.frames.clone().iter() {
+            self.codec.push_frame(&frame);
+            self.codec.decode_ready(&mut audio)?;
+            self.emit(&mut audio, &mut resampled, false);
+            if self.stop.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+        self.codec.finish(&mut audio)?;
+        self.emit(&mut audio, &mut resampled, true);
+        Ok(())
+    }
+
+    /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
+    fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) {
+        self.resampler.process(audio, resampled);
+        audio.clear();
+        if last {
+            self.resampler.flush(resampled);
+        }
+        let mut offset = 0;
+        while offset < resampled.len() {
+            let pushed = self.producer.push(&resampled[offset..]);
+            if pushed > 0 && self.status.samples_pushed() == 0 {
+                let us = self.started.elapsed().as_micros().max(1) as u64;
+                self.status.first_audio_us.store(us, Ordering::Relaxed);
+            }
+            offset += pushed;
+            self.status.samples_pushed.fetch_add(pushed as u64, Ordering::Relaxed);
+            if offset < resampled.len() {
+                if self.stop.load(Ordering::Acquire) {
+                    break;
+                }
+                // The audio callback drains the buffer at the output rate: a few
+                // milliseconds frees a useful amount of room.
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        resampled.clear();
+    }
+}
