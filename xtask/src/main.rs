@@ -29,7 +29,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main job: show the codebook patterns and the ONNX Runtime in use.
+    /// The main job: render 10 s on the tiny model into demo.wav through the streaming path.
     Demo,
     /// Install what the tests need, then run fmt, clippy and every test.
     Test,
@@ -75,7 +75,7 @@ fn demo(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
-    system::ensure_test_prerequisites()?;
+    system::ensure_build_prerequisites()?;
     ort::ensure(root, ort::Provider::Cpu)?;
     cargo(root, &["fmt", "--all", "--check"])?;
     cargo(

@@ -7,15 +7,18 @@ use anyhow::{Result, bail};
 
 use crate::run;
 
-/// Debian packages the tests need, each with the command that proves it is present.
-const TEST_PACKAGES: &[(&str, &[&str])] = &[
+/// Debian packages the build and the tests need, each with the command that proves it
+/// is present.
+const BUILD_PACKAGES: &[(&str, &[&str])] = &[
     ("python3", &["python3", "--version"]),
     ("python3-pip", &["python3", "-m", "pip", "--version"]),
     ("python3-venv", &["python3", "-m", "venv", "--help"]),
+    ("pkg-config", &["pkg-config", "--version"]),
+    ("libasound2-dev", &["pkg-config", "--exists", "alsa"]),
 ];
 
-pub fn ensure_test_prerequisites() -> Result<()> {
-    let missing: Vec<&str> = TEST_PACKAGES
+pub fn ensure_build_prerequisites() -> Result<()> {
+    let missing: Vec<&str> = BUILD_PACKAGES
         .iter()
         .filter(|(_, probe)| !succeeds(probe))
         .map(|(package, _)| *package)
