@@ -29,7 +29,7 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main job: render 10 s on the tiny model into demo.wav through the streaming path.
+    /// The main job: show the codebook patterns and the ONNX Runtime in use.
     Demo,
     /// Install what the tests need, then run fmt, clippy and every test.
     Test,
@@ -53,6 +53,7 @@ fn workspace_root() -> PathBuf {
 }
 
 fn demo(root: &Path) -> Result<()> {
+    system::ensure_build_prerequisites()?;
     ort::ensure(root, ort::Provider::Cpu)?;
     let musicgen = [
         "run",
