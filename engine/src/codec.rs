@@ -25,6 +25,9 @@ pub enum CodecError {
     },
 }
 
+/// The shortest window the codec graph decodes.
+const MIN_WINDOW_FRAMES: usize = 8;
+
 /// How much context each window carries, in frames.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodecWindow {
@@ -133,10 +136,15 @@ impl StreamingCodec {
         let first = self.emitted_frames;
         let window_start = first.saturating_sub(self.window.left_frames);
         let window_end = (end + self.window.right_frames).min(self.frames_received());
-        let width = window_end - window_start;
+        // Encodec's reflection padding needs a few frames; a shorter stream is padded
+        // with its last frame, whose audio is dropped.
+        let width = (window_end - window_start).max(MIN_WINDOW_FRAMES);
         self.window_codes.clear();
         for row in &self.codes {
-            self.window_codes.extend_from_slice(&row[window_start..window_end]);
+            let real = &row[window_start..window_end];
+            self.window_codes.extend_from_slice(real);
+            let last = real[real.len() - 1];
+            self.window_codes.extend(std::iter::repeat_n(last, width - real.len()));
         }
         let run_error = |source| CodecError::Run { first, end, source };
         let codes = TensorRef::from_array_view(([1usize, self.num_codebooks, width], &self.window_codes[..]))

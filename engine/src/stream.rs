@@ -205,6 +205,9 @@ impl Stream {
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
         let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads)?;
+        // Time to first audio counts from here: the prompt's encoding is part of it, the
+        // one-off model load is not.
+        let started = Instant::now();
         let cross = conditioner.encode(&config.prompt)?;
         let decoder = Decoder::load(&bundle, runtime, config.decoder_threads)?;
         let codec = StreamingCodec::load(&bundle, runtime, config.codec_threads, config.codec_window)?;
@@ -224,7 +227,6 @@ impl Stream {
             / u64::from(manifest.sample_rate_hz)
             + resampler.delay_frames() as u64;
 
-        let started = Instant::now();
         let generation = GenerationLoop {
             generator: Generator::new(pattern, manifest.special_token_id, sampler, config.guidance_scale),
             decoder,

@@ -1,0 +1,84 @@
+//! Broken bundles give errors that name the file, the tensor and the fix.
+
+use std::path::{Path, PathBuf};
+
+use musicgen_engine::bundle::{Bundle, Graph};
+use musicgen_engine::runtime::Runtime;
+use musicgen_engine::stream::{Stream, StreamConfig};
+use serde_json::Value;
+
+fn copy_of_tiny() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
+    for entry in std::fs::read_dir(tiny).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+    }
+    dir
+}
+
+fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
+    let path = dir.join("musicgen.json");
+    let mut manifest: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    edit(&mut manifest);
+    std::fs::write(path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
+}
+
+fn start_error(dir: &Path) -> String {
+    let config = StreamConfig::new(PathBuf::from(dir), "piano");
+    Stream::start(config).err().expect("the bundle is broken").to_string()
+}
+
+#[test]
+fn a_missing_graph_file_is_named() {
+    let dir = copy_of_tiny();
+    std::fs::remove_file(dir.path().join("decoder.onnx")).unwrap();
+    let err = start_error(dir.path());
+    assert!(err.contains("decoder.onnx") && err.contains("missing"), "{err}");
+}
+
+#[test]
+fn a_missing_manifest_says_how_to_make_a_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = start_error(dir.path());
+    assert!(
+        err.contains("musicgen.json") && err.contains("cargo xtask export"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_wrong_tensor_name_names_the_file_and_the_tensor() {
+    let dir = copy_of_tiny();
+    edit_manifest(dir.path(), |m| {
+        let inputs = m["graphs"]["decoder"]["inputs"].as_array_mut().unwrap();
+        let slot = inputs.iter_mut().find(|v| *v == "position").unwrap();
+        *slot = Value::from("step_position");
+    });
+    let runtime = Runtime::init(None).unwrap();
+    let bundle = Bundle::open(dir.path()).unwrap();
+    let err = bundle.session(runtime, Graph::Decoder, 1).err().unwrap().to_string();
+    assert!(err.contains("decoder.onnx") && err.contains("step_position"), "{err}");
+}
+
+#[test]
+fn a_wrong_codebook_count_is_refused_with_the_tensor_and_axis() {
+    let dir = copy_of_tiny();
+    edit_manifest(dir.path(), |m| {
+        m["num_codebooks"] = Value::from(3);
+        m["pattern"]["delays"] = Value::from(vec![0, 1, 2]);
+    });
+    let err = start_error(dir.path());
+    assert!(err.contains(".onnx") && err.contains("axis 1 is 4"), "{err}");
+}
+
+#[test]
+fn a_corrupt_manifest_is_refused_with_its_path() {
+    let dir = copy_of_tiny();
+    std::fs::write(dir.path().join("musicgen.json"), "{ not json").unwrap();
+    let err = start_error(dir.path());
+    assert!(
+        err.contains("musicgen.json") && err.contains("not a valid bundle manifest"),
+        "{err}"
+    );
+}

@@ -1,0 +1,178 @@
+//! The streaming path on the committed tiny bundle, against transformers' own outputs
+//! (`models/tiny/golden.json`, `golden.wav`).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use musicgen_engine::playback::PlaybackConsumer;
+use musicgen_engine::sampler::SamplingSettings;
+use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use serde_json::Value;
+
+fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
+}
+
+struct Golden {
+    prompt: String,
+    guidance_scale: f32,
+    codes: Vec<Vec<u32>>,
+}
+
+fn golden() -> Golden {
+    let text = std::fs::read_to_string(tiny().join("golden.json")).unwrap();
+    let json: Value = serde_json::from_str(&text).unwrap();
+    Golden {
+        prompt: json["prompt"].as_str().unwrap().to_owned(),
+        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
+        codes: json["codes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect(),
+    }
+}
+
+fn config(prompt: &str, frames: usize) -> StreamConfig {
+    let mut config = StreamConfig::new(tiny(), prompt);
+    config.seconds = Some(frames as f64 / 50.0);
+    config.output_rate_hz = 32_000;
+    config.decoder_threads = 1;
+    config
+}
+
+/// Pulls everything the stream produces, as fast as it comes.
+fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
+    let mut audio = Vec::new();
+    let mut block = [0.0f32; 512];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let finished = stream.status().is_finished();
+        let buffered = consumer.buffered();
+        if buffered >= block.len() || (finished && buffered > 0) {
+            let got = consumer.pop(&mut block);
+            audio.extend_from_slice(&block[..got]);
+        } else if finished {
+            break;
+        } else {
+            assert!(Instant::now() < deadline, "stream stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(stream.status().error(), None);
+    audio
+}
+
+fn codes_of(stream: &Stream) -> Vec<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(codes) = stream.codes() {
+            return (0..codes.num_codebooks()).map(|k| codes.codebook(k).to_vec()).collect();
+        }
+        assert!(Instant::now() < deadline, "generation did not end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+fn read_wav(path: &Path) -> (u32, Vec<f32>) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let spec = reader.spec();
+    let samples = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().map(Result::unwrap).collect(),
+        hound::SampleFormat::Int => {
+            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader.samples::<i32>().map(|s| s.unwrap() as f32 / scale).collect()
+        }
+    };
+    (spec.sample_rate, samples)
+}
+
+fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
+    let signal: f64 = reference.iter().map(|&r| f64::from(r).powi(2)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(test)
+        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
+        .sum();
+    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+}
+
+#[test]
+fn greedy_streaming_reproduces_transformers_codes_and_audio() {
+    let golden = golden();
+    let frames = golden.codes[0].len();
+    let mut config = config(&golden.prompt, frames);
+    config.sampling = SamplingSettings::greedy();
+    config.guidance_scale = golden.guidance_scale;
+    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(
+        codes_of(&stream),
+        golden.codes,
+        "greedy codes differ from transformers' generate"
+    );
+
+    let (rate_hz, reference) = read_wav(&tiny().join("golden.wav"));
+    assert_eq!(rate_hz, 32_000);
+    assert_eq!(audio.len(), reference.len(), "streamed length vs golden.wav");
+    let snr = snr_db(&reference, &audio);
+    println!(
+        "streamed decode vs transformers' offline decode: SNR {snr:.1} dB over {} samples",
+        audio.len()
+    );
+    assert!(snr >= 40.0, "SNR {snr:.1} dB is below 40 dB");
+}
+
+#[test]
+fn seeded_sampling_is_reproducible() {
+    let run = |seed| {
+        let mut config = config("warm lo-fi piano", 40);
+        config.seed = seed;
+        let (stream, mut consumer) = Stream::start(config).unwrap();
+        drain(&stream, &mut consumer);
+        codes_of(&stream)
+    };
+    let first = run(7);
+    assert_eq!(first[0].len(), 40);
+    assert_eq!(first, run(7));
+    assert_ne!(first, run(8));
+}
+
+#[test]
+fn a_prompt_change_mid_stream_keeps_the_audio_going() {
+    let frames = 150;
+    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", frames)).unwrap();
+    while stream.status().frames() < 50 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    stream.send(Command::SetPrompt("fast techno with heavy bass".into()));
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(codes_of(&stream)[0].len(), frames, "every frame was generated");
+    assert_eq!(audio.len(), frames * 640, "every frame was decoded");
+    // No gap: every 20 ms of output carries signal.
+    for (i, window) in audio.chunks(640).enumerate() {
+        let rms = (window.iter().map(|s| s * s).sum::<f32>() / window.len() as f32).sqrt();
+        assert!(rms > 1e-6, "frame {i} is silent (rms {rms})");
+    }
+}
+
+#[test]
+fn a_prompt_with_unknown_pieces_is_refused_by_name() {
+    let err = Stream::start(config("piano \u{2603}", 10)).err().unwrap().to_string();
+    assert!(err.contains('\u{2603}'), "{err}");
+}
+
+#[test]
+fn a_stream_shorter_than_a_codec_window_still_decodes() {
+    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", 3)).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(audio.len(), 3 * 640);
+    assert!(audio.iter().any(|&s| s != 0.0));
+}
