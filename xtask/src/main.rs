@@ -29,7 +29,8 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// The main job: show the codebook patterns and the ONNX Runtime in use.
+    /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
+    /// (and play it where there is an audio device).
     Demo,
     /// Install what the tests need, then run fmt, clippy and every test.
     Test,
@@ -55,24 +56,35 @@ fn workspace_root() -> PathBuf {
 fn demo(root: &Path) -> Result<()> {
     system::ensure_build_prerequisites()?;
     ort::ensure(root, ort::Provider::Cpu)?;
-    let musicgen = [
-        "run",
-        "--quiet",
-        "--release",
-        "--package",
-        "musicgen-engine",
-        "--bin",
-        "musicgen",
-        "--",
-    ];
-    cargo(root, &[&musicgen[..], &["patterns", "--seconds", "30"]].concat())?;
+    let musicgen = |args: &[&str]| {
+        let run = [
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "musicgen-engine",
+            "--bin",
+            "musicgen",
+            "--",
+        ];
+        cargo(root, &[&run[..], args].concat())
+    };
+    musicgen(&["info"])?;
     println!();
-    cargo(
-        root,
-        &[&musicgen[..], &["patterns", "--show", "delay", "--frames", "8"]].concat(),
-    )?;
+    musicgen(&["patterns", "--show", "delay", "--frames", "8"])?;
     println!();
-    cargo(root, &[&musicgen[..], &["info"]].concat())
+    musicgen(&[
+        "render",
+        "--model",
+        "models/tiny",
+        "--prompt",
+        "warm lo-fi piano with soft drums, 80 bpm",
+        "--seconds",
+        "10",
+        "--out",
+        "demo.wav",
+    ])?;
+    musicgen(&["play", "demo.wav"])
 }
 
 fn test(root: &Path) -> Result<()> {
