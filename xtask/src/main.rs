@@ -95,7 +95,8 @@ fn test(root: &Path) -> Result<()> {
         root,
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
-    cargo(root, &["test", "--workspace"])
+    cargo(root, &["test", "--workspace"])?;
+    python::check_tiny_export(root)
 }
 
 /// Runs cargo in the workspace root and fails if it fails.

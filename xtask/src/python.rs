@@ -5,7 +5,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
 
 use crate::run;
 
@@ -42,4 +43,37 @@ pub fn export(root: &Path, args: &[String]) -> Result<()> {
         .arg(root.join("models").join("export.py"))
         .args(args)
         .current_dir(root))
+}
+
+/// Exports the tiny bundle afresh and checks that it reproduces the committed one: the
+/// same manifest and the same golden codes from transformers.
+pub fn check_tiny_export(root: &Path) -> Result<()> {
+    let out = root.join("target").join("tiny-export-check");
+    if out.exists() {
+        fs::remove_dir_all(&out)?;
+    }
+    let out_arg = out.to_string_lossy().into_owned();
+    export(
+        root,
+        &["--random", "tiny", "--golden", "--out", &out_arg].map(str::to_owned),
+    )?;
+    let committed = root.join("models").join("tiny");
+    let read = |dir: &Path, file: &str| -> Result<Value> {
+        let path = dir.join(file);
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    };
+    ensure!(
+        read(&out, "musicgen.json")? == read(&committed, "musicgen.json")?,
+        "a fresh export's musicgen.json differs from models/tiny's; re-export models/tiny"
+    );
+    let (fresh, kept) = (read(&out, "golden.json")?, read(&committed, "golden.json")?);
+    for field in ["input_ids", "codes"] {
+        ensure!(
+            fresh[field] == kept[field],
+            "a fresh export's golden {field} differ from models/tiny/golden.json; re-export models/tiny"
+        );
+    }
+    println!("fresh export of the tiny bundle reproduces models/tiny (manifest and golden codes)");
+    Ok(())
 }
