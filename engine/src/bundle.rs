@@ -9,12 +9,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::session::builder::GraphOptimizationLevel;
 use ort::value::ValueType;
 use serde::Deserialize;
 
 use crate::pattern::{Pattern, PatternError, PatternKind};
-use crate::runtime::Runtime;
+use crate::runtime::{ExecutionProvider, Runtime, session_builder};
 
 /// The manifest's file name inside a bundle folder.
 pub const MANIFEST_FILE: &str = "musicgen.json";
@@ -256,22 +255,29 @@ impl Bundle {
         Ok((path, spec))
     }
 
-    /// Loads `graph` with `threads` intra-op threads and checks its inputs and outputs
-    /// against the manifest and the model geometry.
+    /// Loads `graph` on the CPU; see [`Bundle::session_on`].
     pub fn session(&self, runtime: &Runtime, graph: Graph, threads: usize) -> Result<Session, BundleError> {
+        self.session_on(runtime, graph, threads, ExecutionProvider::Cpu)
+            .map(|(session, _)| session)
+    }
+
+    /// Loads `graph` with `threads` intra-op threads on the first of `provider`'s choices
+    /// that starts, and checks its inputs and outputs against the manifest and the model
+    /// geometry. Returns the session and the provider in use.
+    pub fn session_on(
+        &self,
+        runtime: &Runtime,
+        graph: Graph,
+        threads: usize,
+        provider: ExecutionProvider,
+    ) -> Result<(Session, String), BundleError> {
         let (path, spec) = self.graph_path(graph)?;
         let load = |source| BundleError::Load {
             path: path.clone(),
             source,
         };
-        let session = Session::builder(runtime.environment())
-            .map_err(load)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)
-            .map_err(|e| load(e.into()))?
-            .with_intra_threads(threads)
-            .map_err(|e| load(e.into()))?
-            .commit_from_file(&path)
-            .map_err(load)?;
+        let (mut builder, used) = session_builder(runtime, provider, threads).map_err(load)?;
+        let session = builder.commit_from_file(&path).map_err(load)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
         check_names(&path, "input", &spec.inputs, &inputs)?;
@@ -303,7 +309,7 @@ impl Bundle {
                 }
             }
         }
-        Ok(session)
+        Ok((session, used))
     }
 
     /// Axis sizes the manifest implies for tensors whose names are fixed by the format;

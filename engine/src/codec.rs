@@ -11,7 +11,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, BundleError, Graph};
-use crate::runtime::Runtime;
+use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CodecError {
@@ -67,9 +67,15 @@ pub struct StreamingCodec {
 }
 
 impl StreamingCodec {
-    pub fn load(bundle: &Bundle, runtime: &Runtime, threads: usize, window: CodecWindow) -> Result<Self, CodecError> {
+    pub fn load(
+        bundle: &Bundle,
+        runtime: &Runtime,
+        threads: usize,
+        provider: ExecutionProvider,
+        window: CodecWindow,
+    ) -> Result<Self, CodecError> {
         let manifest = bundle.manifest();
-        let session = bundle.session(runtime, Graph::CodecDecoder, threads)?;
+        let (session, _) = bundle.session_on(runtime, Graph::CodecDecoder, threads, provider)?;
         Ok(Self {
             session,
             window: CodecWindow {

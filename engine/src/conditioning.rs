@@ -12,7 +12,7 @@ use ort::value::{DynValue, Tensor, TensorRef};
 use tokenizers::Tokenizer;
 
 use crate::bundle::{Bundle, BundleError, Graph};
-use crate::runtime::Runtime;
+use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConditioningError {
@@ -69,7 +69,12 @@ pub struct Conditioner {
 const MAX_PROMPT_TOKENS: usize = 512;
 
 impl Conditioner {
-    pub fn load(bundle: &Bundle, runtime: &Runtime, threads: usize) -> Result<Self, ConditioningError> {
+    pub fn load(
+        bundle: &Bundle,
+        runtime: &Runtime,
+        threads: usize,
+        provider: ExecutionProvider,
+    ) -> Result<Self, ConditioningError> {
         let tokenizer_path = bundle.tokenizer_path();
         let tokenizer = load_tokenizer(&tokenizer_path)?;
         let unknown_id = tokenizer.token_to_id("<unk>");
@@ -79,8 +84,8 @@ impl Conditioner {
             unknown_id,
             max_tokens: MAX_PROMPT_TOKENS,
             hidden_size: bundle.manifest().decoder.hidden_size,
-            text_encoder: bundle.session(runtime, Graph::TextEncoder, threads)?,
-            cross_kv: bundle.session(runtime, Graph::CrossKv, threads)?,
+            text_encoder: bundle.session_on(runtime, Graph::TextEncoder, threads, provider)?.0,
+            cross_kv: bundle.session_on(runtime, Graph::CrossKv, threads, provider)?.0,
         })
     }
 

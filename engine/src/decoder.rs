@@ -15,7 +15,7 @@ use ort::value::{Tensor, TensorRef};
 
 use crate::bundle::{Bundle, BundleError, DecoderGeometry, Graph};
 use crate::conditioning::CrossAttention;
-use crate::runtime::Runtime;
+use crate::runtime::{ExecutionProvider, Runtime};
 
 /// Frames by which the self-attention cache grows.
 pub const CACHE_BLOCK_FRAMES: usize = 64;
@@ -39,6 +39,7 @@ struct LayerCache {
 /// The decoder graph and its cache.
 pub struct Decoder {
     session: Session,
+    provider_in_use: String,
     geometry: DecoderGeometry,
     num_codebooks: usize,
     cardinality: usize,
@@ -54,9 +55,14 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn load(bundle: &Bundle, runtime: &Runtime, threads: usize) -> Result<Self, DecoderError> {
+    pub fn load(
+        bundle: &Bundle,
+        runtime: &Runtime,
+        threads: usize,
+        provider: ExecutionProvider,
+    ) -> Result<Self, DecoderError> {
         let manifest = bundle.manifest();
-        let session = bundle.session(runtime, Graph::Decoder, threads)?;
+        let (session, provider_in_use) = bundle.session_on(runtime, Graph::Decoder, threads, provider)?;
         let geometry = manifest.decoder;
         let layer_names = (0..geometry.num_layers)
             .map(|i| {
@@ -70,6 +76,7 @@ impl Decoder {
             .collect();
         let mut decoder = Self {
             session,
+            provider_in_use,
             geometry,
             num_codebooks: manifest.num_codebooks,
             cardinality: manifest.cardinality,
@@ -89,6 +96,11 @@ impl Decoder {
         };
         decoder.reset();
         Ok(decoder)
+    }
+
+    /// The execution provider the decoder runs on, with the reason for any fallback.
+    pub fn provider_in_use(&self) -> &str {
+        &self.provider_in_use
     }
 
     /// Forgets the past: the next step is step 0.

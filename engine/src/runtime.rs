@@ -23,6 +23,105 @@ pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 /// folder names of the development copies, in the order they are preferred.
 pub const DEVELOPMENT_PROVIDERS: [&str; 3] = ["cuda", "directml", "cpu"];
 
+/// Where the graphs run. `Auto` takes the first accelerator that starts and falls back to
+/// the CPU; an explicit accelerator also falls back to the CPU when it cannot start, and
+/// says why.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum ExecutionProvider {
+    #[default]
+    Auto,
+    Cpu,
+    Cuda,
+    DirectMl,
+}
+
+impl ExecutionProvider {
+    pub const ALL: [ExecutionProvider; 4] = [Self::Auto, Self::Cpu, Self::Cuda, Self::DirectMl];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Cpu => "cpu",
+            Self::Cuda => "cuda",
+            Self::DirectMl => "directml",
+        }
+    }
+
+    /// The providers to try, in order; the CPU always ends the list.
+    fn attempts(self) -> &'static [ExecutionProvider] {
+        match self {
+            Self::Auto => &[Self::Cuda, Self::DirectMl, Self::Cpu],
+            Self::Cpu => &[Self::Cpu],
+            Self::Cuda => &[Self::Cuda, Self::Cpu],
+            Self::DirectMl => &[Self::DirectMl, Self::Cpu],
+        }
+    }
+
+    fn dispatch(self) -> Result<Option<ort::ep::ExecutionProviderDispatch>, String> {
+        match self {
+            Self::Cpu | Self::Auto => Ok(None),
+            Self::Cuda => Ok(Some(ort::ep::CUDA::default().build().error_on_failure())),
+            #[cfg(windows)]
+            Self::DirectMl => Ok(Some(ort::ep::DirectML::default().build().error_on_failure())),
+            #[cfg(not(windows))]
+            Self::DirectMl => Err("DirectML exists on Windows only".into()),
+        }
+    }
+}
+
+impl fmt::Display for ExecutionProvider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for ExecutionProvider {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Self::ALL
+            .into_iter()
+            .find(|p| p.name().eq_ignore_ascii_case(text))
+            .ok_or_else(|| format!("unknown execution provider `{text}`; use auto, cpu, cuda or directml"))
+    }
+}
+
+/// A session builder with the first provider of `requested` that starts, and a line that
+/// says which one that is (and why others were passed over).
+pub fn session_builder(
+    runtime: &Runtime,
+    requested: ExecutionProvider,
+    threads: usize,
+) -> Result<(ort::session::builder::SessionBuilder, String), ort::Error> {
+    let mut passed_over = Vec::new();
+    for &provider in requested.attempts() {
+        let builder = ort::session::Session::builder(runtime.environment())?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::Level3)
+            .map_err(ort::Error::<()>::from)?
+            .with_intra_threads(threads)
+            .map_err(ort::Error::<()>::from)?;
+        let dispatch = match provider.dispatch() {
+            Ok(Some(dispatch)) => dispatch,
+            Ok(None) => {
+                let mut used = "cpu".to_owned();
+                if !passed_over.is_empty() && requested != ExecutionProvider::Auto {
+                    used += &format!(" ({})", passed_over.join("; "));
+                }
+                return Ok((builder, used));
+            }
+            Err(reason) => {
+                passed_over.push(format!("{provider} unavailable: {reason}"));
+                continue;
+            }
+        };
+        match builder.with_execution_providers([dispatch]) {
+            Ok(builder) => return Ok((builder, provider.name().to_owned())),
+            Err(e) => passed_over.push(format!("{provider} unavailable: {e}")),
+        }
+    }
+    unreachable!("every attempt list ends with the CPU, which always starts")
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     #[error(

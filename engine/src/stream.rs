@@ -29,7 +29,7 @@ use crate::generator::Generator;
 use crate::pattern::{CodeGrid, PatternError};
 use crate::playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
 use crate::resample::{ResampleError, StreamResampler};
-use crate::runtime::{Runtime, RuntimeError};
+use crate::runtime::{ExecutionProvider, Runtime, RuntimeError};
 use crate::sampler::{Sampler, SamplingError, SamplingSettings};
 
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +75,7 @@ pub struct StreamConfig {
     pub codec_window: CodecWindow,
     pub decoder_threads: usize,
     pub codec_threads: usize,
+    pub provider: ExecutionProvider,
 }
 
 impl StreamConfig {
@@ -93,6 +94,7 @@ impl StreamConfig {
             codec_window: CodecWindow::default(),
             decoder_threads: cores.saturating_sub(1).max(1),
             codec_threads: 1,
+            provider: ExecutionProvider::Auto,
         }
     }
 }
@@ -174,6 +176,7 @@ pub struct Stream {
     playback: Arc<PlaybackStats>,
     sample_rate_hz: u32,
     latency_samples: usize,
+    execution_provider: String,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
@@ -204,13 +207,20 @@ impl Stream {
         let pattern = bundle.pattern(frames);
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
-        let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads)?;
+        let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads, config.provider)?;
         // Time to first audio counts from here: the prompt's encoding is part of it, the
         // one-off model load is not.
         let started = Instant::now();
         let cross = conditioner.encode(&config.prompt)?;
-        let decoder = Decoder::load(&bundle, runtime, config.decoder_threads)?;
-        let codec = StreamingCodec::load(&bundle, runtime, config.codec_threads, config.codec_window)?;
+        let decoder = Decoder::load(&bundle, runtime, config.decoder_threads, config.provider)?;
+        let execution_provider = decoder.provider_in_use().to_owned();
+        let codec = StreamingCodec::load(
+            &bundle,
+            runtime,
+            config.codec_threads,
+            config.provider,
+            config.codec_window,
+        )?;
         let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
 
         let capacity = (config.buffer_seconds * f64::from(config.output_rate_hz)).ceil() as usize;
@@ -260,6 +270,7 @@ impl Stream {
                 playback: Arc::clone(consumer.stats()),
                 sample_rate_hz: config.output_rate_hz,
                 latency_samples: latency_samples as usize,
+                execution_provider,
                 codes,
                 stop,
                 threads,
@@ -289,6 +300,20 @@ impl Stream {
     /// the codec window, at the output rate, plus the resampler's delay.
     pub fn latency_samples(&self) -> usize {
         self.latency_samples
+    }
+
+    /// Audio waiting in the ring buffer, in seconds: pushed minus played, from atomics.
+    pub fn seconds_buffered(&self) -> f64 {
+        let queued = self
+            .status
+            .samples_pushed()
+            .saturating_sub(self.playback.samples_played());
+        queued as f64 / f64::from(self.sample_rate_hz)
+    }
+
+    /// The execution provider the decoder runs on (and why, after a fallback).
+    pub fn execution_provider(&self) -> &str {
+        &self.execution_provider
     }
 
     /// The generated codes `[K, T]`, once generation has ended.

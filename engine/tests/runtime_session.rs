@@ -35,3 +35,28 @@ fn a_second_init_returns_the_same_runtime() {
     let second = Runtime::init(Some(Path::new("/ignored/after/first/init"))).unwrap();
     assert!(std::ptr::eq(first, second));
 }
+
+#[test]
+fn an_unavailable_provider_falls_back_to_the_cpu_and_says_why() {
+    use musicgen_engine::runtime::{ExecutionProvider, session_builder};
+
+    let runtime = Runtime::init(None).unwrap();
+    let cuda_built = runtime
+        .available_providers()
+        .unwrap()
+        .iter()
+        .any(|p| p == "CUDAExecutionProvider");
+    let (_, used) = session_builder(runtime, ExecutionProvider::Cuda, 1).unwrap();
+    if !cuda_built {
+        assert!(used.starts_with("cpu (cuda unavailable"), "{used}");
+    }
+    let (_, used) = session_builder(runtime, ExecutionProvider::Cpu, 1).unwrap();
+    assert_eq!(used, "cpu");
+    assert_eq!("CUDA".parse::<ExecutionProvider>(), Ok(ExecutionProvider::Cuda));
+    assert!(
+        "tpu"
+            .parse::<ExecutionProvider>()
+            .unwrap_err()
+            .contains("auto, cpu, cuda")
+    );
+}

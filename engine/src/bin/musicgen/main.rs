@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use musicgen_engine::pattern::{Coord, Delays, Pattern, PatternKind};
-use musicgen_engine::runtime::Runtime;
+use musicgen_engine::runtime::{ExecutionProvider, Runtime};
 use serde::Serialize;
 
 mod play;
@@ -74,6 +74,9 @@ struct RenderArgs {
     /// ONNX Runtime library to load instead of searching for one.
     #[arg(long)]
     ort_library: Option<PathBuf>,
+    /// Where the graphs run: auto, cpu, cuda or directml (falls back to the CPU).
+    #[arg(long, default_value = "auto")]
+    provider: ExecutionProvider,
 }
 
 #[derive(clap::Args)]

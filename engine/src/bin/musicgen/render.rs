@@ -28,6 +28,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     let manifest_rate = Bundle::open(&model)?.manifest().sample_rate_hz;
     let mut config = StreamConfig::new(model, args.prompt.clone());
     config.ort_library = args.ort_library.clone();
+    config.provider = args.provider;
     config.sampling = SamplingSettings {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -62,7 +63,10 @@ pub fn render(args: &RenderArgs) -> Result<()> {
             consumer.pop(&mut block);
             audio.extend_from_slice(&block);
         } else if consumer.buffered() >= CALLBACK_FRAMES || finished {
-            let got = consumer.pop(&mut block);
+            // The stream's last block may be short; asking for no more than is there keeps
+            // the end of the stream from counting as an underrun.
+            let n = consumer.buffered().min(CALLBACK_FRAMES);
+            let got = consumer.pop(&mut block[..n]);
             audio.extend_from_slice(&block[..got]);
         } else {
             std::thread::sleep(Duration::from_millis(1));
@@ -84,9 +88,10 @@ pub fn render(args: &RenderArgs) -> Result<()> {
 
     let status = stream.status();
     println!(
-        "wrote {} ({:.2} s at {rate_hz} Hz): {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
+        "wrote {} ({:.2} s at {rate_hz} Hz) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
         args.out.display(),
         audio.len() as f64 / f64::from(rate_hz),
+        stream.execution_provider(),
         status.steps(),
         status.steps_per_second(),
         status.realtime_factor(),
