@@ -118,6 +118,9 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
         golden.codes,
         "greedy codes differ from transformers' generate"
     );
+    assert_eq!(stream.seconds_buffered(), 0.0, "everything pushed was played");
+    let provider = stream.execution_provider();
+    assert!(provider == "cpu" || provider == "cuda", "{provider}");
 
     let (rate_hz, reference) = read_wav(&tiny().join("golden.wav"));
     assert_eq!(rate_hz, 32_000);
