@@ -12,6 +12,7 @@
 //! a crossbeam channel and are read between steps; status is a set of atomics that any
 //! thread may read without blocking the producers.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -124,7 +125,12 @@ pub struct StreamStatus {
     first_audio_us: AtomicU64,
     finished: AtomicBool,
     error: Mutex<Option<String>>,
+    /// The last [`RECENT_FRAMES`] complete frames, `(t, codes)`, for displays.
+    recent: Mutex<VecDeque<(usize, Vec<u32>)>>,
 }
+
+/// Frames kept for [`StreamStatus::recent_frames`]: 5 s at 50 Hz.
+pub const RECENT_FRAMES: usize = 250;
 
 impl StreamStatus {
     pub fn steps(&self) -> u64 {
@@ -167,6 +173,13 @@ impl StreamStatus {
     pub fn error(&self) -> Option<String> {
         self.error.lock().clone()
     }
+
+    /// Copies the most recent complete frames, oldest first, into `out`. Takes a lock the
+    /// generation thread also takes: for GUIs, never for the audio thread.
+    pub fn recent_frames(&self, out: &mut Vec<(usize, Vec<u32>)>) {
+        out.clear();
+        out.extend(self.recent.lock().iter().cloned());
+    }
 }
 
 /// A running stream. Dropping it stops the threads and waits for them.
@@ -174,7 +187,7 @@ pub struct Stream {
     commands: Sender<Command>,
     status: Arc<StreamStatus>,
     playback: Arc<PlaybackStats>,
-    sample_rate_hz: u32,
+    output_rate_hz: Arc<AtomicU32>,
     latency_samples: usize,
     execution_provider: String,
     codes: Arc<Mutex<Option<CodeGrid>>>,
@@ -250,9 +263,11 @@ impl Stream {
             frame_rate_hz: manifest.frame_rate_hz,
             started,
         };
+        let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
         let decoding = CodecLoop {
             codec,
             resampler,
+            output_rate_hz: Arc::clone(&output_rate_hz),
             producer,
             frames: frame_rx,
             status: Arc::clone(&status),
@@ -268,7 +283,7 @@ impl Stream {
                 commands,
                 status,
                 playback: Arc::clone(consumer.stats()),
-                sample_rate_hz: config.output_rate_hz,
+                output_rate_hz,
                 latency_samples: latency_samples as usize,
                 execution_provider,
                 codes,
@@ -293,7 +308,17 @@ impl Stream {
     }
 
     pub fn sample_rate_hz(&self) -> u32 {
-        self.sample_rate_hz
+        self.output_rate_hz.load(Ordering::Relaxed)
+    }
+
+    /// Changes the output rate: the codec thread makes a new resampler before its next
+    /// samples; the model and the generation go on untouched.
+    pub fn set_output_rate(&self, rate_hz: u32) -> Result<(), StreamError> {
+        if !crate::resample::SUPPORTED_RATES_HZ.contains(&rate_hz) {
+            return Err(ResampleError::UnsupportedRate { rate_hz }.into());
+        }
+        self.output_rate_hz.store(rate_hz, Ordering::Relaxed);
+        Ok(())
     }
 
     /// Output samples between a frame's first token and its audio: the pattern's lag and
@@ -308,7 +333,7 @@ impl Stream {
             .status
             .samples_pushed()
             .saturating_sub(self.playback.samples_played());
-        queued as f64 / f64::from(self.sample_rate_hz)
+        queued as f64 / f64::from(self.sample_rate_hz())
     }
 
     /// The execution provider the decoder runs on (and why, after a fallback).
@@ -375,6 +400,13 @@ impl GenerationLoop {
             let completed = self.generator.step(&mut self.decoder, &self.cross)?;
             for t in completed {
                 self.generator.frame(t, &mut frame);
+                {
+                    let mut recent = self.status.recent.lock();
+                    if recent.len() == RECENT_FRAMES {
+                        recent.pop_front();
+                    }
+                    recent.push_back((t, frame.clone()));
+                }
                 if self.frames.send(frame.clone()).is_err() {
                     return Ok(());
                 }
@@ -415,6 +447,7 @@ impl GenerationLoop {
 struct CodecLoop {
     codec: StreamingCodec,
     resampler: StreamResampler,
+    output_rate_hz: Arc<AtomicU32>,
     producer: PlaybackProducer,
     frames: Receiver<Vec<u32>>,
     status: Arc<StreamStatus>,
@@ -437,18 +470,22 @@ impl CodecLoop {
         for frame in self.frames.clone().iter() {
             self.codec.push_frame(&frame);
             self.codec.decode_ready(&mut audio)?;
-            self.emit(&mut audio, &mut resampled, false);
+            self.emit(&mut audio, &mut resampled, false)?;
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
         }
         self.codec.finish(&mut audio)?;
-        self.emit(&mut audio, &mut resampled, true);
+        self.emit(&mut audio, &mut resampled, true)?;
         Ok(())
     }
 
     /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
-    fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) {
+    fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) -> Result<(), StreamError> {
+        let rate_hz = self.output_rate_hz.load(Ordering::Relaxed);
+        if rate_hz != self.resampler.output_rate_hz() {
+            self.resampler = StreamResampler::new(self.resampler.input_rate_hz(), rate_hz)?;
+        }
         self.resampler.process(audio, resampled);
         audio.clear();
         if last {
@@ -473,5 +510,6 @@ impl CodecLoop {
             }
         }
         resampled.clear();
+        Ok(())
     }
 }

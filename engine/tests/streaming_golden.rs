@@ -179,3 +179,26 @@ fn a_stream_shorter_than_a_codec_window_still_decodes() {
     assert_eq!(audio.len(), 3 * 640);
     assert!(audio.iter().any(|&s| s != 0.0));
 }
+
+#[test]
+fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
+    let frames = 100;
+    // A small ring buffer holds the codec thread back until the test drains it, so most of
+    // the stream is still to be resampled when the rate changes.
+    let mut config = config("warm lo-fi piano", frames);
+    config.buffer_seconds = 0.01;
+    let (stream, mut consumer) = Stream::start(config).unwrap();
+    while stream.status().frames() < 20 {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(stream.set_output_rate(1_000).is_err(), "1 kHz is refused");
+    stream.set_output_rate(48_000).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(stream.sample_rate_hz(), 48_000);
+    // Between all-32 kHz and all-48 kHz lengths: part of the stream came out at each rate.
+    let (low, high) = (frames * 640, frames * 960);
+    assert!(audio.len() > low && audio.len() < high, "{} samples", audio.len());
+    let mut recent = Vec::new();
+    stream.status().recent_frames(&mut recent);
+    assert_eq!(recent.last().map(|(t, codes)| (*t, codes.len())), Some((frames - 1, 4)));
+}
