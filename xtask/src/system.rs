@@ -7,23 +7,47 @@ use anyhow::{Result, bail};
 
 use crate::run;
 
-/// Debian packages the build and the tests need, each with the command that proves it
-/// is present.
-const BUILD_PACKAGES: &[(&str, &[&str])] = &[
+/// Tools the build and the tests need, each with the command that proves it is present
+/// (python may come from elsewhere than Debian, so its probe is a command).
+const BUILD_TOOLS: &[(&str, &[&str])] = &[
     ("python3", &["python3", "--version"]),
     ("python3-pip", &["python3", "-m", "pip", "--version"]),
     ("python3-venv", &["python3", "-m", "venv", "--help"]),
     ("pkg-config", &["pkg-config", "--version"]),
-    ("libasound2-dev", &["pkg-config", "--exists", "alsa"]),
+];
+
+/// Debian packages of the C libraries that cpal, nice-plug and its egui editor link.
+const BUILD_LIBRARIES: &[&str] = &[
+    "libasound2-dev",
+    "libjack-jackd2-dev",
+    "libx11-dev",
+    "libx11-xcb-dev",
+    "libxcb1-dev",
+    "libxcb-dri2-0-dev",
+    "libxcb-icccm4-dev",
+    "libxcursor-dev",
+    "libxkbcommon-dev",
+    "libxcb-shape0-dev",
+    "libxcb-xfixes0-dev",
+    "libgl-dev",
+    "libglu1-mesa-dev",
 ];
 
 pub fn ensure_build_prerequisites() -> Result<()> {
-    let missing: Vec<&str> = BUILD_PACKAGES
+    let mut missing: Vec<&str> = BUILD_TOOLS
         .iter()
         .filter(|(_, probe)| !succeeds(probe))
         .map(|(package, _)| *package)
         .collect();
+    missing.extend(BUILD_LIBRARIES.iter().filter(|package| !debian_installed(package)));
     install_debian(&missing)
+}
+
+fn debian_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).contains("install ok installed"))
 }
 
 fn succeeds(argv: &[&str]) -> bool {

@@ -1,0 +1,339 @@
+//! The plugin's control thread: owns the engine's [`Stream`], starts it in the background
+//! when a note or the editor asks, hands its playback consumer to the audio thread
+//! through a lock-free queue, forwards parameter changes, and publishes a status snapshot
+//! for the editor.
+//!
+//! The audio thread talks to this thread only through SPSC ring buffers (`ringbuf`): it
+//! pushes [`AudioRequest`]s and retired consumers, and pops [`Handoff`]s. Nothing it does
+//! can block, lock or free memory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
+use musicgen_engine::bundle::Bundle;
+use musicgen_engine::playback::PlaybackConsumer;
+use musicgen_engine::sampler::SamplingSettings;
+use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use parking_lot::Mutex;
+use ringbuf::traits::{Consumer, Producer, Split};
+use ringbuf::{HeapCons, HeapProd, HeapRb};
+
+use crate::params::MusicGenParams;
+
+/// What the audio thread asks for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AudioRequest {
+    /// A note arrived (or the transport started in free-run mode) and no stream is playing.
+    Start,
+}
+
+/// What the editor and the host's non-realtime callbacks ask for.
+#[derive(Clone, Debug)]
+pub enum Request {
+    /// Start generating, or re-condition a running stream on the current prompt.
+    Generate,
+    /// End the stream.
+    Stop,
+    /// The host's sample rate changed.
+    OutputRate(u32),
+    Shutdown,
+}
+
+/// A new stream's consumer for the audio thread, with the latency to report.
+pub struct Handoff {
+    pub consumer: PlaybackConsumer,
+    pub latency_samples: u32,
+}
+
+/// What the editor shows.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub state: String,
+    pub error: Option<String>,
+    pub provider: String,
+    pub steps_per_second: f32,
+    pub realtime_factor: f32,
+    pub seconds_buffered: f64,
+    pub underruns: u64,
+    pub delays: Vec<usize>,
+    pub recent_frames: Vec<(usize, Vec<u32>)>,
+}
+
+/// The audio thread's ends of the queues.
+pub struct AudioLink {
+    pub requests: HeapProd<AudioRequest>,
+    pub handoffs: HeapCons<Handoff>,
+    pub retired: HeapProd<PlaybackConsumer>,
+}
+
+/// The handle the plugin keeps; dropping it stops the thread and the stream.
+pub struct Controller {
+    requests: Sender<Request>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Controller {
+    pub fn spawn(params: Arc<MusicGenParams>) -> (Controller, AudioLink) {
+        let (audio_requests, audio_requests_rx) = HeapRb::<AudioRequest>::new(16).split();
+        let (handoffs_tx, handoffs) = HeapRb::<Handoff>::new(4).split();
+        let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
+        let (requests, requests_rx) = unbounded();
+        let snapshot = Arc::new(Mutex::new(Snapshot {
+            state: "idle: play a note or press Generate".into(),
+            ..Snapshot::default()
+        }));
+        let worker = Worker {
+            params,
+            requests: requests_rx,
+            audio_requests: audio_requests_rx,
+            handoffs: handoffs_tx,
+            retired: retired_rx,
+            snapshot: Arc::clone(&snapshot),
+            stream: None,
+            output_rate_hz: 48_000,
+            applied: None,
+            last_snapshot: Instant::now(),
+        };
+        let thread = std::thread::Builder::new()
+            .name("musicgen-controller".into())
+            .spawn(move || worker.run())
+            .expect("the OS can start a thread");
+        (
+            Controller {
+                requests,
+                snapshot,
+                thread: Some(thread),
+            },
+            AudioLink {
+                requests: audio_requests,
+                handoffs,
+                retired,
+            },
+        )
+    }
+
+    pub fn send(&self, request: Request) {
+        // The worker only ends on Shutdown, which only Drop sends.
+        let _ = self.requests.send(request);
+    }
+
+    pub fn sender(&self) -> Sender<Request> {
+        self.requests.clone()
+    }
+
+    pub fn snapshot(&self) -> Arc<Mutex<Snapshot>> {
+        Arc::clone(&self.snapshot)
+    }
+}
+
+impl Drop for Controller {
+    fn drop(&mut self) {
+        let _ = self.requests.send(Request::Shutdown);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Sampling settings as last sent to the stream, to notice parameter changes.
+#[derive(Clone, Copy, PartialEq)]
+struct Applied {
+    sampling: SamplingSettings,
+    guidance_scale: f32,
+}
+
+struct Worker {
+    params: Arc<MusicGenParams>,
+    requests: Receiver<Request>,
+    audio_requests: HeapCons<AudioRequest>,
+    handoffs: HeapProd<Handoff>,
+    retired: HeapCons<PlaybackConsumer>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    stream: Option<Stream>,
+    output_rate_hz: u32,
+    applied: Option<Applied>,
+    last_snapshot: Instant,
+}
+
+/// How often the worker looks at the audio thread's queue and the parameters.
+const POLL: Duration = Duration::from_millis(5);
+const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
+
+impl Worker {
+    fn run(mut self) {
+        loop {
+            match self.requests.recv_timeout(POLL) {
+                Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
+                Ok(Request::Generate) => self.generate(),
+                Ok(Request::Stop) => self.stop(),
+                Ok(Request::OutputRate(rate_hz)) => self.set_output_rate(rate_hz),
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            while let Some(AudioRequest::Start) = self.audio_requests.try_pop() {
+                if self.stream.is_none() {
+                    self.generate();
+                }
+            }
+            // Consumers the audio thread let go of are freed here, not there.
+            while self.retired.try_pop().is_some() {}
+            self.apply_parameters();
+            if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
+                self.publish();
+                self.last_snapshot = Instant::now();
+            }
+        }
+        self.stream = None;
+    }
+
+    fn settings(&self) -> Applied {
+        let p = &self.params;
+        Applied {
+            sampling: SamplingSettings {
+                greedy: false,
+                temperature: p.temperature.value(),
+                top_k: p.top_k.value().max(0) as usize,
+                top_p: p.top_p.value(),
+            },
+            guidance_scale: p.guidance.value(),
+        }
+    }
+
+    fn generate(&mut self) {
+        let prompt = self.params.prompt.read().clone();
+        if let Some(stream) = &self.stream
+            && !stream.status().is_finished()
+        {
+            self.set_state(format!("prompt sent: {prompt}"), None);
+            stream.send(Command::SetPrompt(prompt));
+            return;
+        }
+        let model_dir = self.model_dir();
+        self.set_state(format!("loading {} ...", model_dir.display()), None);
+        self.publish();
+        let settings = self.settings();
+        let mut config = StreamConfig::new(model_dir.clone(), prompt);
+        config.sampling = settings.sampling;
+        config.guidance_scale = settings.guidance_scale;
+        config.seed = self.params.seed.value().max(0) as u64;
+        config.output_rate_hz = self.output_rate_hz;
+        config.provider = *self.params.provider.read();
+        config.ort_library = resources_dir().map(|dir| dir.join(musicgen_engine::runtime::library_file_name()));
+        let delays = Bundle::open(&model_dir)
+            .ok()
+            .map(|b| b.manifest().pattern.delays.clone())
+            .unwrap_or_default();
+        match Stream::start(config) {
+            Ok((stream, consumer)) => {
+                let latency_samples = stream.latency_samples() as u32;
+                if self
+                    .handoffs
+                    .try_push(Handoff {
+                        consumer,
+                        latency_samples,
+                    })
+                    .is_err()
+                {
+                    self.set_state("the audio thread is not taking new streams".into(), None);
+                    return;
+                }
+                self.snapshot.lock().delays = delays;
+                self.applied = Some(settings);
+                self.stream = Some(stream);
+                self.set_state("generating".into(), None);
+            }
+            Err(error) => self.set_state("stopped".into(), Some(error.to_string())),
+        }
+    }
+
+    fn stop(&mut self) {
+        self.stream = None;
+        self.set_state("stopped".into(), None);
+    }
+
+    fn set_output_rate(&mut self, rate_hz: u32) {
+        self.output_rate_hz = rate_hz;
+        if let Some(stream) = &self.stream
+            && let Err(error) = stream.set_output_rate(rate_hz)
+        {
+            self.set_state("stopped".into(), Some(error.to_string()));
+            self.stream = None;
+        }
+    }
+
+    fn apply_parameters(&mut self) {
+        let settings = self.settings();
+        if let Some(stream) = &self.stream
+            && self.applied != Some(settings)
+        {
+            stream.send(Command::SetSampling {
+                sampling: settings.sampling,
+                guidance_scale: settings.guidance_scale,
+            });
+            self.applied = Some(settings);
+        }
+    }
+
+    fn model_dir(&self) -> PathBuf {
+        let chosen = self.params.model_dir.read().clone();
+        if !chosen.is_empty() {
+            return PathBuf::from(chosen);
+        }
+        default_model_dir()
+    }
+
+    fn set_state(&self, state: String, error: Option<String>) {
+        let mut snapshot = self.snapshot.lock();
+        snapshot.state = state;
+        snapshot.error = error;
+    }
+
+    fn publish(&self) {
+        let mut snapshot = self.snapshot.lock();
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let status = stream.status();
+        snapshot.provider = stream.execution_provider().to_owned();
+        snapshot.steps_per_second = status.steps_per_second();
+        snapshot.realtime_factor = status.realtime_factor();
+        snapshot.seconds_buffered = stream.seconds_buffered();
+        snapshot.underruns = stream.playback().underruns();
+        status.recent_frames(&mut snapshot.recent_frames);
+        if let Some(error) = status.error() {
+            snapshot.error = Some(error);
+        } else if status.is_finished() {
+            snapshot.state = "finished: the model's context is full; press Generate for more".into();
+        }
+    }
+}
+
+/// The folder of the plugin's own binary, where a bundle keeps the ONNX Runtime library
+/// and the default model.
+pub fn resources_dir() -> Option<PathBuf> {
+    let binary = process_path::get_dylib_path().or_else(process_path::get_executable_path)?;
+    binary.parent().map(Path::to_path_buf)
+}
+
+/// The tiny model shipped beside the binary, or the development copy in this source tree.
+pub fn default_model_dir() -> PathBuf {
+    let bundled = resources_dir().map(|dir| dir.join("models").join("tiny"));
+    match bundled {
+        Some(dir) if dir.is_dir() => dir,
+        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_model_is_the_tiny_bundle() {
+        let dir = default_model_dir();
+        assert!(dir.join("musicgen.json").is_file(), "{}", dir.display());
+    }
+}

@@ -1,0 +1,207 @@
+//! The egui editor: prompt, Generate and Stop, the parameters, the model and execution
+//! provider, a status line, and a live view of the codebook pattern.
+
+use std::sync::Arc;
+
+use crossbeam_channel::Sender;
+use egui::{Color32, Rect, Sense, Stroke, Vec2};
+use musicgen_engine::runtime::ExecutionProvider;
+use nice_plug::context::gui::GuiContext;
+use nice_plug::editor::dpi::LogicalSize;
+use nice_plug_egui::widgets::ParamSlider;
+use nice_plug_egui::{EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
+use parking_lot::Mutex;
+
+use crate::controller::{Controller, Request, Snapshot};
+use crate::params::MusicGenParams;
+
+const WIDTH: u32 = 760;
+const HEIGHT: u32 = 560;
+/// Frames the pattern view shows: 3 s at 50 Hz.
+const VIEW_FRAMES: usize = 150;
+
+pub struct EditorApp {
+    params: Arc<MusicGenParams>,
+    requests: Sender<Request>,
+    snapshot: Arc<Mutex<Snapshot>>,
+    gui: Option<GuiContext>,
+    prompt: String,
+    model_dir: String,
+    view: Snapshot,
+}
+
+pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<EguiEditor<EditorApp>> {
+    let prompt = params.prompt.read().clone();
+    let model_dir = params.model_dir.read().clone();
+    let app = EditorApp {
+        params,
+        requests: controller.sender(),
+        snapshot: controller.snapshot(),
+        gui: None,
+        prompt,
+        model_dir,
+        view: Snapshot::default(),
+    };
+    create_egui_editor(
+        EguiEditorState::from_size(LogicalSize::new(f64::from(WIDTH), f64::from(HEIGHT)), 1.0),
+        Default::default(),
+        EguiNiceSettings {
+            title: "MusicGen Live".into(),
+            ..Default::default()
+        },
+        app,
+    )
+}
+
+impl NiceEguiApp for EditorApp {
+    fn build(
+        &mut self,
+        _egui_ctx: egui::Context,
+        gui: GuiContext,
+        _frame: &mut Frame,
+    ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
+        self.gui = Some(gui);
+        Ok(())
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
+        self.view = self.snapshot.lock().clone();
+        ui.ctx().request_repaint();
+        ui.heading("MusicGen Live");
+        ui.label("Prompt");
+        ui.add(
+            egui::TextEdit::multiline(&mut self.prompt)
+                .desired_rows(2)
+                .desired_width(f32::INFINITY),
+        );
+        ui.horizontal(|ui| {
+            if ui.button("Generate").clicked() {
+                *self.params.prompt.write() = self.prompt.clone();
+                let _ = self.requests.send(Request::Generate);
+            }
+            if ui.button("Stop").clicked() {
+                let _ = self.requests.send(Request::Stop);
+            }
+        });
+        ui.separator();
+        self.parameters(ui);
+        ui.separator();
+        self.model(ui);
+        ui.separator();
+        self.status(ui);
+        self.pattern_view(ui);
+    }
+}
+
+impl EditorApp {
+    fn parameters(&self, ui: &mut egui::Ui) {
+        let Some(gui) = &self.gui else {
+            return;
+        };
+        let setter = gui.param_setter();
+        let p = &self.params;
+        egui::Grid::new("parameters").num_columns(2).show(ui, |ui| {
+            ui.label("Guidance");
+            ui.add(ParamSlider::for_param(&p.guidance, &setter));
+            ui.end_row();
+            ui.label("Temperature");
+            ui.add(ParamSlider::for_param(&p.temperature, &setter));
+            ui.end_row();
+            ui.label("Top-k");
+            ui.add(ParamSlider::for_param(&p.top_k, &setter));
+            ui.end_row();
+            ui.label("Top-p");
+            ui.add(ParamSlider::for_param(&p.top_p, &setter));
+            ui.end_row();
+            ui.label("Gain");
+            ui.add(ParamSlider::for_param(&p.gain, &setter));
+            ui.end_row();
+            ui.label("Seed");
+            ui.add(ParamSlider::for_param(&p.seed, &setter));
+            ui.end_row();
+            ui.label("Free run");
+            ui.add(ParamSlider::for_param(&p.free_run, &setter));
+            ui.end_row();
+        });
+    }
+
+    fn model(&mut self, ui: &mut egui::Ui) {
+        ui.horizontal(|ui| {
+            ui.label("Model folder");
+            let edit = ui.add(
+                egui::TextEdit::singleline(&mut self.model_dir)
+                    .hint_text("the bundled tiny model")
+                    .desired_width(420.0),
+            );
+            if edit.lost_focus() {
+                *self.params.model_dir.write() = self.model_dir.trim().to_owned();
+            }
+        });
+        ui.horizontal(|ui| {
+            ui.label("Execution provider");
+            let mut provider = *self.params.provider.read();
+            egui::ComboBox::from_id_salt("provider")
+                .selected_text(provider.name())
+                .show_ui(ui, |ui| {
+                    for choice in ExecutionProvider::ALL {
+                        ui.selectable_value(&mut provider, choice, choice.name());
+                    }
+                });
+            *self.params.provider.write() = provider;
+            ui.label("(applies to the next Generate after Stop)");
+        });
+    }
+
+    fn status(&self, ui: &mut egui::Ui) {
+        let v = &self.view;
+        ui.label(format!(
+            "{} | provider {} | {:.1} steps/s | real-time x{:.2} | buffer {:.2} s | underruns {}",
+            v.state,
+            if v.provider.is_empty() { "-" } else { &v.provider },
+            v.steps_per_second,
+            v.realtime_factor,
+            v.seconds_buffered,
+            v.underruns
+        ));
+        if let Some(error) = &v.error {
+            ui.colored_label(Color32::from_rgb(230, 90, 80), error);
+        }
+    }
+
+    /// Codebooks as rows, frames as columns; each token coloured by the decoder step that
+    /// produced it (frame + delay + 1), so the delay pattern's diagonals are visible.
+    fn pattern_view(&self, ui: &mut egui::Ui) {
+        let frames = &self.view.recent_frames;
+        let k_count = frames.first().map_or(4, |(_, codes)| codes.len());
+        let (response, painter) = ui.allocate_painter(
+            Vec2::new(ui.available_width(), 18.0 * k_count as f32 + 4.0),
+            Sense::hover(),
+        );
+        let area = response.rect;
+        painter.rect_filled(area, 2.0, Color32::from_gray(24));
+        let shown = &frames[frames.len().saturating_sub(VIEW_FRAMES)..];
+        let cell_w = area.width() / VIEW_FRAMES as f32;
+        let cell_h = (area.height() - 4.0) / k_count as f32;
+        for (column, (t, codes)) in shown.iter().enumerate() {
+            for (k, &code) in codes.iter().enumerate() {
+                let delay = self.view.delays.get(k).copied().unwrap_or(k);
+                let step = t + delay + 1;
+                let hue = (step % 24) as f32 / 24.0;
+                let brightness = 0.45 + 0.55 * (code % 64) as f32 / 63.0;
+                let color = egui::ecolor::Hsva::new(hue, 0.7, brightness, 1.0);
+                let min = area.min + Vec2::new(column as f32 * cell_w, 2.0 + k as f32 * cell_h);
+                painter.rect_filled(
+                    Rect::from_min_size(min, Vec2::new(cell_w.max(1.0), cell_h - 1.0)),
+                    0.0,
+                    color,
+                );
+            }
+        }
+        painter.rect_stroke(
+            area,
+            2.0,
+            Stroke::new(1.0, Color32::from_gray(80)),
+            egui::StrokeKind::Inside,
+        );
+    }
+}

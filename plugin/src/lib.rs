@@ -1,0 +1,185 @@
+//! MusicGen Live as an instrument: a note (or the host's transport, in free-run mode)
+//! plays the music the engine generates; the editor sets the prompt and the model.
+//!
+//! The audio thread only pops samples from the engine's ring buffer, applies gain and a
+//! short gate fade, and writes both channels. Everything else (loading, generating,
+//! status) happens on the [`controller`] thread.
+
+mod controller;
+mod editor;
+mod params;
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use musicgen_engine::playback::PlaybackConsumer;
+use nice_plug::prelude::*;
+use ringbuf::traits::{Consumer, Producer};
+
+use crate::controller::{AudioLink, AudioRequest, Controller, Request};
+pub use crate::params::MusicGenParams;
+
+/// Gate fade for note on and off, in seconds.
+const GATE_FADE_S: f32 = 0.02;
+
+pub struct MusicGenLive {
+    params: Arc<MusicGenParams>,
+    controller: Controller,
+    link: AudioLink,
+    consumer: Option<PlaybackConsumer>,
+    /// Mono samples from the ring buffer for the current block; sized in `activate`.
+    scratch: Vec<f32>,
+    notes_held: u32,
+    gate: f32,
+    gate_step: f32,
+    latency_samples: u32,
+    start_requested: bool,
+}
+
+impl Default for MusicGenLive {
+    fn default() -> Self {
+        let params = Arc::new(MusicGenParams::default());
+        let (controller, link) = Controller::spawn(Arc::clone(&params));
+        Self {
+            params,
+            controller,
+            link,
+            consumer: None,
+            scratch: Vec::new(),
+            notes_held: 0,
+            gate: 0.0,
+            gate_step: 1.0 / (GATE_FADE_S * 48_000.0),
+            latency_samples: 0,
+            start_requested: false,
+        }
+    }
+}
+
+impl MusicGenLive {
+    /// Takes a new stream's consumer if the controller has one, retiring the old one to
+    /// the controller so that it is freed there.
+    fn take_handoff(&mut self, context: &mut impl ProcessContext<Self>) {
+        if let Some(handoff) = self.link.handoffs.try_pop() {
+            if let Some(old) = self.consumer.replace(handoff.consumer)
+                && let Err(old) = self.link.retired.try_push(old)
+            {
+                // The retire queue is full: keep the old one alive rather than free it here.
+                std::mem::forget(old);
+            }
+            self.start_requested = false;
+            if handoff.latency_samples != self.latency_samples {
+                self.latency_samples = handoff.latency_samples;
+                context.set_latency_samples(handoff.latency_samples);
+            }
+        }
+    }
+}
+
+impl Plugin for MusicGenLive {
+    const NAME: &'static str = "MusicGen Live";
+    const VENDOR: &'static str = "MusicGen Live";
+    const URL: &'static str = "";
+    const EMAIL: &'static str = "";
+    const VERSION: &'static str = env!("CARGO_PKG_VERSION");
+
+    const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
+        main_input_channels: None,
+        main_output_channels: NonZeroU32::new(2),
+        ..AudioIOLayout::const_default()
+    }];
+    const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
+
+    type SysExMessage = ();
+    type BackgroundTask = ();
+    type Editor = nice_plug_egui::EguiEditor<editor::EditorApp>;
+
+    fn params(&self) -> Arc<dyn Params> {
+        self.params.clone()
+    }
+
+    fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
+        editor::create(Arc::clone(&self.params), &self.controller)
+    }
+
+    fn activate(
+        &mut self,
+        _audio_io_layout: &AudioIOLayout,
+        buffer_config: &BufferConfig,
+        _context: &mut impl ActivateContext<Self>,
+    ) -> bool {
+        let rate_hz = buffer_config.sample_rate.round() as u32;
+        if !musicgen_engine::resample::SUPPORTED_RATES_HZ.contains(&rate_hz) {
+            nice_error!("MusicGen Live cannot run at {rate_hz} Hz");
+            return false;
+        }
+        self.scratch = vec![0.0; buffer_config.max_buffer_size as usize];
+        self.gate_step = 1.0 / (GATE_FADE_S * buffer_config.sample_rate);
+        self.controller.send(Request::OutputRate(rate_hz));
+        true
+    }
+
+    fn reset(&mut self) {
+        self.gate = 0.0;
+        self.notes_held = 0;
+    }
+
+    fn process(
+        &mut self,
+        buffer: &mut Buffer,
+        _aux: &mut AuxiliaryBuffers,
+        context: &mut impl ProcessContext<Self>,
+    ) -> ProcessStatus {
+        while let Some(event) = context.next_event() {
+            match event {
+                NoteEvent::NoteOn { .. } => self.notes_held += 1,
+                NoteEvent::NoteOff { .. } => self.notes_held = self.notes_held.saturating_sub(1),
+                _ => {}
+            }
+        }
+        self.take_handoff(context);
+        let transport_plays = self.params.free_run.value() && context.transport().playing;
+        let open = self.notes_held > 0 || transport_plays;
+        if open && self.consumer.is_none() && !self.start_requested {
+            self.start_requested = self.link.requests.try_push(AudioRequest::Start).is_ok();
+        }
+
+        let frames = buffer.samples();
+        let mono = &mut self.scratch[..frames];
+        let audible = open || self.gate > 0.0;
+        match (&mut self.consumer, audible) {
+            (Some(consumer), true) => {
+                consumer.pop(mono);
+            }
+            _ => mono.fill(0.0),
+        }
+        for (i, mut channels) in buffer.iter_samples().enumerate() {
+            self.gate = if open {
+                (self.gate + self.gate_step).min(1.0)
+            } else {
+                (self.gate - self.gate_step).max(0.0)
+            };
+            let sample = mono[i] * self.gate * self.params.gain.smoothed.next();
+            for out in channels.iter_mut() {
+                *out = sample;
+            }
+        }
+        ProcessStatus::KeepAlive
+    }
+}
+
+impl ClapPlugin for MusicGenLive {
+    const CLAP_ID: &'static str = "live.musicgen.instrument";
+    const CLAP_DESCRIPTION: Option<&'static str> = Some("Text-to-music generation in real time with MusicGen");
+    const CLAP_MANUAL_URL: Option<&'static str> = None;
+    const CLAP_SUPPORT_URL: Option<&'static str> = None;
+    const CLAP_FEATURES: &'static [ClapFeature] =
+        &[ClapFeature::Instrument, ClapFeature::Synthesizer, ClapFeature::Stereo];
+}
+
+impl Vst3Plugin for MusicGenLive {
+    const VST3_CLASS_ID: [u8; 16] = *b"MusicGenLiveInst";
+    const VST3_SUBCATEGORIES: &'static [Vst3SubCategory] = &[Vst3SubCategory::Instrument, Vst3SubCategory::Synth];
+}
+
+nice_export_clap!(MusicGenLive);
+nice_export_vst3!(MusicGenLive);

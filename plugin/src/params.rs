@@ -1,0 +1,78 @@
+//! The plugin's parameters (automatable, in the host) and its persisted settings.
+
+use std::sync::Arc;
+
+use musicgen_engine::runtime::ExecutionProvider;
+use nice_plug::prelude::*;
+use parking_lot::RwLock;
+
+/// The prompt a fresh instance starts with.
+pub const DEFAULT_PROMPT: &str = "warm lo-fi piano with soft drums, 80 bpm";
+
+#[derive(Params)]
+pub struct MusicGenParams {
+    /// Classifier-free guidance: how strongly the music follows the prompt.
+    #[id = "guidance"]
+    pub guidance: FloatParam,
+    #[id = "temperature"]
+    pub temperature: FloatParam,
+    /// 0 keeps every token.
+    #[id = "top_k"]
+    pub top_k: IntParam,
+    /// 0 turns nucleus sampling off.
+    #[id = "top_p"]
+    pub top_p: FloatParam,
+    #[id = "gain"]
+    pub gain: FloatParam,
+    #[id = "seed"]
+    pub seed: IntParam,
+    /// Play while the host's transport runs, without a held note.
+    #[id = "free_run"]
+    pub free_run: BoolParam,
+
+    #[persist = "prompt"]
+    pub prompt: Arc<RwLock<String>>,
+    /// Empty: the model bundled next to the plugin.
+    #[persist = "model_dir"]
+    pub model_dir: Arc<RwLock<String>>,
+    #[persist = "provider"]
+    pub provider: Arc<RwLock<ExecutionProvider>>,
+}
+
+impl Default for MusicGenParams {
+    fn default() -> Self {
+        Self {
+            guidance: FloatParam::new("Guidance", 3.0, FloatRange::Linear { min: 1.0, max: 10.0 }).with_step_size(0.1),
+            temperature: FloatParam::new(
+                "Temperature",
+                1.0,
+                FloatRange::Skewed {
+                    min: 0.05,
+                    max: 2.0,
+                    factor: FloatRange::skew_factor(-1.0),
+                },
+            )
+            .with_step_size(0.01),
+            top_k: IntParam::new("Top-k", 250, IntRange::Linear { min: 0, max: 2048 }),
+            top_p: FloatParam::new("Top-p", 0.0, FloatRange::Linear { min: 0.0, max: 1.0 }).with_step_size(0.01),
+            gain: FloatParam::new(
+                "Gain",
+                util::db_to_gain(0.0),
+                FloatRange::Skewed {
+                    min: util::db_to_gain(-48.0),
+                    max: util::db_to_gain(12.0),
+                    factor: FloatRange::gain_skew_factor(-48.0, 12.0),
+                },
+            )
+            .with_smoother(SmoothingStyle::Logarithmic(30.0))
+            .with_unit(" dB")
+            .with_value_to_string(formatters::v2s_f32_gain_to_db(1))
+            .with_string_to_value(formatters::s2v_f32_gain_to_db()),
+            seed: IntParam::new("Seed", 0, IntRange::Linear { min: 0, max: 65_535 }),
+            free_run: BoolParam::new("Free run", false),
+            prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
+            model_dir: Arc::new(RwLock::new(String::new())),
+            provider: Arc::new(RwLock::new(ExecutionProvider::Auto)),
+        }
+    }
+}
