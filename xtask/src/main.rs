@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's tasks, so that a fresh machine needs only cargo.
 
+mod bundle;
 mod ort;
 mod python;
 mod system;
@@ -29,10 +30,18 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Build the VST3 and CLAP bundles into target/bundled/ with the ONNX Runtime library
+    /// and the tiny model inside (arguments go to nice-plug's bundler, e.g.
+    /// `musicgen-plugin --release`).
+    Bundle {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
     /// (and play it where there is an audio device).
     Demo,
-    /// Install what the tests need, then run fmt, clippy and every test.
+    /// Install what the tests need, then run fmt, clippy, build the debug plugin bundles and
+    /// run every test (the CLAP host test loads the bundle).
     Test,
 }
 
@@ -41,6 +50,7 @@ fn main() -> Result<()> {
     match Cli::parse().task {
         Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
         Task::Export { args } => python::export(&root, &args),
+        Task::Bundle { args } => bundle::bundle(&root, args),
         Task::Demo => demo(&root),
         Task::Test => test(&root),
     }
@@ -95,6 +105,8 @@ fn test(root: &Path) -> Result<()> {
         root,
         &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
     )?;
+    // The CLAP host test loads the bundle; a debug one aborts on allocation in process().
+    bundle::bundle(root, vec!["musicgen-plugin".to_owned()])?;
     cargo(root, &["test", "--workspace"])?;
     python::check_tiny_export(root)
 }

@@ -108,7 +108,8 @@ fn newest_wheel(dir: &Path, provider: Provider) -> Result<PathBuf> {
 }
 
 /// Copies `onnxruntime/capi/*onnxruntime*` shared libraries (not the Python binding) out
-/// of the wheel, and gives the main one its plain platform name.
+/// of the wheel, and gives the main one its plain platform name (renamed, not copied, so
+/// that bundles carry one copy).
 fn unpack_libraries(wheel: &Path, out: &Path) -> Result<PathBuf> {
     let file = fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
     let mut archive = zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
@@ -136,7 +137,7 @@ fn unpack_libraries(wheel: &Path, out: &Path) -> Result<PathBuf> {
     };
     let canonical = out.join(&main_name);
     if found != canonical {
-        fs::copy(&found, &canonical)?;
+        fs::rename(&found, &canonical)?;
     }
     Ok(canonical)
 }

@@ -1,0 +1,90 @@
+//! Plugin bundles: nice-plug's bundler builds the VST3 and CLAP bundles, then the ONNX
+//! Runtime library and the tiny default model are copied in beside the plugin binary, in
+//! a `musicgen-live/` folder, where the plugin looks for them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+use crate::{ort, system};
+
+/// The bundle name from bundler.toml.
+const BUNDLE_NAME: &str = "MusicGen Live";
+
+/// The folder beside the plugin binary that holds its resources (the plugin's
+/// `controller::resources_dir` reads the same name).
+const RESOURCES: &str = "musicgen-live";
+
+pub fn bundle(root: &Path, args: Vec<String>) -> Result<()> {
+    system::ensure_build_prerequisites()?;
+    let library = ort::ensure(root, ort::Provider::Cpu)?;
+    nice_plug_xtask::chdir_workspace_root()?;
+    nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".to_owned()).chain(args))?;
+    let bundled = root.join("target").join("bundled");
+    let mut placed = 0;
+    for dir in binary_dirs(&bundled)? {
+        let resources = dir.join(RESOURCES);
+        copy_runtime(library.parent().expect("the library is in a folder"), &resources)?;
+        copy_tree(
+            &root.join("models").join("tiny"),
+            &resources.join("models").join("tiny"),
+        )?;
+        println!("added ONNX Runtime and the tiny model to {}", resources.display());
+        placed += 1;
+    }
+    if placed == 0 {
+        bail!(
+            "nice-plug's bundler wrote no {BUNDLE_NAME} bundle to {}",
+            bundled.display()
+        );
+    }
+    Ok(())
+}
+
+/// The folders that hold the plugin binaries: inside the VST3 bundle, and beside the CLAP
+/// file (a CLAP plugin is a single file on Linux and Windows).
+fn binary_dirs(bundled: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    let vst3_contents = bundled.join(format!("{BUNDLE_NAME}.vst3")).join("Contents");
+    if vst3_contents.is_dir() {
+        for entry in fs::read_dir(&vst3_contents)? {
+            let path = entry?.path();
+            if path.is_dir() && path.file_name().is_some_and(|n| n != "Resources") {
+                dirs.push(path);
+            }
+        }
+    }
+    let clap = bundled.join(format!("{BUNDLE_NAME}.clap"));
+    if clap.is_file() {
+        dirs.push(bundled.to_path_buf());
+    } else if clap.join("Contents").join("MacOS").is_dir() {
+        dirs.push(clap.join("Contents").join("MacOS"));
+    }
+    Ok(dirs)
+}
+
+fn copy_runtime(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        if path.is_file() {
+            fs::copy(&path, to.join(path.file_name().expect("a file has a name")))?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    fs::create_dir_all(to)?;
+    for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
+        let path = entry?.path();
+        let target = to.join(path.file_name().expect("an entry has a name"));
+        if path.is_dir() {
+            copy_tree(&path, &target)?;
+        } else {
+            fs::copy(&path, &target)?;
+        }
+    }
+    Ok(())
+}
