@@ -6,6 +6,10 @@
 //! when the buffer runs dry it fades the last samples out, plays silence, counts the
 //! underrun, and fades back in when audio returns. [`PlaybackStats`] can be read from any
 //! thread without disturbing either side.
+//!
+//! The producer can also retract what is queued ([`PlaybackProducer::discard_queued`]),
+//! for audio made for an output rate that no longer holds: it publishes the count of
+//! samples pushed so far, and the consumer skips up to that count before its next read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,8 +25,12 @@ pub const FADE_SAMPLES: usize = 64;
 #[derive(Debug, Default)]
 pub struct PlaybackStats {
     underruns: AtomicU64,
+    samples_pushed: AtomicU64,
     samples_played: AtomicU64,
+    samples_discarded: AtomicU64,
     silent_samples: AtomicU64,
+    /// Samples pushed before this count are to be skipped, not played.
+    discard_before: AtomicU64,
 }
 
 impl PlaybackStats {
@@ -32,9 +40,27 @@ impl PlaybackStats {
         self.underruns.load(Ordering::Relaxed)
     }
 
+    /// Samples the producer has put into the buffer.
+    pub fn samples_pushed(&self) -> u64 {
+        self.samples_pushed.load(Ordering::Relaxed)
+    }
+
     /// Samples taken from the buffer and played.
     pub fn samples_played(&self) -> u64 {
         self.samples_played.load(Ordering::Relaxed)
+    }
+
+    /// Samples skipped unplayed after [`PlaybackProducer::discard_queued`].
+    pub fn samples_discarded(&self) -> u64 {
+        self.samples_discarded.load(Ordering::Relaxed)
+    }
+
+    /// Samples waiting in the buffer to be played.
+    pub fn samples_queued(&self) -> u64 {
+        let pushed = self.samples_pushed();
+        let discard_before = self.discard_before.load(Ordering::Relaxed);
+        let taken = self.samples_played() + self.samples_discarded();
+        pushed.saturating_sub(taken.max(discard_before))
     }
 
     /// Samples of silence played because the buffer was empty (before the first audio too).
@@ -57,6 +83,7 @@ pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer)
             stats,
             started: false,
             fading_in: false,
+            taken: 0,
         },
     )
 }
@@ -70,7 +97,16 @@ pub struct PlaybackProducer {
 impl PlaybackProducer {
     /// Pushes as many samples as fit; returns how many did.
     pub fn push(&mut self, samples: &[f32]) -> usize {
-        self.inner.push_slice(samples)
+        let pushed = self.inner.push_slice(samples);
+        self.stats.samples_pushed.fetch_add(pushed as u64, Ordering::Release);
+        pushed
+    }
+
+    /// Retracts every sample pushed so far: the consumer skips them instead of playing
+    /// them. What is pushed afterwards plays normally.
+    pub fn discard_queued(&mut self) {
+        let pushed = self.stats.samples_pushed.load(Ordering::Relaxed);
+        self.stats.discard_before.store(pushed, Ordering::Release);
     }
 
     /// Samples waiting to be played.
@@ -100,13 +136,24 @@ pub struct PlaybackConsumer {
     started: bool,
     /// The previous callback ran dry, so the next audio starts with a fade-in.
     fading_in: bool,
+    /// Samples popped or skipped so far.
+    taken: u64,
 }
 
 impl PlaybackConsumer {
     /// Fills `out` with the next samples, or silence where there are none. Never
     /// allocates, locks or blocks. Returns the number of real samples written.
     pub fn pop(&mut self, out: &mut [f32]) -> usize {
+        let discard_before = self.stats.discard_before.load(Ordering::Acquire);
+        if self.taken < discard_before {
+            let skipped = self.inner.skip((discard_before - self.taken) as usize);
+            self.taken += skipped as u64;
+            self.stats
+                .samples_discarded
+                .fetch_add(skipped as u64, Ordering::Relaxed);
+        }
         let got = self.inner.pop_slice(out);
+        self.taken += got as u64;
         out[got..].fill(0.0);
         if got > 0 && self.fading_in {
             let n = got.min(FADE_SAMPLES);
@@ -203,5 +250,24 @@ mod tests {
         assert_eq!(out[64..], [1.0; 192]);
         assert_eq!(rx.stats().underruns(), 1);
         assert_eq!(rx.stats().samples_played(), 456);
+    }
+
+    #[test]
+    fn discarded_samples_are_skipped_and_later_ones_play() {
+        let (mut tx, mut rx) = playback_channel(16);
+        tx.push(&[1.0; 6]);
+        let mut out = [0.0; 2];
+        rx.pop(&mut out);
+        assert_eq!(tx.stats().samples_queued(), 4);
+        tx.discard_queued();
+        assert_eq!(tx.stats().samples_queued(), 0);
+        tx.push(&[2.0, 3.0, 4.0]);
+        assert_eq!(tx.stats().samples_queued(), 3);
+        let mut out = [0.0; 3];
+        assert_eq!(rx.pop(&mut out), 3);
+        assert_eq!(out, [2.0, 3.0, 4.0]);
+        assert_eq!(rx.stats().samples_discarded(), 4);
+        assert_eq!(rx.stats().samples_played(), 5);
+        assert_eq!(rx.stats().samples_queued(), 0);
     }
 }

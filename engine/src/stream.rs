@@ -119,7 +119,6 @@ pub enum Command {
 pub struct StreamStatus {
     steps: AtomicU64,
     frames: AtomicU64,
-    samples_pushed: AtomicU64,
     steps_per_second_bits: AtomicU32,
     realtime_factor_bits: AtomicU32,
     first_audio_us: AtomicU64,
@@ -139,11 +138,6 @@ impl StreamStatus {
 
     pub fn frames(&self) -> u64 {
         self.frames.load(Ordering::Relaxed)
-    }
-
-    /// Output samples handed to the ring buffer so far.
-    pub fn samples_pushed(&self) -> u64 {
-        self.samples_pushed.load(Ordering::Relaxed)
     }
 
     /// Decoder steps per second, over the stream so far.
@@ -187,8 +181,12 @@ pub struct Stream {
     commands: Sender<Command>,
     status: Arc<StreamStatus>,
     playback: Arc<PlaybackStats>,
+    /// The rate of the audio the codec thread queues now; it follows
+    /// [`Stream::set_output_rate`] once the codec thread has switched.
     output_rate_hz: Arc<AtomicU32>,
-    latency_samples: usize,
+    resamplers: Sender<StreamResampler>,
+    latency: Latency,
+    latency_samples: AtomicU32,
     execution_provider: String,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
@@ -244,11 +242,12 @@ impl Stream {
         let (commands, command_rx) = unbounded();
         let (frame_tx, frame_rx) = bounded::<Vec<u32>>(codec.window().chunk_frames * 4);
 
-        let frame_lag = pattern.frame_lag_steps();
-        let latency_frames = frame_lag + codec.latency_frames();
-        let latency_samples = (latency_frames * manifest.samples_per_frame) as u64 * u64::from(config.output_rate_hz)
-            / u64::from(manifest.sample_rate_hz)
-            + resampler.delay_frames() as u64;
+        let latency = Latency {
+            frames: pattern.frame_lag_steps() + codec.latency_frames(),
+            samples_per_frame: manifest.samples_per_frame,
+            codec_rate_hz: manifest.sample_rate_hz,
+        };
+        let latency_samples = latency.samples(config.output_rate_hz, resampler.delay_frames());
 
         let generation = GenerationLoop {
             generator: Generator::new(pattern, manifest.special_token_id, sampler, config.guidance_scale),
@@ -263,10 +262,12 @@ impl Stream {
             frame_rate_hz: manifest.frame_rate_hz,
             started,
         };
+        let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
         let decoding = CodecLoop {
             codec,
             resampler,
+            resamplers: resampler_rx,
             output_rate_hz: Arc::clone(&output_rate_hz),
             producer,
             frames: frame_rx,
@@ -284,7 +285,9 @@ impl Stream {
                 status,
                 playback: Arc::clone(consumer.stats()),
                 output_rate_hz,
-                latency_samples: latency_samples as usize,
+                resamplers,
+                latency,
+                latency_samples: AtomicU32::new(latency_samples),
                 execution_provider,
                 codes,
                 stop,
@@ -307,33 +310,34 @@ impl Stream {
         &self.playback
     }
 
+    /// The output rate of the audio being queued now. After [`Stream::set_output_rate`] it
+    /// changes once the codec thread has switched, and by then the consumer skips what was
+    /// queued at the old rate.
     pub fn sample_rate_hz(&self) -> u32 {
-        self.output_rate_hz.load(Ordering::Relaxed)
+        self.output_rate_hz.load(Ordering::Acquire)
     }
 
-    /// Changes the output rate: the codec thread makes a new resampler before its next
-    /// samples; the model and the generation go on untouched.
+    /// Changes the output rate: the codec thread takes a new resampler before its next
+    /// samples and retracts the audio it queued at the old rate (the consumer skips it);
+    /// the model and the generation go on untouched.
     pub fn set_output_rate(&self, rate_hz: u32) -> Result<(), StreamError> {
-        if !crate::resample::SUPPORTED_RATES_HZ.contains(&rate_hz) {
-            return Err(ResampleError::UnsupportedRate { rate_hz }.into());
-        }
-        self.output_rate_hz.store(rate_hz, Ordering::Relaxed);
+        let resampler = StreamResampler::new(self.latency.codec_rate_hz, rate_hz)?;
+        let latency_samples = self.latency.samples(rate_hz, resampler.delay_frames());
+        self.latency_samples.store(latency_samples, Ordering::Relaxed);
+        // The codec thread ends only with the stream; a send to it cannot fail before.
+        let _ = self.resamplers.send(resampler);
         Ok(())
     }
 
-    /// Output samples between a frame's first token and its audio: the pattern's lag and
-    /// the codec window, at the output rate, plus the resampler's delay.
-    pub fn latency_samples(&self) -> usize {
-        self.latency_samples
+    /// Output samples between a frame's first token and its audio at the current output
+    /// rate: the pattern's lag and the codec window, plus the resampler's delay.
+    pub fn latency_samples(&self) -> u32 {
+        self.latency_samples.load(Ordering::Relaxed)
     }
 
-    /// Audio waiting in the ring buffer, in seconds: pushed minus played, from atomics.
+    /// Audio waiting in the ring buffer, in seconds at the output rate.
     pub fn seconds_buffered(&self) -> f64 {
-        let queued = self
-            .status
-            .samples_pushed()
-            .saturating_sub(self.playback.samples_played());
-        queued as f64 / f64::from(self.sample_rate_hz())
+        self.playback.samples_queued() as f64 / f64::from(self.sample_rate_hz())
     }
 
     /// The execution provider the decoder runs on (and why, after a fallback).
@@ -354,6 +358,22 @@ impl Drop for Stream {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// The stream's fixed latency, in codec frames, and what converts it to output samples.
+#[derive(Clone, Copy, Debug)]
+struct Latency {
+    frames: usize,
+    samples_per_frame: usize,
+    codec_rate_hz: u32,
+}
+
+impl Latency {
+    fn samples(&self, output_rate_hz: u32, resampler_delay_frames: usize) -> u32 {
+        let codec_samples = (self.frames * self.samples_per_frame) as u64;
+        let output_samples = codec_samples * u64::from(output_rate_hz) / u64::from(self.codec_rate_hz);
+        (output_samples + resampler_delay_frames as u64) as u32
     }
 }
 
@@ -447,6 +467,8 @@ impl GenerationLoop {
 struct CodecLoop {
     codec: StreamingCodec,
     resampler: StreamResampler,
+    /// Resamplers for new output rates, from [`Stream::set_output_rate`].
+    resamplers: Receiver<StreamResampler>,
     output_rate_hz: Arc<AtomicU32>,
     producer: PlaybackProducer,
     frames: Receiver<Vec<u32>>,
@@ -482,10 +504,7 @@ impl CodecLoop {
 
     /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
     fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) -> Result<(), StreamError> {
-        let rate_hz = self.output_rate_hz.load(Ordering::Relaxed);
-        if rate_hz != self.resampler.output_rate_hz() {
-            self.resampler = StreamResampler::new(self.resampler.input_rate_hz(), rate_hz)?;
-        }
+        self.take_new_resampler();
         self.resampler.process(audio, resampled);
         audio.clear();
         if last {
@@ -494,14 +513,14 @@ impl CodecLoop {
         let mut offset = 0;
         while offset < resampled.len() {
             let pushed = self.producer.push(&resampled[offset..]);
-            if pushed > 0 && self.status.samples_pushed() == 0 {
+            if pushed > 0 && self.status.first_audio_us.load(Ordering::Relaxed) == 0 {
                 let us = self.started.elapsed().as_micros().max(1) as u64;
                 self.status.first_audio_us.store(us, Ordering::Relaxed);
             }
             offset += pushed;
-            self.status.samples_pushed.fetch_add(pushed as u64, Ordering::Relaxed);
             if offset < resampled.len() {
-                if self.stop.load(Ordering::Acquire) {
+                // What is left was made for the old rate when a new one has come.
+                if self.stop.load(Ordering::Acquire) || self.take_new_resampler() {
                     break;
                 }
                 // The audio callback drains the buffer at the output rate: a few
@@ -511,5 +530,19 @@ impl CodecLoop {
         }
         resampled.clear();
         Ok(())
+    }
+
+    /// Switches to the newest resampler sent for a new output rate, retracting the audio
+    /// queued at the old rate; false when none came.
+    fn take_new_resampler(&mut self) -> bool {
+        let Some(newest) = self.resamplers.try_iter().last() else {
+            return false;
+        };
+        self.resampler = newest;
+        self.producer.discard_queued();
+        // After the discard: whoever sees the new rate also sees the old audio retracted.
+        self.output_rate_hz
+            .store(self.resampler.output_rate_hz(), Ordering::Release);
+        true
     }
 }
