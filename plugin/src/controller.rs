@@ -3,12 +3,14 @@
 //! through a lock-free queue, forwards parameter changes, and publishes a status snapshot
 //! for the editor.
 //!
-//! The audio thread talks to this thread only through SPSC ring buffers (`ringbuf`): it
-//! pushes [`AudioRequest`]s and retired consumers, and pops [`Handoff`]s. Nothing it does
-//! can block, lock or free memory.
+//! The audio thread talks to this thread only through SPSC ring buffers (`ringbuf`) and
+//! an atomic: it pushes [`AudioRequest`]s and retired consumers, pops new streams'
+//! consumers, and reads the latency to report. Nothing it does can block, lock or free
+//! memory.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -37,15 +39,12 @@ pub enum Request {
     Generate,
     /// End the stream.
     Stop,
-    /// The host's sample rate changed.
-    OutputRate(u32),
+    /// The host activated the plugin at this sample rate: the stream switches to it, and
+    /// one starts if none runs, so that it fills its buffer and the first note plays at once.
+    Activate {
+        rate_hz: u32,
+    },
     Shutdown,
-}
-
-/// A new stream's consumer for the audio thread, with the latency to report.
-pub struct Handoff {
-    pub consumer: PlaybackConsumer,
-    pub latency_samples: u32,
 }
 
 /// What the editor shows.
@@ -65,8 +64,14 @@ pub struct Snapshot {
 /// The audio thread's ends of the queues.
 pub struct AudioLink {
     pub requests: HeapProd<AudioRequest>,
-    pub handoffs: HeapCons<Handoff>,
+    /// New streams' consumers.
+    pub handoffs: HeapCons<PlaybackConsumer>,
     pub retired: HeapProd<PlaybackConsumer>,
+    /// The running stream's latency at the current output rate (0 before any stream).
+    pub latency_samples: Arc<AtomicU32>,
+    /// The output rate of the audio the stream queues now; the audio thread keeps quiet
+    /// while it differs from the host's rate.
+    pub stream_rate_hz: Arc<AtomicU32>,
 }
 
 /// The handle the plugin keeps; dropping it stops the thread and the stream.
@@ -79,7 +84,9 @@ pub struct Controller {
 impl Controller {
     pub fn spawn(params: Arc<MusicGenParams>) -> (Controller, AudioLink) {
         let (audio_requests, audio_requests_rx) = HeapRb::<AudioRequest>::new(16).split();
-        let (handoffs_tx, handoffs) = HeapRb::<Handoff>::new(4).split();
+        let (handoffs_tx, handoffs) = HeapRb::<PlaybackConsumer>::new(4).split();
+        let latency_samples = Arc::new(AtomicU32::new(0));
+        let stream_rate_hz = Arc::new(AtomicU32::new(0));
         let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
         let (requests, requests_rx) = unbounded();
         let snapshot = Arc::new(Mutex::new(Snapshot {
@@ -93,6 +100,8 @@ impl Controller {
             handoffs: handoffs_tx,
             retired: retired_rx,
             snapshot: Arc::clone(&snapshot),
+            latency_samples: Arc::clone(&latency_samples),
+            stream_rate_hz: Arc::clone(&stream_rate_hz),
             stream: None,
             output_rate_hz: 48_000,
             applied: None,
@@ -112,6 +121,8 @@ impl Controller {
                 requests: audio_requests,
                 handoffs,
                 retired,
+                latency_samples,
+                stream_rate_hz,
             },
         )
     }
@@ -150,9 +161,11 @@ struct Worker {
     params: Arc<MusicGenParams>,
     requests: Receiver<Request>,
     audio_requests: HeapCons<AudioRequest>,
-    handoffs: HeapProd<Handoff>,
+    handoffs: HeapProd<PlaybackConsumer>,
     retired: HeapCons<PlaybackConsumer>,
     snapshot: Arc<Mutex<Snapshot>>,
+    latency_samples: Arc<AtomicU32>,
+    stream_rate_hz: Arc<AtomicU32>,
     stream: Option<Stream>,
     output_rate_hz: u32,
     applied: Option<Applied>,
@@ -170,7 +183,12 @@ impl Worker {
                 Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Request::Generate) => self.generate(),
                 Ok(Request::Stop) => self.stop(),
-                Ok(Request::OutputRate(rate_hz)) => self.set_output_rate(rate_hz),
+                Ok(Request::Activate { rate_hz }) => {
+                    self.set_output_rate(rate_hz);
+                    if self.stream.is_none() {
+                        self.generate();
+                    }
+                }
                 Err(RecvTimeoutError::Timeout) => {}
             }
             while let Some(AudioRequest::Start) = self.audio_requests.try_pop() {
@@ -180,6 +198,12 @@ impl Worker {
             }
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
+            if let Some(stream) = &self.stream {
+                self.latency_samples.store(stream.latency_samples(), Ordering::Relaxed);
+                // Release: the audio thread that sees the new rate also sees the old audio
+                // retracted (the stream published both in that order).
+                self.stream_rate_hz.store(stream.sample_rate_hz(), Ordering::Release);
+            }
             self.apply_parameters();
             if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
                 self.publish();
@@ -228,15 +252,7 @@ impl Worker {
             .unwrap_or_default();
         match Stream::start(config) {
             Ok((stream, consumer)) => {
-                let latency_samples = stream.latency_samples() as u32;
-                if self
-                    .handoffs
-                    .try_push(Handoff {
-                        consumer,
-                        latency_samples,
-                    })
-                    .is_err()
-                {
+                if self.handoffs.try_push(consumer).is_err() {
                     self.set_state("the audio thread is not taking new streams".into(), None);
                     return;
                 }
@@ -255,8 +271,10 @@ impl Worker {
     }
 
     fn set_output_rate(&mut self, rate_hz: u32) {
+        let changed = rate_hz != self.output_rate_hz;
         self.output_rate_hz = rate_hz;
-        if let Some(stream) = &self.stream
+        if changed
+            && let Some(stream) = &self.stream
             && let Err(error) = stream.set_output_rate(rate_hz)
         {
             self.set_state("stopped".into(), Some(error.to_string()));
@@ -311,11 +329,11 @@ impl Worker {
     }
 }
 
-/// The folder of the plugin's own binary, where a bundle keeps the ONNX Runtime library
-/// and the default model.
+/// The `musicgen-live/` folder beside the plugin's own binary, where `cargo xtask bundle`
+/// puts the ONNX Runtime library and the default model.
 pub fn resources_dir() -> Option<PathBuf> {
     let binary = process_path::get_dylib_path().or_else(process_path::get_executable_path)?;
-    binary.parent().map(Path::to_path_buf)
+    binary.parent().map(|dir| dir.join("musicgen-live"))
 }
 
 /// The tiny model shipped beside the binary, or the development copy in this source tree.

@@ -1,10 +1,12 @@
 //! The egui editor: prompt, Generate and Stop, the parameters, the model and execution
 //! provider, a status line, and a live view of the codebook pattern.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
+use musicgen_engine::bundle::Bundle;
 use musicgen_engine::runtime::ExecutionProvider;
 use nice_plug::context::gui::GuiContext;
 use nice_plug::editor::dpi::LogicalSize;
@@ -27,6 +29,10 @@ pub struct EditorApp {
     gui: Option<GuiContext>,
     prompt: String,
     model_dir: String,
+    /// Why the chosen model folder cannot be used, checked when it is chosen.
+    model_problem: Option<String>,
+    /// The folder dialog's answer, while one is open.
+    browsing: Option<Receiver<Option<PathBuf>>>,
     view: Snapshot,
 }
 
@@ -40,6 +46,8 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         gui: None,
         prompt,
         model_dir,
+        model_problem: None,
+        browsing: None,
         view: Snapshot::default(),
     };
     create_egui_editor(
@@ -126,6 +134,13 @@ impl EditorApp {
     }
 
     fn model(&mut self, ui: &mut egui::Ui) {
+        if let Some(answer) = self.browsing.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.browsing = None;
+            if let Some(dir) = answer {
+                self.model_dir = dir.display().to_string();
+                self.choose_model();
+            }
+        }
         ui.horizontal(|ui| {
             ui.label("Model folder");
             let edit = ui.add(
@@ -134,9 +149,16 @@ impl EditorApp {
                     .desired_width(420.0),
             );
             if edit.lost_focus() {
-                *self.params.model_dir.write() = self.model_dir.trim().to_owned();
+                self.choose_model();
+            }
+            let browse = ui.add_enabled(self.browsing.is_none(), egui::Button::new("Browse..."));
+            if browse.clicked() {
+                self.browsing = Some(browse_for_folder(&self.model_dir));
             }
         });
+        if let Some(problem) = &self.model_problem {
+            ui.colored_label(Color32::from_rgb(230, 90, 80), problem);
+        }
         ui.horizontal(|ui| {
             ui.label("Execution provider");
             let mut provider = *self.params.provider.read();
@@ -150,6 +172,18 @@ impl EditorApp {
             *self.params.provider.write() = provider;
             ui.label("(applies to the next Generate after Stop)");
         });
+    }
+
+    /// Stores the folder in the edit box as the model (empty: the bundled one) and says
+    /// now, not at the next Generate, when it is not a bundle.
+    fn choose_model(&mut self) {
+        let chosen = self.model_dir.trim().to_owned();
+        self.model_problem = if chosen.is_empty() {
+            None
+        } else {
+            Bundle::open(std::path::Path::new(&chosen)).err().map(|e| e.to_string())
+        };
+        *self.params.model_dir.write() = chosen;
     }
 
     fn status(&self, ui: &mut egui::Ui) {
@@ -204,4 +238,24 @@ impl EditorApp {
             egui::StrokeKind::Inside,
         );
     }
+}
+
+/// Opens the system's folder dialog on its own thread, so that the editor keeps drawing;
+/// the answer (`None` when cancelled or when the system has no dialog) arrives on the
+/// returned channel.
+fn browse_for_folder(current: &str) -> Receiver<Option<PathBuf>> {
+    let (answer, answer_rx) = bounded(1);
+    let start_dir = Some(PathBuf::from(current.trim())).filter(|dir| dir.is_dir());
+    std::thread::Builder::new()
+        .name("musicgen-browse".into())
+        .spawn(move || {
+            let mut dialog = rfd::AsyncFileDialog::new().set_title("Choose a MusicGen model folder");
+            if let Some(dir) = start_dir {
+                dialog = dialog.set_directory(dir);
+            }
+            let picked = pollster::block_on(dialog.pick_folder());
+            let _ = answer.send(picked.map(|handle| handle.path().to_path_buf()));
+        })
+        .expect("the OS can start a thread");
+    answer_rx
 }

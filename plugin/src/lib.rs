@@ -11,10 +11,12 @@ mod params;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use musicgen_engine::playback::PlaybackConsumer;
 use nice_plug::prelude::*;
 use ringbuf::traits::{Consumer, Producer};
+use tracing_subscriber::EnvFilter;
 
 use crate::controller::{AudioLink, AudioRequest, Controller, Request};
 pub use crate::params::MusicGenParams;
@@ -34,6 +36,8 @@ pub struct MusicGenLive {
     gate_step: f32,
     latency_samples: u32,
     start_requested: bool,
+    /// The host's sample rate, from `activate`.
+    rate_hz: u32,
 }
 
 impl Default for MusicGenLive {
@@ -51,26 +55,28 @@ impl Default for MusicGenLive {
             gate_step: 1.0 / (GATE_FADE_S * 48_000.0),
             latency_samples: 0,
             start_requested: false,
+            rate_hz: 0,
         }
     }
 }
 
 impl MusicGenLive {
     /// Takes a new stream's consumer if the controller has one, retiring the old one to
-    /// the controller so that it is freed there.
+    /// the controller so that it is freed there, and reports a changed latency.
     fn take_handoff(&mut self, context: &mut impl ProcessContext<Self>) {
-        if let Some(handoff) = self.link.handoffs.try_pop() {
-            if let Some(old) = self.consumer.replace(handoff.consumer)
+        if let Some(consumer) = self.link.handoffs.try_pop() {
+            if let Some(old) = self.consumer.replace(consumer)
                 && let Err(old) = self.link.retired.try_push(old)
             {
                 // The retire queue is full: keep the old one alive rather than free it here.
                 std::mem::forget(old);
             }
             self.start_requested = false;
-            if handoff.latency_samples != self.latency_samples {
-                self.latency_samples = handoff.latency_samples;
-                context.set_latency_samples(handoff.latency_samples);
-            }
+        }
+        let latency_samples = self.link.latency_samples.load(Ordering::Relaxed);
+        if latency_samples != self.latency_samples {
+            self.latency_samples = latency_samples;
+            context.set_latency_samples(latency_samples);
         }
     }
 }
@@ -93,6 +99,19 @@ impl Plugin for MusicGenLive {
     type BackgroundTask = ();
     type Editor = nice_plug_egui::EguiEditor<editor::EditorApp>;
 
+    /// nice-plug's default logger passes ONNX Runtime's info lines (one per graph
+    /// optimisation) into the host's log; this one keeps warnings from `ort` unless
+    /// `MUSICGEN_LOG` (an `EnvFilter` directive) asks for more.
+    fn setup_logger() -> Option<bool> {
+        let filter = EnvFilter::try_from_env("MUSICGEN_LOG").unwrap_or_else(|_| EnvFilter::new("info,ort=warn"));
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .with_writer(nice_plug::log::writer_from_env())
+            .finish();
+        Some(tracing::subscriber::set_global_default(subscriber).is_ok())
+    }
+
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
     }
@@ -112,9 +131,10 @@ impl Plugin for MusicGenLive {
             nice_error!("MusicGen Live cannot run at {rate_hz} Hz");
             return false;
         }
+        self.rate_hz = rate_hz;
         self.scratch = vec![0.0; buffer_config.max_buffer_size as usize];
         self.gate_step = 1.0 / (GATE_FADE_S * buffer_config.sample_rate);
-        self.controller.send(Request::OutputRate(rate_hz));
+        self.controller.send(Request::Activate { rate_hz });
         true
     }
 
@@ -145,7 +165,8 @@ impl Plugin for MusicGenLive {
 
         let frames = buffer.samples();
         let mono = &mut self.scratch[..frames];
-        let audible = open || self.gate > 0.0;
+        // After a rate change, the queued audio is at the old rate until the stream switches.
+        let audible = (open || self.gate > 0.0) && self.link.stream_rate_hz.load(Ordering::Acquire) == self.rate_hz;
         match (&mut self.consumer, audible) {
             (Some(consumer), true) => {
                 consumer.pop(mono);
