@@ -110,6 +110,21 @@ impl Decoder {
         self.past_mask.fill(0);
     }
 
+    /// Treats the first `frames` cache slots as past steps, whatever they hold, so that the
+    /// next step attends over `frames` positions. A step's cost depends on the context's
+    /// length, not its content: benchmarks measure long contexts without generating them.
+    pub fn assume_context(&mut self, frames: usize) -> Result<(), DecoderError> {
+        if frames >= self.max_steps {
+            return Err(DecoderError::ContextFull {
+                max_frames: self.max_steps,
+            });
+        }
+        self.reset();
+        self.len = frames;
+        self.resize(frames.next_multiple_of(CACHE_BLOCK_FRAMES) + CACHE_BLOCK_FRAMES);
+        Ok(())
+    }
+
     /// Steps run since the last reset: the position of the next step.
     pub fn len(&self) -> usize {
         self.len

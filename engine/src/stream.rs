@@ -140,12 +140,14 @@ impl StreamStatus {
         self.frames.load(Ordering::Relaxed)
     }
 
-    /// Decoder steps per second, over the stream so far.
+    /// Decoder steps per second of generation time, over the stream so far (time spent
+    /// waiting for the codec thread or the listener does not count).
     pub fn steps_per_second(&self) -> f32 {
         f32::from_bits(self.steps_per_second_bits.load(Ordering::Relaxed))
     }
 
-    /// Seconds of audio generated per second of wall time; above 1 keeps up with playback.
+    /// Seconds of audio generated per second of generation time; above 1 keeps up with
+    /// playback.
     pub fn realtime_factor(&self) -> f32 {
         f32::from_bits(self.realtime_factor_bits.load(Ordering::Relaxed))
     }
@@ -260,7 +262,6 @@ impl Stream {
             codes: Arc::clone(&codes),
             stop: Arc::clone(&stop),
             frame_rate_hz: manifest.frame_rate_hz,
-            started,
         };
         let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
@@ -399,7 +400,6 @@ struct GenerationLoop {
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
     frame_rate_hz: f64,
-    started: Instant,
 }
 
 impl GenerationLoop {
@@ -413,11 +413,16 @@ impl GenerationLoop {
 
     fn generate(&mut self) -> Result<(), StreamError> {
         let mut frame = Vec::new();
+        // Time spent generating, without the waits for room in the frame channel: the
+        // speed figures say what the model can do, not how fast the listener consumes.
+        let mut busy = Duration::ZERO;
         while !self.generator.is_finished() && !self.stop.load(Ordering::Acquire) {
+            let step_started = Instant::now();
             if !self.apply_commands()? {
                 break;
             }
             let completed = self.generator.step(&mut self.decoder, &self.cross)?;
+            busy += step_started.elapsed();
             for t in completed {
                 self.generator.frame(t, &mut frame);
                 {
@@ -431,7 +436,7 @@ impl GenerationLoop {
                     return Ok(());
                 }
             }
-            let elapsed_s = self.started.elapsed().as_secs_f64();
+            let elapsed_s = busy.as_secs_f64();
             let steps = self.generator.steps_done();
             let frames = self.generator.frames_done();
             self.status.steps.store(steps as u64, Ordering::Relaxed);

@@ -4,10 +4,11 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::{ort, system};
+use crate::{ort, run, system};
 
 /// The bundle name from bundler.toml.
 const BUNDLE_NAME: &str = "MusicGen Live";
@@ -19,11 +20,15 @@ const RESOURCES: &str = "musicgen-live";
 pub fn bundle(root: &Path, args: Vec<String>) -> Result<()> {
     system::ensure_build_prerequisites()?;
     let library = ort::ensure(root, ort::Provider::Cpu)?;
+    let release = args.iter().any(|a| a == "--release");
     nice_plug_xtask::chdir_workspace_root()?;
     nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".to_owned()).chain(args))?;
     let bundled = root.join("target").join("bundled");
     let mut placed = 0;
     for dir in binary_dirs(&bundled)? {
+        if release {
+            strip_debug_info(&dir)?;
+        }
         let resources = dir.join(RESOURCES);
         copy_runtime(library.parent().expect("the library is in a folder"), &resources)?;
         copy_tree(
@@ -62,6 +67,22 @@ fn binary_dirs(bundled: &Path) -> Result<Vec<PathBuf>> {
         dirs.push(clap.join("Contents").join("MacOS"));
     }
     Ok(dirs)
+}
+
+/// The release profile keeps line tables for the CLI's backtraces and for profiling; a
+/// shipped plugin does not need them (on Linux they are six sevenths of its size).
+fn strip_debug_info(dir: &Path) -> Result<()> {
+    if !cfg!(target_os = "linux") {
+        return Ok(());
+    }
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        let is_plugin = path.extension().is_some_and(|e| e == "so" || e == "clap");
+        if path.is_file() && is_plugin {
+            run(Command::new("strip").arg("--strip-debug").arg(&path))?;
+        }
+    }
+    Ok(())
 }
 
 fn copy_runtime(from: &Path, to: &Path) -> Result<()> {

@@ -1,5 +1,6 @@
 //! `cargo xtask`: the project's tasks, so that a fresh machine needs only cargo.
 
+mod bench;
 mod bundle;
 mod ort;
 mod python;
@@ -37,6 +38,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Time musicgen-small's shape in fp32, int8 and 4 bits against transformers and the
+    /// memory bound; writes BENCHMARKS.md (bundles are exported once into target/bench/).
+    Bench {
+        /// Audio streamed through the whole path per bundle.
+        #[arg(long, default_value_t = 30.0)]
+        stream_seconds: f64,
+    },
     /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
     /// (and play it where there is an audio device).
     Demo,
@@ -51,6 +59,7 @@ fn main() -> Result<()> {
         Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
         Task::Export { args } => python::export(&root, &args),
         Task::Bundle { args } => bundle::bundle(&root, args),
+        Task::Bench { stream_seconds } => bench::bench(&root, stream_seconds),
         Task::Demo => demo(&root),
         Task::Test => test(&root),
     }

@@ -9,6 +9,7 @@ use musicgen_engine::pattern::{Coord, Delays, Pattern, PatternKind};
 use musicgen_engine::runtime::{ExecutionProvider, Runtime};
 use serde::Serialize;
 
+mod bench;
 mod play;
 mod render;
 
@@ -25,6 +26,9 @@ enum Command {
     Patterns(PatternsArgs),
     /// Generate audio through the streaming path and write it to a WAV file.
     Render(RenderArgs),
+    /// Time one bundle on this machine (decoder steps by context, the whole stream, the
+    /// codec, memory) and print the figures as JSON; `cargo xtask bench` runs it.
+    Bench(bench::BenchArgs),
     /// Play a WAV file on the default audio output, if there is one.
     Play { file: PathBuf },
     /// Show the ONNX Runtime library in use and its execution providers.
@@ -126,6 +130,7 @@ fn main() -> Result<()> {
     match Cli::parse().command {
         Command::Patterns(args) => patterns(&args),
         Command::Render(args) => render::render(&args),
+        Command::Bench(args) => bench::bench(&args),
         Command::Play { file } => play::play(&file),
         Command::Info { ort_library } => info(ort_library),
     }

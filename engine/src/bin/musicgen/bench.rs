@@ -1,0 +1,270 @@
+//! `musicgen bench`: what one bundle costs on this machine, printed as one JSON object.
+//! `cargo xtask bench` runs it once per bundle (so that peak memory is the bundle's own)
+//! and turns the objects into the table in BENCHMARKS.md.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use musicgen_engine::bundle::Bundle;
+use musicgen_engine::codec::{CodecWindow, StreamingCodec};
+use musicgen_engine::conditioning::Conditioner;
+use musicgen_engine::decoder::Decoder;
+use musicgen_engine::runtime::{ExecutionProvider, Runtime};
+use musicgen_engine::sampler::SamplingSettings;
+use musicgen_engine::stream::{Stream, StreamConfig};
+use serde::Serialize;
+
+use crate::print_json;
+
+#[derive(clap::Args)]
+pub struct BenchArgs {
+    /// Model bundle folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Context lengths, in frames, at which to time decoder steps.
+    #[arg(long, value_delimiter = ',', default_value = "10,500,1500")]
+    contexts: Vec<usize>,
+    /// Timed decoder steps per context (after untimed warm-up steps).
+    #[arg(long, default_value_t = 20)]
+    steps: usize,
+    /// Audio to stream through the whole path (decoder, codec, resampler, ring buffer).
+    #[arg(long, default_value_t = 30.0)]
+    stream_seconds: f64,
+    /// Output rate of the streamed audio.
+    #[arg(long, default_value_t = 48_000)]
+    sample_rate: u32,
+    /// Frames to decode when timing the codec alone.
+    #[arg(long, default_value_t = 250)]
+    codec_frames: usize,
+    /// Threads for the decoder graph (default: the stream's own choice).
+    #[arg(long)]
+    decoder_threads: Option<usize>,
+    #[arg(long, default_value = "auto")]
+    provider: ExecutionProvider,
+    /// ONNX Runtime library to load instead of searching for one.
+    #[arg(long)]
+    ort_library: Option<PathBuf>,
+}
+
+/// Untimed steps before each timed run.
+const WARMUP_STEPS: usize = 3;
+
+#[derive(Serialize)]
+struct Report {
+    model: String,
+    provider: String,
+    decoder_threads: usize,
+    /// Bytes of the decoder graph's weights: what a step reads once.
+    decoder_weight_bytes: u64,
+    /// Bytes of self-attention cache per frame of context, both guidance rows.
+    kv_cache_bytes_per_frame: u64,
+    contexts: Vec<ContextTiming>,
+    stream: StreamTiming,
+    codec_ms_per_frame: f64,
+    /// Read bandwidth of this machine's memory with `decoder_threads` threads.
+    read_bandwidth_gb_per_s: f64,
+    peak_resident_mb: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct ContextTiming {
+    context_frames: usize,
+    /// The context over the timed steps, on average.
+    mean_context_frames: f64,
+    steps_per_second: f64,
+}
+
+#[derive(Serialize)]
+struct StreamTiming {
+    seconds: f64,
+    wall_seconds: f64,
+    /// Audio seconds per wall second over the whole stream, first audio included.
+    realtime_factor: f64,
+    /// Generation steps per second of generation time (waits for room excluded).
+    generation_steps_per_second: f64,
+    time_to_first_audio_ms: f64,
+    steps: u64,
+}
+
+pub fn bench(args: &BenchArgs) -> Result<()> {
+    let bundle = Bundle::open(&args.model)?;
+    let runtime = Runtime::init(args.ort_library.as_deref())?;
+    let mut stream_config = StreamConfig::new(args.model.clone(), "lo-fi piano with soft drums");
+    let decoder_threads = args.decoder_threads.unwrap_or(stream_config.decoder_threads);
+    let manifest = bundle.manifest();
+    let geometry = manifest.decoder;
+    let kv_cache_bytes_per_frame = (2 * geometry.num_layers * 2 * geometry.num_heads * geometry.head_dim * 4) as u64;
+
+    eprintln!(
+        "{}: decoder steps at contexts {:?} ...",
+        args.model.display(),
+        args.contexts
+    );
+    let mut conditioner = Conditioner::load(&bundle, runtime, decoder_threads, args.provider)?;
+    let cross = conditioner.encode("lo-fi piano with soft drums")?;
+    let mut decoder = Decoder::load(&bundle, runtime, decoder_threads, args.provider)?;
+    let provider = decoder.provider_in_use().to_owned();
+    let tokens = vec![i64::from(manifest.special_token_id); 2 * manifest.num_codebooks];
+    let mut contexts = Vec::new();
+    for &context_frames in &args.contexts {
+        // The timed steps end at the context asked for, so that the longest one fits.
+        let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
+        decoder.assume_context(start)?;
+        for _ in 0..WARMUP_STEPS {
+            decoder.step(&tokens, &cross)?;
+        }
+        let first_timed = decoder.len();
+        let started = Instant::now();
+        for _ in 0..args.steps {
+            decoder.step(&tokens, &cross)?;
+        }
+        let steps_per_second = args.steps as f64 / started.elapsed().as_secs_f64();
+        let mean_context_frames = (first_timed + decoder.len()) as f64 / 2.0;
+        eprintln!("  context {context_frames:>5} frames (mean {mean_context_frames}): {steps_per_second:.2} steps/s");
+        contexts.push(ContextTiming {
+            context_frames,
+            mean_context_frames,
+            steps_per_second,
+        });
+    }
+    drop(decoder);
+    drop(conditioner);
+
+    let codec_ms_per_frame = time_codec(&bundle, runtime, args)?;
+    eprintln!("  codec: {codec_ms_per_frame:.3} ms per frame");
+
+    stream_config.ort_library = args.ort_library.clone();
+    stream_config.provider = args.provider;
+    stream_config.decoder_threads = decoder_threads;
+    stream_config.seconds = Some(args.stream_seconds);
+    stream_config.output_rate_hz = args.sample_rate;
+    stream_config.sampling = SamplingSettings::default();
+    let stream = time_stream(stream_config, args)?;
+
+    let read_bandwidth_gb_per_s = read_bandwidth_gb_per_s(decoder_threads);
+    print_json(&Report {
+        model: args.model.display().to_string(),
+        provider,
+        decoder_threads,
+        decoder_weight_bytes: graph_bytes(&bundle, "decoder")?,
+        kv_cache_bytes_per_frame,
+        contexts,
+        stream,
+        codec_ms_per_frame,
+        read_bandwidth_gb_per_s,
+        peak_resident_mb: peak_resident_mb(),
+    })
+}
+
+/// Decodes random frames as the stream does (frame by frame, windowed) and returns the
+/// time per frame.
+fn time_codec(bundle: &Bundle, runtime: &Runtime, args: &BenchArgs) -> Result<f64> {
+    let manifest = bundle.manifest();
+    let mut codec = StreamingCodec::load(bundle, runtime, 1, args.provider, CodecWindow::default())?;
+    let mut state = 0x9E37_79B9_7F4A_7C15_u64;
+    let mut frame = vec![0u32; manifest.num_codebooks];
+    let mut audio = Vec::new();
+    let started = Instant::now();
+    for _ in 0..args.codec_frames {
+        for code in &mut frame {
+            // xorshift: codes spread over the codebook, no dependency for a benchmark.
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *code = (state % manifest.cardinality as u64) as u32;
+        }
+        codec.push_frame(&frame);
+        codec.decode_ready(&mut audio)?;
+    }
+    codec.finish(&mut audio)?;
+    Ok(started.elapsed().as_secs_f64() * 1000.0 / args.codec_frames as f64)
+}
+
+/// Streams `seconds` of audio, taking it from the ring buffer as soon as it is there.
+fn time_stream(config: StreamConfig, args: &BenchArgs) -> Result<StreamTiming> {
+    let total = (args.stream_seconds * f64::from(config.output_rate_hz)).round() as u64;
+    let progress = indicatif::ProgressBar::new(total).with_style(
+        indicatif::ProgressStyle::with_template("  stream {bar:30} {percent:>3}% {elapsed_precise} {msg}")
+            .expect("the template is valid"),
+    );
+    let (stream, mut consumer) = Stream::start(config)?;
+    let started = Instant::now();
+    let mut block = vec![0.0f32; 4096];
+    let mut taken = 0u64;
+    loop {
+        let finished = stream.status().is_finished();
+        let n = consumer.buffered().min(block.len());
+        if n == 0 {
+            if finished {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+            continue;
+        }
+        taken += consumer.pop(&mut block[..n]) as u64;
+        progress.set_position(taken.min(total));
+        progress.set_message(format!("{:.1} steps/s", stream.status().steps_per_second()));
+    }
+    progress.finish_and_clear();
+    if let Some(error) = stream.status().error() {
+        anyhow::bail!("the stream stopped: {error}");
+    }
+    let wall_seconds = started.elapsed().as_secs_f64();
+    let status = stream.status();
+    let timing = StreamTiming {
+        seconds: args.stream_seconds,
+        wall_seconds,
+        realtime_factor: args.stream_seconds / wall_seconds,
+        generation_steps_per_second: f64::from(status.steps_per_second()),
+        time_to_first_audio_ms: status
+            .time_to_first_audio()
+            .context("the stream produced no audio")?
+            .as_secs_f64()
+            * 1000.0,
+        steps: status.steps(),
+    };
+    eprintln!(
+        "  stream: {:.1} s in {wall_seconds:.1} s (real-time factor {:.2}), first audio after {:.0} ms",
+        args.stream_seconds, timing.realtime_factor, timing.time_to_first_audio_ms
+    );
+    Ok(timing)
+}
+
+/// Bytes of a graph's file and its external weight files (`decoder.onnx`, `decoder.onnx.data`, ...).
+fn graph_bytes(bundle: &Bundle, stem: &str) -> Result<u64> {
+    let mut bytes = 0;
+    for entry in std::fs::read_dir(bundle.dir()).with_context(|| format!("reading {}", bundle.dir().display()))? {
+        let entry = entry?;
+        if entry.file_name().to_string_lossy().starts_with(&format!("{stem}.")) {
+            bytes += entry.metadata()?.len();
+        }
+    }
+    Ok(bytes)
+}
+
+/// Best of five passes of `threads` threads summing 512 MiB, in GB/s.
+fn read_bandwidth_gb_per_s(threads: usize) -> f64 {
+    const BYTES: usize = 512 << 20;
+    let data: Vec<u64> = (0..BYTES / 8).map(|i| i as u64).collect();
+    let chunk = data.len().div_ceil(threads);
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let started = Instant::now();
+        std::thread::scope(|scope| {
+            for part in data.chunks(chunk) {
+                scope.spawn(move || std::hint::black_box(part.iter().fold(0u64, |a, &b| a.wrapping_add(b))));
+            }
+        });
+        best = best.min(started.elapsed());
+    }
+    BYTES as f64 / best.as_secs_f64() / 1e9
+}
+
+/// The process's peak resident memory, where the system tells it (Linux).
+fn peak_resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string(Path::new("/proc/self/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
