@@ -23,7 +23,7 @@ pub const FORMAT_VERSION: u32 = 1;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}\nfix: point --model at a bundle folder made by `cargo xtask export`", path = .path.display())]
+    #[error("{path}: {source}\nfix: choose a bundle folder made by `cargo xtask export` (`--model DIR` in the CLI, the model folder in the plugin)", path = .path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid bundle manifest: {source}", path = .path.display())]
     Manifest { path: PathBuf, source: serde_json::Error },

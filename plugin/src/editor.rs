@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
@@ -32,7 +33,7 @@ pub struct EditorApp {
     /// Why the chosen model folder cannot be used, checked when it is chosen.
     model_problem: Option<String>,
     /// The folder dialog's answer, while one is open.
-    browsing: Option<Receiver<Option<PathBuf>>>,
+    browsing: Option<Receiver<Browsed>>,
     view: Snapshot,
 }
 
@@ -136,9 +137,20 @@ impl EditorApp {
     fn model(&mut self, ui: &mut egui::Ui) {
         if let Some(answer) = self.browsing.as_ref().and_then(|rx| rx.try_recv().ok()) {
             self.browsing = None;
-            if let Some(dir) = answer {
-                self.model_dir = dir.display().to_string();
-                self.choose_model();
+            match answer.folder {
+                Some(dir) => {
+                    self.model_dir = dir.display().to_string();
+                    self.choose_model();
+                }
+                // No person cancels a dialog this fast: there was none to show.
+                None if answer.open_for < NO_DIALOG_WITHIN => {
+                    self.model_problem = Some(
+                        "this system shows no folder dialog (on Linux it needs xdg-desktop-portal); \
+                         type the model folder's path instead"
+                            .into(),
+                    );
+                }
+                None => {}
             }
         }
         ui.horizontal(|ui| {
@@ -240,10 +252,18 @@ impl EditorApp {
     }
 }
 
+/// What the folder dialog answered, and after how long.
+struct Browsed {
+    folder: Option<PathBuf>,
+    open_for: Duration,
+}
+
+/// A dialog that answers "nothing chosen" sooner than this was never shown.
+const NO_DIALOG_WITHIN: Duration = Duration::from_millis(300);
+
 /// Opens the system's folder dialog on its own thread, so that the editor keeps drawing;
-/// the answer (`None` when cancelled or when the system has no dialog) arrives on the
-/// returned channel.
-fn browse_for_folder(current: &str) -> Receiver<Option<PathBuf>> {
+/// the answer arrives on the returned channel.
+fn browse_for_folder(current: &str) -> Receiver<Browsed> {
     let (answer, answer_rx) = bounded(1);
     let start_dir = Some(PathBuf::from(current.trim())).filter(|dir| dir.is_dir());
     std::thread::Builder::new()
@@ -253,8 +273,12 @@ fn browse_for_folder(current: &str) -> Receiver<Option<PathBuf>> {
             if let Some(dir) = start_dir {
                 dialog = dialog.set_directory(dir);
             }
+            let opened = Instant::now();
             let picked = pollster::block_on(dialog.pick_folder());
-            let _ = answer.send(picked.map(|handle| handle.path().to_path_buf()));
+            let _ = answer.send(Browsed {
+                folder: picked.map(|handle| handle.path().to_path_buf()),
+                open_for: opened.elapsed(),
+            });
         })
         .expect("the OS can start a thread");
     answer_rx
