@@ -1,15 +1,21 @@
-//! The generation loop: walks the bundle's codebook pattern one decoder step at a time,
-//! samples the coordinates each step produces, and reports frames as they complete.
+//! The generation loop of one context: walks the bundle's codebook pattern one decoder
+//! step at a time, samples the coordinates each step produces, and reports frames as they
+//! complete. A generator owns its self-attention cache, so several can share one decoder.
 //!
 //! Nothing here knows which pattern it walks: the step's inputs are the pattern's column
 //! (the special token where a codebook has none), and a frame is complete when the
 //! pattern says its last codebook has been produced.
+//!
+//! A generator may continue given codes (a *prefix*): the pattern's first frames are
+//! taught, not sampled. The prefix can arrive frame by frame, and the steps that only
+//! read it ([`Generator::can_prefill`]) can run as soon as their frames are there: that is
+//! how a sliding window builds its successor's context while it still generates.
 
 use std::ops::Range;
 
 use crate::conditioning::CrossAttention;
-use crate::decoder::{Decoder, DecoderError};
-use crate::pattern::{CodeGrid, Pattern};
+use crate::decoder::{Decoder, DecoderError, KvCache};
+use crate::pattern::{CodeGrid, Coord, Pattern};
 use crate::sampler::{Sampler, apply_guidance};
 
 pub struct Generator {
@@ -17,28 +23,54 @@ pub struct Generator {
     special: u32,
     /// Step-major tokens: `columns[s * K + k]` is codebook `k`'s token at step `s`.
     columns: Vec<u32>,
+    /// Frames given rather than generated: timesteps `0..prefix_frames`.
+    prefix_frames: usize,
+    /// Prefix frames whose codes have arrived.
+    prefix_known: usize,
     next_step: usize,
     next_frame: usize,
+    /// Frames with at least their first token.
+    started_frames: usize,
     sampler: Sampler,
     guidance_scale: f32,
     guided: Vec<f32>,
     step_tokens: Vec<i64>,
+    cache: KvCache,
 }
 
 impl Generator {
-    /// A generator over `pattern`; `special` is the token fed where the pattern has no
-    /// coordinate (MusicGen: the cardinality).
-    pub fn new(pattern: Pattern, special: u32, sampler: Sampler, guidance_scale: f32) -> Self {
+    /// A generator over `pattern` with an empty context; `special` is the token fed where
+    /// the pattern has no coordinate (MusicGen: the cardinality).
+    pub fn new(pattern: Pattern, special: u32, sampler: Sampler, guidance_scale: f32, cache: KvCache) -> Self {
+        Self::continuing(pattern, special, sampler, guidance_scale, cache, 0)
+    }
+
+    /// A generator whose first `prefix_frames` frames are given, through
+    /// [`Generator::push_prefix_frame`], instead of sampled.
+    pub fn continuing(
+        pattern: Pattern,
+        special: u32,
+        sampler: Sampler,
+        guidance_scale: f32,
+        mut cache: KvCache,
+        prefix_frames: usize,
+    ) -> Self {
         let k = pattern.num_codebooks();
+        cache.reset();
+        let prefix_frames = prefix_frames.min(pattern.num_timesteps());
         Self {
             columns: vec![special; pattern.sequence_len() * k],
             special,
+            prefix_frames,
+            prefix_known: 0,
             next_step: 0,
-            next_frame: 0,
+            next_frame: prefix_frames,
+            started_frames: prefix_frames,
             sampler,
             guidance_scale,
             guided: Vec::new(),
             step_tokens: vec![0; 2 * k],
+            cache,
             pattern,
         }
     }
@@ -55,6 +87,56 @@ impl Generator {
         self.guidance_scale = scale;
     }
 
+    /// The next given frame's codes (K values); frames arrive in order.
+    pub fn push_prefix_frame(&mut self, frame: &[u32]) {
+        let t = self.prefix_known;
+        assert!(t < self.prefix_frames, "the prefix holds {} frames", self.prefix_frames);
+        let k_count = self.pattern.num_codebooks();
+        for (k, &code) in frame.iter().enumerate().take(k_count) {
+            let s = self.pattern.step_of(Coord { t, k });
+            self.columns[s * k_count + k] = code;
+        }
+        self.prefix_known += 1;
+    }
+
+    /// Gives the whole prefix at once.
+    pub fn push_prefix(&mut self, codes: &CodeGrid) {
+        let mut frame = Vec::with_capacity(codes.num_codebooks());
+        for t in 0..codes.num_timesteps() {
+            frame.clear();
+            frame.extend((0..codes.num_codebooks()).map(|k| codes.get(Coord { t, k })));
+            self.push_prefix_frame(&frame);
+        }
+    }
+
+    /// Frames given rather than generated.
+    pub fn prefix_frames(&self) -> usize {
+        self.prefix_frames
+    }
+
+    /// Prefix frames that have arrived so far.
+    pub fn prefix_known(&self) -> usize {
+        self.prefix_known
+    }
+
+    pub fn guidance_scale(&self) -> f32 {
+        self.guidance_scale
+    }
+
+    /// The cache, for the next generator to reuse.
+    pub fn into_cache(self) -> KvCache {
+        self.cache
+    }
+
+    /// The next step reads only prefix codes that have arrived and produces only prefix
+    /// coordinates: it can run now, and samples nothing.
+    pub fn can_prefill(&self) -> bool {
+        let s = self.next_step;
+        !self.is_finished()
+            && self.pattern.coords_at(s).iter().all(|c| c.t < self.prefix_known)
+            && self.pattern.coords_at(s + 1).iter().all(|c| c.t < self.prefix_frames)
+    }
+
     /// All steps of the pattern have run.
     pub fn is_finished(&self) -> bool {
         self.next_step >= self.pattern.num_steps()
@@ -65,27 +147,43 @@ impl Generator {
         self.next_step
     }
 
-    /// Frames whose codebooks are all generated.
+    /// Frames whose codebooks are all known (the prefix included).
     pub fn frames_done(&self) -> usize {
         self.next_frame
     }
 
-    /// Runs the decoder on the next step's column and samples what the step produces.
-    /// Returns the frames this step completed.
+    /// Frames that have at least their first token (the prefix included): a change of
+    /// conditioning made now reaches frames from this one on.
+    pub fn started_frames(&self) -> usize {
+        self.started_frames
+    }
+
+    /// Runs the decoder on the next step's column and samples what the step produces
+    /// (prefix coordinates are taught, not sampled). Returns the generated frames this
+    /// step completed.
     pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
         let k_count = self.pattern.num_codebooks();
         let s = self.next_step;
+        debug_assert!(
+            self.pattern
+                .coords_at(s)
+                .iter()
+                .all(|c| c.t >= self.prefix_frames || c.t < self.prefix_known),
+            "step {s} reads prefix codes that have not arrived"
+        );
         let column = &self.columns[s * k_count..(s + 1) * k_count];
-        for (row, chunk) in self.step_tokens.chunks_mut(k_count).enumerate() {
-            debug_assert!(row < 2);
+        for chunk in self.step_tokens.chunks_mut(k_count) {
             for (dst, &token) in chunk.iter_mut().zip(column) {
                 *dst = i64::from(token);
             }
         }
-        decoder.step(&self.step_tokens, cross)?;
+        decoder.step(&mut self.cache, &self.step_tokens, cross)?;
 
         let produced = s + 1;
         for c in self.pattern.coords_at(produced) {
+            if c.t < self.prefix_frames {
+                continue;
+            }
             let cond = decoder.logits_of(0, c.k);
             let token = if self.guidance_scale == 1.0 {
                 self.sampler.sample(cond)
@@ -98,13 +196,22 @@ impl Generator {
         }
         self.next_step = produced;
 
+        let timesteps = self.pattern.num_timesteps();
+        while self.started_frames < timesteps && self.frame_start_step(self.started_frames) <= produced {
+            self.started_frames += 1;
+        }
         let first = self.next_frame;
-        while self.next_frame < self.pattern.num_timesteps()
-            && self.pattern.frame_complete_step(self.next_frame) <= produced
-        {
+        while self.next_frame < timesteps && self.pattern.frame_complete_step(self.next_frame) <= produced {
             self.next_frame += 1;
         }
         Ok(first..self.next_frame)
+    }
+
+    fn frame_start_step(&self, t: usize) -> usize {
+        (0..self.pattern.num_codebooks())
+            .map(|k| self.pattern.step_of(Coord { t, k }))
+            .min()
+            .unwrap_or(0)
     }
 
     /// The codes of frame `t` (all K codebooks), which must be complete.
@@ -112,12 +219,12 @@ impl Generator {
         let k_count = self.pattern.num_codebooks();
         out.clear();
         out.extend((0..k_count).map(|k| {
-            let s = self.pattern.step_of(crate::pattern::Coord { t, k });
+            let s = self.pattern.step_of(Coord { t, k });
             self.columns[s * k_count + k]
         }));
     }
 
-    /// The codes of the complete frames, `[K, frames_done]`.
+    /// The codes of the complete frames, prefix included, `[K, frames_done]`.
     pub fn codes(&self) -> CodeGrid {
         let k_count = self.pattern.num_codebooks();
         let t_count = self.next_frame;
@@ -130,5 +237,12 @@ impl Generator {
             }
         }
         CodeGrid::new(k_count, t_count, codes).expect("sized K x T above")
+    }
+
+    /// Hands this generator's sampler (its random state included) to `other`, which
+    /// carries on the same random sequence; this one gets `other`'s.
+    pub fn swap_sampler(&mut self, other: &mut Generator) {
+        std::mem::swap(&mut self.sampler, &mut other.sampler);
+        other.guidance_scale = self.guidance_scale;
     }
 }

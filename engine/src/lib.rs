@@ -18,3 +18,4 @@ pub mod resample;
 pub mod runtime;
 pub mod sampler;
 pub mod stream;
+pub mod window;

@@ -26,12 +26,12 @@ use crate::bundle::{Bundle, BundleError};
 use crate::codec::{CodecError, CodecWindow, StreamingCodec};
 use crate::conditioning::{Conditioner, ConditioningError, CrossAttention};
 use crate::decoder::{Decoder, DecoderError};
-use crate::generator::Generator;
 use crate::pattern::{CodeGrid, PatternError};
 use crate::playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
 use crate::resample::{ResampleError, StreamResampler};
 use crate::runtime::{ExecutionProvider, Runtime, RuntimeError};
 use crate::sampler::{Sampler, SamplingError, SamplingSettings};
+use crate::window::{SlidingGenerator, WindowSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
@@ -51,12 +51,13 @@ pub enum StreamError {
     Sampling(#[from] SamplingError),
     #[error(transparent)]
     Pattern(#[from] PatternError),
-    #[error("{seconds} s is {frames} frames; this model generates at most {max_frames} frames in one stream")]
-    TooLong {
-        seconds: f64,
-        frames: usize,
-        max_frames: usize,
-    },
+    #[error(
+        "a context window of {window_seconds} s keeping {keep_seconds} s is not possible: the window must be \
+         positive and the kept part at least 0 s (it is capped at half the window)"
+    )]
+    Window { window_seconds: f64, keep_seconds: f64 },
+    #[error("the codes to continue have {found} codebooks; this model has {expected}")]
+    ContinuationCodebooks { found: usize, expected: usize },
 }
 
 /// What to generate and where the audio goes.
@@ -68,8 +69,17 @@ pub struct StreamConfig {
     pub sampling: SamplingSettings,
     pub guidance_scale: f32,
     pub seed: u64,
-    /// Audio length; `None` runs to the model's maximum context.
+    /// Length of the generated audio; `None` runs until stopped.
     pub seconds: Option<f64>,
+    /// The context the model sees, in seconds (capped at the model's maximum): at its end
+    /// the window slides on, so that a stream can run for ever.
+    pub window_seconds: f64,
+    /// Seconds of the window that the next window keeps as its context (capped at half the
+    /// window). More keeps the music coherent across the slide; less costs fewer steps.
+    pub keep_seconds: f64,
+    /// Codes to continue (encoded audio): they play first, and generation carries on from
+    /// their last `keep_seconds`.
+    pub continue_from: Option<CodeGrid>,
     pub output_rate_hz: u32,
     /// Ring buffer size, in seconds at the output rate.
     pub buffer_seconds: f64,
@@ -90,6 +100,9 @@ impl StreamConfig {
             guidance_scale: 3.0,
             seed: 0,
             seconds: None,
+            window_seconds: 10.0,
+            keep_seconds: 4.0,
+            continue_from: None,
             output_rate_hz: 48_000,
             buffer_seconds: 2.0,
             codec_window: CodecWindow::default(),
@@ -105,6 +118,9 @@ impl StreamConfig {
 pub enum Command {
     /// Re-conditions on a new prompt from the next step; the music continues.
     SetPrompt(String),
+    /// Re-conditions on a new prompt from the step that starts frame `frame` (at once if
+    /// generation is already past it): for changes on a bar line.
+    SetPromptAt { prompt: String, frame: usize },
     /// New sampling settings and guidance scale from the next token.
     SetSampling {
         sampling: SamplingSettings,
@@ -122,7 +138,10 @@ pub struct StreamStatus {
     steps_per_second_bits: AtomicU32,
     realtime_factor_bits: AtomicU32,
     first_audio_us: AtomicU64,
+    started_frames: AtomicU64,
     finished: AtomicBool,
+    /// Frames at which the context window slid.
+    seams: Mutex<Vec<usize>>,
     error: Mutex<Option<String>>,
     /// The last [`RECENT_FRAMES`] complete frames, `(t, codes)`, for displays.
     recent: Mutex<VecDeque<(usize, Vec<u32>)>>,
@@ -150,6 +169,17 @@ impl StreamStatus {
     /// playback.
     pub fn realtime_factor(&self) -> f32 {
         f32::from_bits(self.realtime_factor_bits.load(Ordering::Relaxed))
+    }
+
+    /// Frames that have at least their first token: a prompt change made now is heard
+    /// from this frame on.
+    pub fn started_frames(&self) -> u64 {
+        self.started_frames.load(Ordering::Relaxed)
+    }
+
+    /// Frames at which the context window slid on, so far.
+    pub fn seams(&self) -> Vec<usize> {
+        self.seams.lock().clone()
     }
 
     /// Time from the start of the stream to its first samples in the ring buffer.
@@ -202,22 +232,21 @@ impl Stream {
         let runtime = Runtime::init(config.ort_library.as_deref())?;
         let bundle = Bundle::open(&config.model_dir)?;
         let manifest = bundle.manifest().clone();
-        let max_frames = manifest.max_frames;
-        let frames = match config.seconds {
-            Some(seconds) => {
-                let frames = (seconds * manifest.frame_rate_hz).ceil() as usize;
-                if frames > max_frames {
-                    return Err(StreamError::TooLong {
-                        seconds,
-                        frames,
-                        max_frames,
-                    });
-                }
-                frames
+        let frame_rate_hz = manifest.frame_rate_hz;
+        let total_frames = config.seconds.map(|seconds| (seconds * frame_rate_hz).ceil() as usize);
+        let window = window_spec(&config, frame_rate_hz, manifest.max_frames)?;
+        let k_count = manifest.num_codebooks;
+        let given = match config.continue_from.clone() {
+            Some(codes) if codes.num_codebooks() != k_count => {
+                return Err(StreamError::ContinuationCodebooks {
+                    found: codes.num_codebooks(),
+                    expected: k_count,
+                });
             }
-            None => max_frames,
+            Some(codes) => codes,
+            None => CodeGrid::new(k_count, 0, Vec::new()).expect("an empty grid"),
         };
-        let pattern = bundle.pattern(frames);
+        let pattern = bundle.pattern(window.window_frames);
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
         let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads, config.provider)?;
@@ -251,8 +280,18 @@ impl Stream {
         };
         let latency_samples = latency.samples(config.output_rate_hz, resampler.delay_frames());
 
+        let generator = SlidingGenerator::new(
+            bundle.pattern_kind().clone(),
+            &given,
+            manifest.special_token_id,
+            sampler,
+            config.guidance_scale,
+            decoder.new_cache(),
+            window,
+            total_frames.map(|frames| frames + given.num_timesteps()),
+        );
         let generation = GenerationLoop {
-            generator: Generator::new(pattern, manifest.special_token_id, sampler, config.guidance_scale),
+            generator,
             decoder,
             conditioner,
             cross,
@@ -261,7 +300,8 @@ impl Stream {
             status: Arc::clone(&status),
             codes: Arc::clone(&codes),
             stop: Arc::clone(&stop),
-            frame_rate_hz: manifest.frame_rate_hz,
+            frame_rate_hz,
+            pending_prompt: None,
         };
         let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
@@ -378,6 +418,24 @@ impl Latency {
     }
 }
 
+/// The window and kept context in frames, from the config's seconds.
+fn window_spec(config: &StreamConfig, frame_rate_hz: f64, max_frames: usize) -> Result<WindowSpec, StreamError> {
+    let invalid = || StreamError::Window {
+        window_seconds: config.window_seconds,
+        keep_seconds: config.keep_seconds,
+    };
+    let window_frames = (config.window_seconds * frame_rate_hz).round();
+    let keep_frames = (config.keep_seconds * frame_rate_hz).round();
+    if !(window_frames >= 1.0 && keep_frames >= 0.0) {
+        return Err(invalid());
+    }
+    let window_frames = (window_frames as usize).min(max_frames);
+    Ok(WindowSpec {
+        window_frames,
+        keep_frames: (keep_frames as usize).min(window_frames / 2),
+    })
+}
+
 fn spawn(name: &str, body: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name.to_owned())
@@ -390,7 +448,7 @@ fn store_f32(cell: &AtomicU32, value: f32) {
 }
 
 struct GenerationLoop {
-    generator: Generator,
+    generator: SlidingGenerator,
     decoder: Decoder,
     conditioner: Conditioner,
     cross: CrossAttention,
@@ -400,6 +458,8 @@ struct GenerationLoop {
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
     frame_rate_hz: f64,
+    /// A prompt waiting for its frame ([`Command::SetPromptAt`]).
+    pending_prompt: Option<(String, usize)>,
 }
 
 impl GenerationLoop {
@@ -412,7 +472,12 @@ impl GenerationLoop {
     }
 
     fn generate(&mut self) -> Result<(), StreamError> {
-        let mut frame = Vec::new();
+        // Given frames (continued audio) play first, through the same codec path.
+        for t in 0..self.generator.frames_done() {
+            if !self.hand_on(t) {
+                return Ok(());
+            }
+        }
         // Time spent generating, without the waits for room in the frame channel: the
         // speed figures say what the model can do, not how fast the listener consumes.
         let mut busy = Duration::ZERO;
@@ -424,23 +489,22 @@ impl GenerationLoop {
             let completed = self.generator.step(&mut self.decoder, &self.cross)?;
             busy += step_started.elapsed();
             for t in completed {
-                self.generator.frame(t, &mut frame);
-                {
-                    let mut recent = self.status.recent.lock();
-                    if recent.len() == RECENT_FRAMES {
-                        recent.pop_front();
-                    }
-                    recent.push_back((t, frame.clone()));
-                }
-                if self.frames.send(frame.clone()).is_err() {
+                if !self.hand_on(t) {
                     return Ok(());
                 }
+            }
+            let seams = self.generator.seams();
+            if seams.len() != self.status.seams.lock().len() {
+                *self.status.seams.lock() = seams.to_vec();
             }
             let elapsed_s = busy.as_secs_f64();
             let steps = self.generator.steps_done();
             let frames = self.generator.frames_done();
             self.status.steps.store(steps as u64, Ordering::Relaxed);
             self.status.frames.store(frames as u64, Ordering::Relaxed);
+            self.status
+                .started_frames
+                .store(self.generator.started_frames() as u64, Ordering::Relaxed);
             store_f32(&self.status.steps_per_second_bits, (steps as f64 / elapsed_s) as f32);
             store_f32(
                 &self.status.realtime_factor_bits,
@@ -450,11 +514,29 @@ impl GenerationLoop {
         Ok(())
     }
 
+    /// Sends frame `t` to the codec thread and the displays; false once the codec thread
+    /// has gone.
+    fn hand_on(&mut self, t: usize) -> bool {
+        let frame = self.generator.frame(t).to_vec();
+        {
+            let mut recent = self.status.recent.lock();
+            if recent.len() == RECENT_FRAMES {
+                recent.pop_front();
+            }
+            recent.push_back((t, frame.clone()));
+        }
+        self.frames.send(frame).is_ok()
+    }
+
     /// Applies pending commands; false when the stream should stop.
     fn apply_commands(&mut self) -> Result<bool, StreamError> {
         loop {
             match self.commands.try_recv() {
-                Ok(Command::SetPrompt(prompt)) => self.cross = self.conditioner.encode(&prompt)?,
+                Ok(Command::SetPrompt(prompt)) => {
+                    self.pending_prompt = None;
+                    self.cross = self.conditioner.encode(&prompt)?;
+                }
+                Ok(Command::SetPromptAt { prompt, frame }) => self.pending_prompt = Some((prompt, frame)),
                 Ok(Command::SetSampling {
                     sampling,
                     guidance_scale,
@@ -463,9 +545,16 @@ impl GenerationLoop {
                     self.generator.set_guidance_scale(guidance_scale);
                 }
                 Ok(Command::Stop) => return Ok(false),
-                Err(TryRecvError::Empty | TryRecvError::Disconnected) => return Ok(true),
+                Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
+        if let Some((_, frame)) = &self.pending_prompt
+            && self.generator.started_frames() >= *frame
+        {
+            let (prompt, _) = self.pending_prompt.take().expect("checked above");
+            self.cross = self.conditioner.encode(&prompt)?;
+        }
+        Ok(true)
     }
 }
 

@@ -104,23 +104,24 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut conditioner = Conditioner::load(&bundle, runtime, decoder_threads, args.provider)?;
     let cross = conditioner.encode("lo-fi piano with soft drums")?;
     let mut decoder = Decoder::load(&bundle, runtime, decoder_threads, args.provider)?;
+    let mut cache = decoder.new_cache();
     let provider = decoder.provider_in_use().to_owned();
     let tokens = vec![i64::from(manifest.special_token_id); 2 * manifest.num_codebooks];
     let mut contexts = Vec::new();
     for &context_frames in &args.contexts {
         // The timed steps end at the context asked for, so that the longest one fits.
         let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
-        decoder.assume_context(start)?;
+        cache.assume_context(start)?;
         for _ in 0..WARMUP_STEPS {
-            decoder.step(&tokens, &cross)?;
+            decoder.step(&mut cache, &tokens, &cross)?;
         }
-        let first_timed = decoder.len();
+        let first_timed = cache.len();
         let started = Instant::now();
         for _ in 0..args.steps {
-            decoder.step(&tokens, &cross)?;
+            decoder.step(&mut cache, &tokens, &cross)?;
         }
         let steps_per_second = args.steps as f64 / started.elapsed().as_secs_f64();
-        let mean_context_frames = (first_timed + decoder.len()) as f64 / 2.0;
+        let mean_context_frames = (first_timed + cache.len()) as f64 / 2.0;
         eprintln!("  context {context_frames:>5} frames (mean {mean_context_frames}): {steps_per_second:.2} steps/s");
         contexts.push(ContextTiming {
             context_frames,

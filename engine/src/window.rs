@@ -1,0 +1,230 @@
+//! Generation past the model's context: a sliding window of generators.
+//!
+//! A [`Generator`] (a *lane*) walks a pattern of at most `window_frames` frames. When it
+//! has `keep_frames` left to complete, the next lane is made: its prefix is the current
+//! lane's last `keep_frames` frames, taught step by step as they complete (one more
+//! decoder pass per step over that stretch). When the current window ends, the next lane
+//! already holds its context and continues at once. The codes run on without a gap, and
+//! the codec decodes them as one stream, so the switch (a *seam*) needs no crossfade; what
+//! can change there is the music, because the model forgets what came before the kept
+//! frames.
+
+use std::ops::Range;
+
+use crate::conditioning::CrossAttention;
+use crate::decoder::{Decoder, DecoderError, KvCache};
+use crate::generator::Generator;
+use crate::pattern::{CodeGrid, Pattern, PatternKind};
+use crate::sampler::Sampler;
+
+/// How far the window reaches and how much of it the next one keeps.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct WindowSpec {
+    /// Frames one lane generates over, at most the model's context.
+    pub window_frames: usize,
+    /// Frames the next lane keeps as its context, at most half the window.
+    pub keep_frames: usize,
+}
+
+pub struct SlidingGenerator {
+    kind: PatternKind,
+    num_codebooks: usize,
+    special: u32,
+    spec: WindowSpec,
+    current: Generator,
+    /// Global index of the current lane's frame 0.
+    offset: usize,
+    next: Option<Generator>,
+    /// A retired lane's cache, kept for the lane after next.
+    spare: Option<KvCache>,
+    /// Frames to reach in all; `None` runs until stopped.
+    total_frames: Option<usize>,
+    /// Codes of every frame so far, frame-major (`K` per frame), given ones included.
+    history: Vec<u32>,
+    /// Global frames at which a lane took over.
+    seams: Vec<usize>,
+    steps: usize,
+}
+
+impl SlidingGenerator {
+    /// Starts after `given` frames (continued audio; may be empty), of which the last
+    /// `keep_frames` become the first lane's context.
+    pub fn new(
+        kind: PatternKind,
+        given: &CodeGrid,
+        special: u32,
+        sampler: Sampler,
+        guidance_scale: f32,
+        cache: KvCache,
+        spec: WindowSpec,
+        total_frames: Option<usize>,
+    ) -> Self {
+        let k_count = given.num_codebooks();
+        let mut history = Vec::with_capacity(k_count * given.num_timesteps());
+        for t in 0..given.num_timesteps() {
+            history.extend((0..k_count).map(|k| given.get(crate::pattern::Coord { t, k })));
+        }
+        let context = given.num_timesteps().min(spec.keep_frames);
+        let offset = given.num_timesteps() - context;
+        let frames = lane_frames(spec, offset, total_frames);
+        let pattern = build(&kind, frames, k_count);
+        let mut current = Generator::continuing(pattern, special, sampler, guidance_scale, cache, context);
+        for t in offset..given.num_timesteps() {
+            current.push_prefix_frame(&history[t * k_count..(t + 1) * k_count]);
+        }
+        Self {
+            kind,
+            num_codebooks: k_count,
+            special,
+            spec,
+            current,
+            offset,
+            next: None,
+            spare: None,
+            total_frames,
+            history,
+            seams: Vec::new(),
+            steps: 0,
+        }
+    }
+
+    /// Frames whose codes are all known, given ones included.
+    pub fn frames_done(&self) -> usize {
+        self.history.len() / self.num_codebooks
+    }
+
+    /// Decoder steps run, prefill steps of the next lane included.
+    pub fn steps_done(&self) -> usize {
+        self.steps
+    }
+
+    /// Frames that have at least their first token: a new conditioning reaches frames
+    /// from this one on.
+    pub fn started_frames(&self) -> usize {
+        self.offset + self.current.started_frames()
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.total_frames.is_some_and(|total| self.frames_done() >= total)
+            || (self.current.is_finished() && self.next.is_none())
+    }
+
+    /// Global frames at which a new lane took over so far.
+    pub fn seams(&self) -> &[usize] {
+        &self.seams
+    }
+
+    pub fn set_guidance_scale(&mut self, scale: f32) {
+        self.current.set_guidance_scale(scale);
+    }
+
+    pub fn sampler_mut(&mut self) -> &mut Sampler {
+        self.current.sampler_mut()
+    }
+
+    /// One step of the current lane (and the next lane's prefill that its new frames
+    /// allow). Returns the global frames this call completed.
+    pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+        let first = self.frames_done();
+        let completed = self.current.step(decoder, cross)?;
+        self.steps += 1;
+        let mut frame = Vec::with_capacity(self.num_codebooks);
+        for t in completed {
+            self.current.frame(t, &mut frame);
+            self.history.extend_from_slice(&frame);
+        }
+        if let Some(total) = self.total_frames {
+            self.history.truncate(total * self.num_codebooks);
+        }
+        self.feed_next_lane(decoder, cross)?;
+        if self.current.is_finished() && self.next.is_some() {
+            self.switch_lanes();
+        }
+        Ok(first..self.frames_done())
+    }
+
+    /// Makes the next lane once the current one is `keep_frames` from its end, gives it
+    /// the frames it keeps as they complete, and runs the prefill steps they allow.
+    fn feed_next_lane(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<(), DecoderError> {
+        let window = self.current.pattern().num_timesteps();
+        let keep = self.spec.keep_frames.min(window / 2);
+        let next_offset = self.offset + window - keep;
+        let more_to_come = self.total_frames.is_none_or(|total| self.offset + window < total);
+        if self.next.is_none() && more_to_come && keep > 0 && self.frames_done() > next_offset {
+            let frames = lane_frames(self.spec, next_offset, self.total_frames);
+            let cache = self.spare.take().unwrap_or_else(|| decoder.new_cache());
+            // Prefill samples nothing; at the switch the lane takes over the current
+            // sampler itself, random state included.
+            let sampler = Sampler::new(self.current.sampler_mut().settings(), 0)
+                .expect("the current sampler's settings are valid");
+            self.next = Some(Generator::continuing(
+                build(&self.kind, frames, self.num_codebooks),
+                self.special,
+                sampler,
+                self.current.guidance_scale(),
+                cache,
+                keep,
+            ));
+        }
+        let Some(next) = &mut self.next else {
+            return Ok(());
+        };
+        let k_count = self.num_codebooks;
+        let frames_done = self.history.len() / k_count;
+        while next.prefix_known() < next.prefix_frames() {
+            let t = next_offset + next.prefix_known();
+            if t >= frames_done {
+                break;
+            }
+            next.push_prefix_frame(&self.history[t * k_count..(t + 1) * k_count]);
+        }
+        while next.can_prefill() {
+            next.step(decoder, cross)?;
+            self.steps += 1;
+        }
+        Ok(())
+    }
+
+    /// The next lane, its context complete, takes over from the current one.
+    fn switch_lanes(&mut self) {
+        let Some(mut next) = self.next.take() else {
+            return;
+        };
+        self.current.swap_sampler(&mut next);
+        let window = self.current.pattern().num_timesteps();
+        let retired = std::mem::replace(&mut self.current, next);
+        self.spare = Some(retired.into_cache());
+        self.offset += window - self.current.prefix_frames();
+        self.seams.push(self.offset + self.current.prefix_frames());
+    }
+
+    /// The codes of global frame `t`, which must be complete.
+    pub fn frame(&self, t: usize) -> &[u32] {
+        &self.history[t * self.num_codebooks..(t + 1) * self.num_codebooks]
+    }
+
+    /// Every frame's codes so far, `[K, frames_done]`.
+    pub fn codes(&self) -> CodeGrid {
+        let (k_count, t_count) = (self.num_codebooks, self.frames_done());
+        let mut codes = vec![self.special; k_count * t_count];
+        for t in 0..t_count {
+            for k in 0..k_count {
+                codes[k * t_count + t] = self.history[t * k_count + k];
+            }
+        }
+        CodeGrid::new(k_count, t_count, codes).expect("sized K x T above")
+    }
+}
+
+/// The frames of a lane that starts at global frame `offset`: a whole window, or what is
+/// left of a stream of `total` frames (so that the stream ends as a pattern ends).
+fn lane_frames(spec: WindowSpec, offset: usize, total: Option<usize>) -> usize {
+    total.map_or(spec.window_frames, |total| {
+        spec.window_frames.min(total.saturating_sub(offset))
+    })
+}
+
+fn build(kind: &PatternKind, frames: usize, num_codebooks: usize) -> Pattern {
+    kind.build(frames, num_codebooks)
+        .expect("the kind was built and checked for this bundle when the stream started")
+}
