@@ -6,11 +6,14 @@
 //! only the chunk's samples, and crossfades the seam with the previous window's
 //! prediction of the same samples. With enough context the stream matches an offline
 //! decode of all frames closely (the golden test states the SNR).
+//!
+//! [`AudioEncoder`] goes the other way, for continuing given audio.
 
 use ort::session::Session;
 use ort::value::TensorRef;
 
 use crate::bundle::{Bundle, BundleError, Graph};
+use crate::pattern::CodeGrid;
 use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +26,8 @@ pub enum CodecError {
         end: usize,
         source: ort::Error,
     },
+    #[error("{samples} samples are less than one codec frame ({samples_per_frame} samples); give more audio")]
+    TooShort { samples: usize, samples_per_frame: usize },
 }
 
 /// The shortest window the codec graph decodes.
@@ -185,5 +190,51 @@ impl StreamingCodec {
         self.seam.extend_from_slice(&audio[chunk_end..chunk_end + tail]);
         self.emitted_frames = end;
         Ok(())
+    }
+}
+
+/// Encodec encoding of audio to codes, for continuing a piece of audio.
+pub struct AudioEncoder {
+    session: Session,
+    num_codebooks: usize,
+    samples_per_frame: usize,
+}
+
+impl AudioEncoder {
+    pub fn load(bundle: &Bundle, runtime: &Runtime, threads: usize) -> Result<Self, CodecError> {
+        let manifest = bundle.manifest();
+        Ok(Self {
+            session: bundle.session(runtime, Graph::CodecEncoder, threads)?,
+            num_codebooks: manifest.num_codebooks,
+            samples_per_frame: manifest.samples_per_frame,
+        })
+    }
+
+    /// Codes `[K, F]` of mono `samples` at the bundle's sample rate; a last partial frame
+    /// is dropped.
+    pub fn encode(&mut self, samples: &[f32]) -> Result<CodeGrid, CodecError> {
+        let frames = samples.len() / self.samples_per_frame;
+        let run_error = |source| CodecError::Run {
+            first: 0,
+            end: frames,
+            source,
+        };
+        if frames == 0 {
+            return Err(CodecError::TooShort {
+                samples: samples.len(),
+                samples_per_frame: self.samples_per_frame,
+            });
+        }
+        let audio = &samples[..frames * self.samples_per_frame];
+        let input = TensorRef::from_array_view(([1usize, 1, audio.len()], audio)).map_err(run_error)?;
+        let outputs = self
+            .session
+            .run(ort::inputs!["input_values" => input])
+            .map_err(run_error)?;
+        let (shape, codes) = outputs["audio_codes"].try_extract_tensor::<i64>().map_err(run_error)?;
+        // `[1, K, F]`: F may differ from `frames` by the encoder's own rounding.
+        let encoded_frames = *shape.last().expect("audio_codes has a frame axis") as usize;
+        let codes = codes.iter().map(|&c| c as u32).collect();
+        Ok(CodeGrid::new(self.num_codebooks, encoded_frames, codes).expect("the graph returns [1, K, F]"))
     }
 }

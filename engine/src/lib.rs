@@ -17,5 +17,6 @@ pub mod playback;
 pub mod resample;
 pub mod runtime;
 pub mod sampler;
+pub mod seam;
 pub mod stream;
 pub mod window;

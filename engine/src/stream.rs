@@ -119,7 +119,8 @@ pub enum Command {
     /// Re-conditions on a new prompt from the next step; the music continues.
     SetPrompt(String),
     /// Re-conditions on a new prompt from the step that starts frame `frame` (at once if
-    /// generation is already past it): for changes on a bar line.
+    /// generation is already past it): for changes on a bar line. It replaces the changes
+    /// waiting for that frame or a later one.
     SetPromptAt { prompt: String, frame: usize },
     /// New sampling settings and guidance scale from the next token.
     SetSampling {
@@ -287,8 +288,10 @@ impl Stream {
             sampler,
             config.guidance_scale,
             decoder.new_cache(),
-            window,
-            total_frames.map(|frames| frames + given.num_timesteps()),
+            WindowSpec {
+                total_frames: total_frames.map(|frames| frames + given.num_timesteps()),
+                ..window
+            },
         );
         let generation = GenerationLoop {
             generator,
@@ -301,7 +304,7 @@ impl Stream {
             codes: Arc::clone(&codes),
             stop: Arc::clone(&stop),
             frame_rate_hz,
-            pending_prompt: None,
+            pending_prompts: VecDeque::new(),
         };
         let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
@@ -433,6 +436,7 @@ fn window_spec(config: &StreamConfig, frame_rate_hz: f64, max_frames: usize) -> 
     Ok(WindowSpec {
         window_frames,
         keep_frames: (keep_frames as usize).min(window_frames / 2),
+        total_frames: None,
     })
 }
 
@@ -458,8 +462,8 @@ struct GenerationLoop {
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
     frame_rate_hz: f64,
-    /// A prompt waiting for its frame ([`Command::SetPromptAt`]).
-    pending_prompt: Option<(String, usize)>,
+    /// Prompts waiting for their frames ([`Command::SetPromptAt`]), earliest first.
+    pending_prompts: VecDeque<(usize, String)>,
 }
 
 impl GenerationLoop {
@@ -533,10 +537,13 @@ impl GenerationLoop {
         loop {
             match self.commands.try_recv() {
                 Ok(Command::SetPrompt(prompt)) => {
-                    self.pending_prompt = None;
+                    self.pending_prompts.clear();
                     self.cross = self.conditioner.encode(&prompt)?;
                 }
-                Ok(Command::SetPromptAt { prompt, frame }) => self.pending_prompt = Some((prompt, frame)),
+                Ok(Command::SetPromptAt { prompt, frame }) => {
+                    self.pending_prompts.retain(|(at, _)| *at < frame);
+                    self.pending_prompts.push_back((frame, prompt));
+                }
                 Ok(Command::SetSampling {
                     sampling,
                     guidance_scale,
@@ -548,10 +555,9 @@ impl GenerationLoop {
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }
         }
-        if let Some((_, frame)) = &self.pending_prompt
-            && self.generator.started_frames() >= *frame
-        {
-            let (prompt, _) = self.pending_prompt.take().expect("checked above");
+        let started = self.generator.started_frames();
+        while self.pending_prompts.front().is_some_and(|(frame, _)| *frame <= started) {
+            let (_, prompt) = self.pending_prompts.pop_front().expect("checked above");
             self.cross = self.conditioner.encode(&prompt)?;
         }
         Ok(true)

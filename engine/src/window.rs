@@ -17,13 +17,15 @@ use crate::generator::Generator;
 use crate::pattern::{CodeGrid, Pattern, PatternKind};
 use crate::sampler::Sampler;
 
-/// How far the window reaches and how much of it the next one keeps.
+/// How far the window reaches, how much of it the next one keeps, and where it all ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WindowSpec {
     /// Frames one lane generates over, at most the model's context.
     pub window_frames: usize,
     /// Frames the next lane keeps as its context, at most half the window.
     pub keep_frames: usize,
+    /// Frames to reach in all, given ones included; `None` runs until stopped.
+    pub total_frames: Option<usize>,
 }
 
 pub struct SlidingGenerator {
@@ -37,8 +39,6 @@ pub struct SlidingGenerator {
     next: Option<Generator>,
     /// A retired lane's cache, kept for the lane after next.
     spare: Option<KvCache>,
-    /// Frames to reach in all; `None` runs until stopped.
-    total_frames: Option<usize>,
     /// Codes of every frame so far, frame-major (`K` per frame), given ones included.
     history: Vec<u32>,
     /// Global frames at which a lane took over.
@@ -57,7 +57,6 @@ impl SlidingGenerator {
         guidance_scale: f32,
         cache: KvCache,
         spec: WindowSpec,
-        total_frames: Option<usize>,
     ) -> Self {
         let k_count = given.num_codebooks();
         let mut history = Vec::with_capacity(k_count * given.num_timesteps());
@@ -66,7 +65,7 @@ impl SlidingGenerator {
         }
         let context = given.num_timesteps().min(spec.keep_frames);
         let offset = given.num_timesteps() - context;
-        let frames = lane_frames(spec, offset, total_frames);
+        let frames = lane_frames(spec, offset);
         let pattern = build(&kind, frames, k_count);
         let mut current = Generator::continuing(pattern, special, sampler, guidance_scale, cache, context);
         for t in offset..given.num_timesteps() {
@@ -81,7 +80,6 @@ impl SlidingGenerator {
             offset,
             next: None,
             spare: None,
-            total_frames,
             history,
             seams: Vec::new(),
             steps: 0,
@@ -105,7 +103,7 @@ impl SlidingGenerator {
     }
 
     pub fn is_finished(&self) -> bool {
-        self.total_frames.is_some_and(|total| self.frames_done() >= total)
+        self.spec.total_frames.is_some_and(|total| self.frames_done() >= total)
             || (self.current.is_finished() && self.next.is_none())
     }
 
@@ -133,7 +131,7 @@ impl SlidingGenerator {
             self.current.frame(t, &mut frame);
             self.history.extend_from_slice(&frame);
         }
-        if let Some(total) = self.total_frames {
+        if let Some(total) = self.spec.total_frames {
             self.history.truncate(total * self.num_codebooks);
         }
         self.feed_next_lane(decoder, cross)?;
@@ -149,9 +147,9 @@ impl SlidingGenerator {
         let window = self.current.pattern().num_timesteps();
         let keep = self.spec.keep_frames.min(window / 2);
         let next_offset = self.offset + window - keep;
-        let more_to_come = self.total_frames.is_none_or(|total| self.offset + window < total);
+        let more_to_come = self.spec.total_frames.is_none_or(|total| self.offset + window < total);
         if self.next.is_none() && more_to_come && keep > 0 && self.frames_done() > next_offset {
-            let frames = lane_frames(self.spec, next_offset, self.total_frames);
+            let frames = lane_frames(self.spec, next_offset);
             let cache = self.spare.take().unwrap_or_else(|| decoder.new_cache());
             // Prefill samples nothing; at the switch the lane takes over the current
             // sampler itself, random state included.
@@ -217,9 +215,9 @@ impl SlidingGenerator {
 }
 
 /// The frames of a lane that starts at global frame `offset`: a whole window, or what is
-/// left of a stream of `total` frames (so that the stream ends as a pattern ends).
-fn lane_frames(spec: WindowSpec, offset: usize, total: Option<usize>) -> usize {
-    total.map_or(spec.window_frames, |total| {
+/// left of the stream (so that the stream ends as a pattern ends).
+fn lane_frames(spec: WindowSpec, offset: usize) -> usize {
+    spec.total_frames.map_or(spec.window_frames, |total| {
         spec.window_frames.min(total.saturating_sub(offset))
     })
 }

@@ -1,17 +1,14 @@
 //! The streaming path on the committed tiny bundle, against transformers' own outputs
 //! (`models/tiny/golden.json`, `golden.wav`).
 
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+mod common;
 
-use musicgen_engine::playback::PlaybackConsumer;
+use std::time::Duration;
+
+use common::{codes_of, config, drain, read_wav, tiny};
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, Stream};
 use serde_json::Value;
-
-fn tiny() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
-}
 
 struct Golden {
     prompt: String,
@@ -38,70 +35,6 @@ fn golden() -> Golden {
             })
             .collect(),
     }
-}
-
-fn config(prompt: &str, frames: usize) -> StreamConfig {
-    let mut config = StreamConfig::new(tiny(), prompt);
-    config.seconds = Some(frames as f64 / 50.0);
-    config.output_rate_hz = 32_000;
-    config.decoder_threads = 1;
-    config
-}
-
-/// Pulls everything the stream produces, as fast as it comes.
-fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
-    let mut audio = Vec::new();
-    let mut block = [0.0f32; 512];
-    let deadline = Instant::now() + Duration::from_secs(300);
-    loop {
-        let finished = stream.status().is_finished();
-        let buffered = consumer.buffered();
-        if buffered >= block.len() || (finished && buffered > 0) {
-            let got = consumer.pop(&mut block);
-            audio.extend_from_slice(&block[..got]);
-        } else if finished {
-            break;
-        } else {
-            assert!(Instant::now() < deadline, "stream stalled");
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-    assert_eq!(stream.status().error(), None);
-    audio
-}
-
-fn codes_of(stream: &Stream) -> Vec<Vec<u32>> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(codes) = stream.codes() {
-            return (0..codes.num_codebooks()).map(|k| codes.codebook(k).to_vec()).collect();
-        }
-        assert!(Instant::now() < deadline, "generation did not end");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
-fn read_wav(path: &Path) -> (u32, Vec<f32>) {
-    let mut reader = hound::WavReader::open(path).unwrap();
-    let spec = reader.spec();
-    let samples = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().map(Result::unwrap).collect(),
-        hound::SampleFormat::Int => {
-            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader.samples::<i32>().map(|s| s.unwrap() as f32 / scale).collect()
-        }
-    };
-    (spec.sample_rate, samples)
-}
-
-fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
-    let signal: f64 = reference.iter().map(|&r| f64::from(r).powi(2)).sum();
-    let noise: f64 = reference
-        .iter()
-        .zip(test)
-        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
 }
 
 #[test]
@@ -210,4 +143,14 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
     let mut recent = Vec::new();
     stream.status().recent_frames(&mut recent);
     assert_eq!(recent.last().map(|(t, codes)| (*t, codes.len())), Some((frames - 1, 4)));
+}
+
+fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
+    let signal: f64 = reference.iter().map(|&r| f64::from(r).powi(2)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(test)
+        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
+        .sum();
+    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
 }

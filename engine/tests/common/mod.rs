@@ -1,0 +1,70 @@
+//! What the stream tests share: the tiny bundle, a config for it, and draining a stream.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use musicgen_engine::playback::PlaybackConsumer;
+use musicgen_engine::stream::{Stream, StreamConfig};
+
+pub fn tiny() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
+}
+
+/// A stream of `frames` frames on the tiny bundle at its own 32 kHz.
+pub fn config(prompt: &str, frames: usize) -> StreamConfig {
+    let mut config = StreamConfig::new(tiny(), prompt);
+    config.seconds = Some(frames as f64 / 50.0);
+    config.output_rate_hz = 32_000;
+    config.decoder_threads = 1;
+    config
+}
+
+/// Pulls everything the stream produces, as fast as it comes.
+pub fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
+    let mut audio = Vec::new();
+    let mut block = [0.0f32; 512];
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let finished = stream.status().is_finished();
+        let buffered = consumer.buffered();
+        if buffered >= block.len() || (finished && buffered > 0) {
+            let got = consumer.pop(&mut block);
+            audio.extend_from_slice(&block[..got]);
+        } else if finished {
+            break;
+        } else {
+            assert!(Instant::now() < deadline, "stream stalled");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    assert_eq!(stream.status().error(), None);
+    audio
+}
+
+/// The stream's codes `[K][T]` once generation has ended.
+pub fn codes_of(stream: &Stream) -> Vec<Vec<u32>> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(codes) = stream.codes() {
+            return (0..codes.num_codebooks()).map(|k| codes.codebook(k).to_vec()).collect();
+        }
+        assert!(Instant::now() < deadline, "generation did not end");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// A WAV file as mono f32 samples, with its rate.
+pub fn read_wav(path: &Path) -> (u32, Vec<f32>) {
+    let mut reader = hound::WavReader::open(path).unwrap();
+    let spec = reader.spec();
+    let samples = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().map(Result::unwrap).collect(),
+        hound::SampleFormat::Int => {
+            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader.samples::<i32>().map(|s| s.unwrap() as f32 / scale).collect()
+        }
+    };
+    (spec.sample_rate, samples)
+}

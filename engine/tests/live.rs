@@ -1,0 +1,153 @@
+//! Live features on the tiny bundle: the sliding context window, prompt changes at a
+//! frame, and continuing given codes or audio.
+
+mod common;
+
+use common::{codes_of, config, drain, read_wav, tiny};
+use musicgen_engine::bundle::Bundle;
+use musicgen_engine::codec::AudioEncoder;
+use musicgen_engine::pattern::CodeGrid;
+use musicgen_engine::runtime::Runtime;
+use musicgen_engine::sampler::SamplingSettings;
+use musicgen_engine::stream::{Command, Stream, StreamConfig};
+
+const PROMPT: &str = "warm lo-fi piano";
+
+fn greedy(mut config: StreamConfig) -> StreamConfig {
+    config.sampling = SamplingSettings::greedy();
+    config
+}
+
+/// Frames `range` of `codes` (`[K][T]`) as a grid.
+fn grid(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> CodeGrid {
+    let flat = codes
+        .iter()
+        .flat_map(|row| row[range.clone()].iter().copied())
+        .collect();
+    CodeGrid::new(codes.len(), range.len(), flat).unwrap()
+}
+
+fn frames(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> Vec<Vec<u32>> {
+    codes.iter().map(|row| row[range.clone()].to_vec()).collect()
+}
+
+#[test]
+fn after_a_slide_the_music_goes_on_exactly_as_a_fresh_continuation_of_the_kept_frames() {
+    // A 2 s window keeping 1 s: the second window starts at frame 100 from frames 50..100.
+    let mut sliding = greedy(config(PROMPT, 150));
+    sliding.window_seconds = 2.0;
+    sliding.keep_seconds = 1.0;
+    let (stream, mut consumer) = Stream::start(sliding.clone()).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    let codes = codes_of(&stream);
+    assert_eq!(stream.status().seams(), [100]);
+    assert_eq!(codes[0].len(), 150);
+    assert_eq!(audio.len(), 150 * 640, "every frame was decoded once");
+
+    let mut fresh = greedy(config(PROMPT, 50));
+    fresh.window_seconds = 2.0;
+    fresh.keep_seconds = 1.0;
+    fresh.continue_from = Some(grid(&codes, 50..100));
+    let (continued, mut consumer) = Stream::start(fresh).unwrap();
+    drain(&continued, &mut consumer);
+    let continued = codes_of(&continued);
+    assert_eq!(
+        frames(&continued, 0..50),
+        frames(&codes, 50..100),
+        "the given codes come first"
+    );
+    assert_eq!(
+        frames(&continued, 50..100),
+        frames(&codes, 100..150),
+        "the window after the slide is the continuation of the kept frames"
+    );
+}
+
+#[test]
+fn seeded_sampling_is_reproducible_across_slides() {
+    let run = || {
+        let mut sliding = config(PROMPT, 260);
+        sliding.window_seconds = 2.0;
+        sliding.keep_seconds = 0.8;
+        sliding.seed = 11;
+        let (stream, mut consumer) = Stream::start(sliding).unwrap();
+        drain(&stream, &mut consumer);
+        assert_eq!(stream.status().seams(), [100, 160, 220]);
+        codes_of(&stream)
+    };
+    let first = run();
+    assert_eq!(first[0].len(), 260);
+    assert_eq!(first, run());
+}
+
+#[test]
+fn a_prompt_set_for_a_frame_changes_nothing_before_it() {
+    let run = |change: Option<usize>| {
+        let (stream, mut consumer) = Stream::start(greedy(config(PROMPT, 120))).unwrap();
+        if let Some(frame) = change {
+            stream.send(Command::SetPromptAt {
+                prompt: "fast techno with heavy bass".into(),
+                frame,
+            });
+        }
+        drain(&stream, &mut consumer);
+        codes_of(&stream)
+    };
+    let plain = run(None);
+    let changed = run(Some(80));
+    // Frame 80's first token comes from the step the change applies to; frames whose last
+    // token came before it (delays 0..3) are untouched.
+    assert_eq!(frames(&changed, 0..77), frames(&plain, 0..77));
+    assert_ne!(frames(&changed, 80..120), frames(&plain, 80..120));
+}
+
+#[test]
+fn a_continuation_keeps_the_given_codes_unchanged_at_its_start() {
+    let given = {
+        let (stream, mut consumer) = Stream::start(config("fast techno with heavy bass", 60)).unwrap();
+        drain(&stream, &mut consumer);
+        codes_of(&stream)
+    };
+    let mut continued = config(PROMPT, 50);
+    continued.continue_from = Some(grid(&given, 0..60));
+    let (stream, mut consumer) = Stream::start(continued).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    let codes = codes_of(&stream);
+    assert_eq!(codes[0].len(), 110);
+    assert_eq!(frames(&codes, 0..60), given);
+    assert_eq!(audio.len(), 110 * 640, "the given frames play, then the new ones");
+}
+
+#[test]
+fn audio_is_encoded_to_codes_that_a_stream_continues() {
+    let bundle = Bundle::open(&tiny()).unwrap();
+    let runtime = Runtime::init(None).unwrap();
+    let mut encoder = AudioEncoder::load(&bundle, runtime, 1).unwrap();
+    let (rate_hz, audio) = read_wav(&tiny().join("golden.wav"));
+    assert_eq!(rate_hz, 32_000);
+    let codes = encoder.encode(&audio).unwrap();
+    assert_eq!(codes.num_codebooks(), 4);
+    assert_eq!(codes.num_timesteps(), audio.len() / 640);
+    assert!(codes.as_slice().iter().all(|&c| c < 2048));
+    assert!(encoder.encode(&audio[..100]).is_err(), "less than a frame is refused");
+
+    let mut continued = config(PROMPT, 25);
+    continued.continue_from = Some(codes.clone());
+    let (stream, mut consumer) = Stream::start(continued).unwrap();
+    drain(&stream, &mut consumer);
+    let out = codes_of(&stream);
+    let given: Vec<Vec<u32>> = (0..4).map(|k| codes.codebook(k).to_vec()).collect();
+    assert_eq!(frames(&out, 0..codes.num_timesteps()), given);
+}
+
+#[test]
+fn a_window_that_cannot_be_is_refused_with_its_values() {
+    let mut bad = config(PROMPT, 10);
+    bad.window_seconds = 0.0;
+    let err = Stream::start(bad).err().unwrap().to_string();
+    assert!(err.contains("window of 0 s"), "{err}");
+    let mut wrong_k = config(PROMPT, 10);
+    wrong_k.continue_from = Some(CodeGrid::new(2, 1, vec![0, 0]).unwrap());
+    let err = Stream::start(wrong_k).err().unwrap().to_string();
+    assert!(err.contains("2 codebooks") && err.contains("has 4"), "{err}");
+}
