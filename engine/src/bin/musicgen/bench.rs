@@ -37,9 +37,10 @@ pub struct BenchArgs {
     /// Frames to decode when timing the codec alone.
     #[arg(long, default_value_t = 250)]
     codec_frames: usize,
-    /// Threads for the decoder graph (default: the stream's own choice).
-    #[arg(long)]
-    decoder_threads: Option<usize>,
+    /// Decoder thread counts to time steps with (default: 1 and every core); the stream
+    /// then runs with the fastest at the middle context.
+    #[arg(long, value_delimiter = ',')]
+    decoder_threads: Vec<usize>,
     #[arg(long, default_value = "auto")]
     provider: ExecutionProvider,
     /// ONNX Runtime library to load instead of searching for one.
@@ -54,6 +55,7 @@ const WARMUP_STEPS: usize = 3;
 struct Report {
     model: String,
     provider: String,
+    /// The decoder threads the stream ran with.
     decoder_threads: usize,
     /// Bytes of the decoder graph's weights: what a step reads once.
     decoder_weight_bytes: u64,
@@ -62,13 +64,14 @@ struct Report {
     contexts: Vec<ContextTiming>,
     stream: StreamTiming,
     codec_ms_per_frame: f64,
-    /// Read bandwidth of this machine's memory with `decoder_threads` threads.
+    /// Read bandwidth of this machine's memory, every core reading.
     read_bandwidth_gb_per_s: f64,
     peak_resident_mb: Option<f64>,
 }
 
 #[derive(Serialize)]
 struct ContextTiming {
+    threads: usize,
     context_frames: usize,
     /// The context over the timed steps, on average.
     mean_context_frames: f64,
@@ -90,24 +93,78 @@ struct StreamTiming {
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let bundle = Bundle::open(&args.model)?;
     let runtime = Runtime::init(args.ort_library.as_deref())?;
-    let mut stream_config = StreamConfig::new(args.model.clone(), "lo-fi piano with soft drums");
-    let decoder_threads = args.decoder_threads.unwrap_or(stream_config.decoder_threads);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let thread_counts = if args.decoder_threads.is_empty() {
+        let mut counts = vec![1, cores];
+        counts.dedup();
+        counts
+    } else {
+        args.decoder_threads.clone()
+    };
     let manifest = bundle.manifest();
     let geometry = manifest.decoder;
     let kv_cache_bytes_per_frame = (2 * geometry.num_layers * 2 * geometry.num_heads * geometry.head_dim * 4) as u64;
 
-    eprintln!(
-        "{}: decoder steps at contexts {:?} ...",
-        args.model.display(),
-        args.contexts
-    );
-    let mut conditioner = Conditioner::load(&bundle, runtime, decoder_threads, args.provider)?;
-    let cross = conditioner.encode("lo-fi piano with soft drums")?;
-    let mut decoder = Decoder::load(&bundle, runtime, decoder_threads, args.provider)?;
-    let mut cache = decoder.new_cache();
-    let provider = decoder.provider_in_use().to_owned();
-    let tokens = vec![i64::from(manifest.special_token_id); 2 * manifest.num_codebooks];
     let mut contexts = Vec::new();
+    let mut provider = String::new();
+    for &threads in &thread_counts {
+        eprintln!(
+            "{}: decoder steps at contexts {:?}, {threads} threads ...",
+            args.model.display(),
+            args.contexts
+        );
+        provider = time_contexts(&bundle, runtime, args, threads, &mut contexts)?;
+    }
+    let middle = args.contexts[args.contexts.len() / 2];
+    let decoder_threads = contexts
+        .iter()
+        .filter(|c| c.context_frames == middle)
+        .max_by(|a, b| a.steps_per_second.total_cmp(&b.steps_per_second))
+        .map_or(1, |c| c.threads);
+
+    let codec_ms_per_frame = time_codec(&bundle, runtime, args)?;
+    eprintln!("  codec: {codec_ms_per_frame:.3} ms per frame");
+
+    let mut stream_config = StreamConfig::new(args.model.clone(), PROMPT);
+    stream_config.ort_library = args.ort_library.clone();
+    stream_config.provider = args.provider;
+    stream_config.decoder_threads = decoder_threads;
+    stream_config.seconds = Some(args.stream_seconds);
+    stream_config.output_rate_hz = args.sample_rate;
+    stream_config.sampling = SamplingSettings::default();
+    let stream = time_stream(stream_config, args)?;
+
+    print_json(&Report {
+        model: args.model.display().to_string(),
+        provider,
+        decoder_threads,
+        decoder_weight_bytes: graph_bytes(&bundle, "decoder")?,
+        kv_cache_bytes_per_frame,
+        contexts,
+        stream,
+        codec_ms_per_frame,
+        read_bandwidth_gb_per_s: read_bandwidth_gb_per_s(cores),
+        peak_resident_mb: peak_resident_mb(),
+    })
+}
+
+const PROMPT: &str = "lo-fi piano with soft drums";
+
+/// Times decoder steps (both guidance rows) at each context with `threads` intra-op
+/// threads; returns the execution provider in use.
+fn time_contexts(
+    bundle: &Bundle,
+    runtime: &Runtime,
+    args: &BenchArgs,
+    threads: usize,
+    out: &mut Vec<ContextTiming>,
+) -> Result<String> {
+    let manifest = bundle.manifest();
+    let mut conditioner = Conditioner::load(bundle, runtime, threads, args.provider)?;
+    let cross = conditioner.encode(PROMPT)?;
+    let mut decoder = Decoder::load(bundle, runtime, threads, args.provider)?;
+    let mut cache = decoder.new_cache();
+    let tokens = vec![i64::from(manifest.special_token_id); 2 * manifest.num_codebooks];
     for &context_frames in &args.contexts {
         // The timed steps end at the context asked for, so that the longest one fits.
         let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
@@ -123,39 +180,14 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         let steps_per_second = args.steps as f64 / started.elapsed().as_secs_f64();
         let mean_context_frames = (first_timed + cache.len()) as f64 / 2.0;
         eprintln!("  context {context_frames:>5} frames (mean {mean_context_frames}): {steps_per_second:.2} steps/s");
-        contexts.push(ContextTiming {
+        out.push(ContextTiming {
+            threads,
             context_frames,
             mean_context_frames,
             steps_per_second,
         });
     }
-    drop(decoder);
-    drop(conditioner);
-
-    let codec_ms_per_frame = time_codec(&bundle, runtime, args)?;
-    eprintln!("  codec: {codec_ms_per_frame:.3} ms per frame");
-
-    stream_config.ort_library = args.ort_library.clone();
-    stream_config.provider = args.provider;
-    stream_config.decoder_threads = decoder_threads;
-    stream_config.seconds = Some(args.stream_seconds);
-    stream_config.output_rate_hz = args.sample_rate;
-    stream_config.sampling = SamplingSettings::default();
-    let stream = time_stream(stream_config, args)?;
-
-    let read_bandwidth_gb_per_s = read_bandwidth_gb_per_s(decoder_threads);
-    print_json(&Report {
-        model: args.model.display().to_string(),
-        provider,
-        decoder_threads,
-        decoder_weight_bytes: graph_bytes(&bundle, "decoder")?,
-        kv_cache_bytes_per_frame,
-        contexts,
-        stream,
-        codec_ms_per_frame,
-        read_bandwidth_gb_per_s,
-        peak_resident_mb: peak_resident_mb(),
-    })
+    Ok(decoder.provider_in_use().to_owned())
 }
 
 /// Decodes random frames as the stream does (frame by frame, windowed) and returns the
