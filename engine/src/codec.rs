@@ -46,11 +46,15 @@ pub struct CodecWindow {
     pub crossfade_samples: usize,
 }
 
+/// Chunks of 10 with 10 frames of left context decode each frame 2.2 times instead of
+/// 6.4 (chunks of 5 with 25): on musicgen-small's codec that is 13.6 instead of 29.6 ms
+/// per frame, at 124 instead of 130 dB against one offline decode of 200 random frames,
+/// for 100 ms more latency.
 impl Default for CodecWindow {
     fn default() -> Self {
         Self {
-            chunk_frames: 5,
-            left_frames: 25,
+            chunk_frames: 10,
+            left_frames: 10,
             right_frames: 2,
             crossfade_samples: 128,
         }
