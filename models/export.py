@@ -76,8 +76,8 @@ def random_configs(shape: str):
             target_bandwidths=[2.2],
             upsampling_ratios=[8, 5, 4, 4],
             num_filters=4,
-            hidden_size=16,
-            codebook_dim=16,
+            hidden_size=8,
+            codebook_dim=8,
             codebook_size=2048,
             num_lstm_layers=1,
             norm_type="weight_norm",
@@ -145,6 +145,16 @@ def build_random_model(shape: str):
     config.pad_token_id = decoder.vocab_size
     config.decoder_start_token_id = decoder.vocab_size
     model = MusicgenForConditionalGeneration(config)
+    # transformers starts Encodec's codebooks at zero (training fills them by k-means), so
+    # every code would decode to the same audio and every sound would encode to code 0.
+    # Random vectors, from a generator of their own so that every other weight stays as
+    # the seed makes it, let codes change the audio as in a trained codec.
+    codebooks = torch.Generator().manual_seed(SEED + 1)
+    with torch.no_grad():
+        for layer in model.audio_encoder.quantizer.layers:
+            embed = torch.randn(layer.codebook.embed.shape, generator=codebooks)
+            layer.codebook.embed.copy_(embed)
+            layer.codebook.embed_avg.copy_(embed)
     return model
 
 

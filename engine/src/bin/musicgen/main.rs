@@ -75,12 +75,54 @@ struct RenderArgs {
     /// Pull audio at real-time pace, as an audio device would, and count underruns.
     #[arg(long)]
     realtime: bool,
+    /// Continue this WAV file (any rate, mixed to mono): it plays first, re-encoded, and
+    /// the music carries on from its last --keep seconds. --seconds counts the new part.
+    #[arg(long = "continue", value_name = "FILE.wav")]
+    continue_from: Option<PathBuf>,
+    /// Seconds of context the model sees; at its end the window slides on.
+    #[arg(long, default_value_t = 10.0)]
+    window: f64,
+    /// Seconds of the window that the next window keeps (at most half the window).
+    #[arg(long, default_value_t = 4.0)]
+    keep: f64,
+    /// Change the prompt at a time in the output, e.g. `--prompt-change "15=fast techno"`
+    /// (repeatable).
+    #[arg(long, value_name = "SECONDS=PROMPT")]
+    prompt_change: Vec<PromptChange>,
     /// ONNX Runtime library to load instead of searching for one.
     #[arg(long)]
     ort_library: Option<PathBuf>,
     /// Where the graphs run: auto, cpu, cuda or directml (falls back to the CPU).
     #[arg(long, default_value = "auto")]
     provider: ExecutionProvider,
+}
+
+/// A prompt that takes over at a time in the output.
+#[derive(Clone, Debug)]
+struct PromptChange {
+    at_seconds: f64,
+    prompt: String,
+}
+
+impl std::str::FromStr for PromptChange {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (at, prompt) = text
+            .split_once('=')
+            .ok_or_else(|| format!("{text:?}: expected SECONDS=PROMPT, e.g. \"15=fast techno\""))?;
+        let at_seconds: f64 = at
+            .trim()
+            .parse()
+            .map_err(|_| format!("{at:?} in {text:?} is not a number of seconds"))?;
+        if !(at_seconds >= 0.0) {
+            return Err(format!("{text:?}: the time must be 0 s or later"));
+        }
+        Ok(Self {
+            at_seconds,
+            prompt: prompt.trim().to_owned(),
+        })
+    }
 }
 
 #[derive(clap::Args)]

@@ -4,10 +4,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use musicgen_engine::bundle::Bundle;
+use musicgen_engine::bundle::{Bundle, Manifest};
+use musicgen_engine::codec::AudioEncoder;
 use musicgen_engine::pattern::CodeGrid;
+use musicgen_engine::resample::StreamResampler;
+use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Stream, StreamConfig};
+use musicgen_engine::seam::measure_seams;
+use musicgen_engine::stream::{Command, Stream, StreamConfig};
 
 use crate::RenderArgs;
 
@@ -25,8 +29,19 @@ const CALLBACK_FRAMES: usize = 512;
 
 pub fn render(args: &RenderArgs) -> Result<()> {
     let model = args.model.clone().unwrap_or_else(default_model);
-    let manifest_rate = Bundle::open(&model)?.manifest().sample_rate_hz;
+    let bundle = Bundle::open(&model)?;
+    let manifest = bundle.manifest().clone();
+    let manifest_rate = manifest.sample_rate_hz;
+    let given = args
+        .continue_from
+        .as_deref()
+        .map(|path| encode_wav(&bundle, args, path))
+        .transpose()?;
+    let given_frames = given.as_ref().map_or(0, CodeGrid::num_timesteps);
     let mut config = StreamConfig::new(model, args.prompt.clone());
+    config.continue_from = given;
+    config.window_seconds = args.window;
+    config.keep_seconds = args.keep;
     config.ort_library = args.ort_library.clone();
     config.provider = args.provider;
     config.sampling = SamplingSettings {
@@ -40,7 +55,8 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     config.seconds = Some(args.seconds);
     config.output_rate_hz = args.sample_rate.unwrap_or(manifest_rate);
     let rate_hz = config.output_rate_hz;
-    let total = (args.seconds * f64::from(rate_hz)).round() as usize;
+    let given_seconds = given_frames as f64 / manifest.frame_rate_hz;
+    let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize;
 
     let progress = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {elapsed_precise} {msg}")
@@ -48,6 +64,12 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     );
     progress.set_message("loading the model");
     let (stream, mut consumer) = Stream::start(config)?;
+    for change in &args.prompt_change {
+        stream.send(Command::SetPromptAt {
+            prompt: change.prompt.clone(),
+            frame: (change.at_seconds * manifest.frame_rate_hz).round() as usize,
+        });
+    }
     let mut audio = Vec::with_capacity(total + CALLBACK_FRAMES);
     let mut block = [0.0f32; CALLBACK_FRAMES];
     let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / f64::from(rate_hz));
@@ -98,6 +120,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         status.time_to_first_audio().map_or(0, |d| d.as_millis()),
         stream.playback().underruns(),
     );
+    report_seams(&stream, &audio, rate_hz, &manifest)?;
     if let Some(path) = &args.codes_out {
         let codes = wait_for_codes(&stream)?;
         let rows: Vec<&[u32]> = (0..codes.num_codebooks()).map(|k| codes.codebook(k)).collect();
@@ -109,6 +132,66 @@ pub fn render(args: &RenderArgs) -> Result<()> {
             codes.num_timesteps()
         );
     }
+    Ok(())
+}
+
+/// Reads a WAV file, mixes it to mono and encodes it with the bundle's codec encoder.
+fn encode_wav(bundle: &Bundle, args: &RenderArgs, path: &Path) -> Result<CodeGrid> {
+    let mut reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let spec = reader.spec();
+    let interleaved: Vec<f32> = match spec.sample_format {
+        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
+        hound::SampleFormat::Int => {
+            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
+            reader
+                .samples::<i32>()
+                .map(|s| s.map(|s| s as f32 / scale))
+                .collect::<Result<_, _>>()
+        }
+    }
+    .with_context(|| format!("reading the samples of {}", path.display()))?;
+    let channels = usize::from(spec.channels.max(1));
+    let mono: Vec<f32> = interleaved
+        .chunks(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect();
+    let runtime = Runtime::init(args.ort_library.as_deref())?;
+    let mut encoder = AudioEncoder::load(bundle, runtime, 1)?;
+    let codes = encoder
+        .encode_at(&mono, spec.sample_rate)
+        .with_context(|| format!("encoding {}", path.display()))?;
+    println!(
+        "continuing {} ({:.2} s at {} Hz): {} frames of codes",
+        path.display(),
+        mono.len() as f64 / f64::from(spec.sample_rate),
+        spec.sample_rate,
+        codes.num_timesteps()
+    );
+    Ok(codes)
+}
+
+/// Prints, for each place the context window slid, how the audio changes there compared
+/// with anywhere else (see `musicgen_engine::seam`).
+fn report_seams(stream: &Stream, audio: &[f32], rate_hz: u32, manifest: &Manifest) -> Result<()> {
+    let seams = stream.status().seams();
+    if seams.is_empty() {
+        return Ok(());
+    }
+    // Frame f's audio starts at f frames of output plus the resampler's delay.
+    let offset = StreamResampler::new(manifest.sample_rate_hz, rate_hz)?.delay_frames();
+    let measured = measure_seams(audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
+    println!("context window slid {} times:", seams.len());
+    println!("{:>8} {:>9} {:>12} {:>12}", "frame", "time s", "jump ratio", "flux ratio");
+    for seam in &measured {
+        println!(
+            "{:>8} {:>9.2} {:>12.2} {:>12.2}",
+            seam.frame,
+            seam.frame as f64 / manifest.frame_rate_hz,
+            seam.jump_ratio,
+            seam.flux_ratio
+        );
+    }
+    println!("(ratios to the same measure everywhere else in the output: near 1 is as smooth as anywhere)");
     Ok(())
 }
 
