@@ -220,6 +220,7 @@ pub struct Stream {
     resamplers: Sender<StreamResampler>,
     latency: Latency,
     latency_samples: AtomicU32,
+    frame_rate_hz: f64,
     execution_provider: String,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
@@ -332,6 +333,7 @@ impl Stream {
                 resamplers,
                 latency,
                 latency_samples: AtomicU32::new(latency_samples),
+                frame_rate_hz,
                 execution_provider,
                 codes,
                 stop,
@@ -377,6 +379,16 @@ impl Stream {
     /// rate: the pattern's lag and the codec window, plus the resampler's delay.
     pub fn latency_samples(&self) -> u32 {
         self.latency_samples.load(Ordering::Relaxed)
+    }
+
+    /// Codec frames per second.
+    pub fn frame_rate_hz(&self) -> f64 {
+        self.frame_rate_hz
+    }
+
+    /// The play head, in frames: the audio the consumer has played so far.
+    pub fn frames_played(&self) -> f64 {
+        self.playback.samples_played() as f64 * self.frame_rate_hz / f64::from(self.sample_rate_hz())
     }
 
     /// Audio waiting in the ring buffer, in seconds at the output rate.

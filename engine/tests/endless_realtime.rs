@@ -38,7 +38,11 @@ fn two_minutes_at_real_time_pace_with_a_new_prompt_every_15_s_never_underrun() {
     // The first fill, as the plugin has it before the first note.
     let deadline = Instant::now() + Duration::from_secs(60);
     while consumer.buffered() < buffer_samples * 3 / 4 {
-        assert!(Instant::now() < deadline, "the buffer did not fill: {:?}", stream.status().error());
+        assert!(
+            Instant::now() < deadline,
+            "the buffer did not fill: {:?}",
+            stream.status().error()
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
 

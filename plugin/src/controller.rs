@@ -24,6 +24,7 @@ use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::params::MusicGenParams;
+use crate::transport::HostTransport;
 
 /// What the audio thread asks for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +73,7 @@ pub struct AudioLink {
     /// The output rate of the audio the stream queues now; the audio thread keeps quiet
     /// while it differs from the host's rate.
     pub stream_rate_hz: Arc<AtomicU32>,
+    pub transport: Arc<HostTransport>,
 }
 
 /// The handle the plugin keeps; dropping it stops the thread and the stream.
@@ -87,6 +89,7 @@ impl Controller {
         let (handoffs_tx, handoffs) = HeapRb::<PlaybackConsumer>::new(4).split();
         let latency_samples = Arc::new(AtomicU32::new(0));
         let stream_rate_hz = Arc::new(AtomicU32::new(0));
+        let transport = Arc::new(HostTransport::default());
         let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
         let (requests, requests_rx) = unbounded();
         let snapshot = Arc::new(Mutex::new(Snapshot {
@@ -102,6 +105,8 @@ impl Controller {
             snapshot: Arc::clone(&snapshot),
             latency_samples: Arc::clone(&latency_samples),
             stream_rate_hz: Arc::clone(&stream_rate_hz),
+            transport: Arc::clone(&transport),
+            applied_prompt: String::new(),
             stream: None,
             output_rate_hz: 48_000,
             applied: None,
@@ -123,6 +128,7 @@ impl Controller {
                 retired,
                 latency_samples,
                 stream_rate_hz,
+                transport,
             },
         )
     }
@@ -166,6 +172,9 @@ struct Worker {
     snapshot: Arc<Mutex<Snapshot>>,
     latency_samples: Arc<AtomicU32>,
     stream_rate_hz: Arc<AtomicU32>,
+    transport: Arc<HostTransport>,
+    /// The prompt the stream was last conditioned on (tempo hint included).
+    applied_prompt: String,
     stream: Option<Stream>,
     output_rate_hz: u32,
     applied: Option<Applied>,
@@ -198,6 +207,7 @@ impl Worker {
             }
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
+            self.follow_prompt();
             if let Some(stream) = &self.stream {
                 self.latency_samples.store(stream.latency_samples(), Ordering::Relaxed);
                 // Release: the audio thread that sees the new rate also sees the old audio
@@ -226,23 +236,84 @@ impl Worker {
         }
     }
 
-    fn generate(&mut self) {
+    /// The prompt as the stream should see it: the editor's text, with the host's tempo
+    /// when the tempo hint is on and the host tells one.
+    fn effective_prompt(&self) -> String {
         let prompt = self.params.prompt.read().clone();
-        if let Some(stream) = &self.stream
-            && !stream.status().is_finished()
-        {
-            self.set_state(format!("prompt sent: {prompt}"), None);
-            stream.send(Command::SetPrompt(prompt));
+        match (self.params.tempo_hint.value(), self.transport.view().tempo_bpm) {
+            (true, Some(bpm)) => format!("{prompt}, {bpm:.0} bpm"),
+            _ => prompt,
+        }
+    }
+
+    /// Re-conditions a running stream when the prompt changed (from the editor, a loaded
+    /// state, or the tempo under the tempo hint).
+    fn follow_prompt(&mut self) {
+        let running = self.stream.as_ref().is_some_and(|s| !s.status().is_finished());
+        if running {
+            let prompt = self.effective_prompt();
+            if prompt != self.applied_prompt {
+                self.send_prompt(prompt);
+            }
+        }
+    }
+
+    /// Sends `prompt` to the stream: on the host's next bar line that generation has not
+    /// reached yet when bar sync is on and the transport plays, otherwise at once.
+    fn send_prompt(&mut self, prompt: String) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
+        let next_bar = self
+            .transport
+            .view()
+            .next_bar()
+            .filter(|_| self.params.bar_sync.value());
+        let state = match next_bar {
+            Some((to_bar_s, bar_s)) => {
+                let frame_rate_hz = stream.frame_rate_hz();
+                let play_head = stream.frames_played();
+                // Frames already started keep the old prompt: take the first bar line after them.
+                let earliest = stream.status().started_frames() as f64 + 1.0;
+                let mut at = play_head + to_bar_s * frame_rate_hz;
+                while at < earliest {
+                    at += bar_s * frame_rate_hz;
+                }
+                stream.send(Command::SetPromptAt {
+                    prompt: prompt.clone(),
+                    frame: at.ceil() as usize,
+                });
+                format!(
+                    "prompt on the bar line in {:.1} s: {prompt}",
+                    (at - play_head) / frame_rate_hz
+                )
+            }
+            None => {
+                stream.send(Command::SetPrompt(prompt.clone()));
+                format!("prompt sent: {prompt}")
+            }
+        };
+        self.applied_prompt = prompt;
+        self.set_state(state, None);
+    }
+
+    fn generate(&mut self) {
+        if self.stream.as_ref().is_some_and(|s| !s.status().is_finished()) {
+            let prompt = self.effective_prompt();
+            self.send_prompt(prompt);
             return;
         }
+        let prompt = self.effective_prompt();
         let model_dir = self.model_dir();
         self.set_state(format!("loading {} ...", model_dir.display()), None);
         self.publish();
         let settings = self.settings();
-        let mut config = StreamConfig::new(model_dir.clone(), prompt);
+        let mut config = StreamConfig::new(model_dir.clone(), prompt.clone());
         config.sampling = settings.sampling;
         config.guidance_scale = settings.guidance_scale;
         config.seed = self.params.seed.value().max(0) as u64;
+        config.window_seconds = f64::from(self.params.window.value());
+        config.keep_seconds = f64::from(self.params.keep.value());
         config.output_rate_hz = self.output_rate_hz;
         config.provider = *self.params.provider.read();
         config.ort_library = resources_dir().map(|dir| dir.join(musicgen_engine::runtime::library_file_name()));
@@ -258,6 +329,7 @@ impl Worker {
                 }
                 self.snapshot.lock().delays = delays;
                 self.applied = Some(settings);
+                self.applied_prompt = prompt;
                 self.stream = Some(stream);
                 self.set_state("generating".into(), None);
             }
@@ -322,9 +394,8 @@ impl Worker {
         snapshot.underruns = stream.playback().underruns();
         status.recent_frames(&mut snapshot.recent_frames);
         if let Some(error) = status.error() {
+            snapshot.state = "stopped".into();
             snapshot.error = Some(error);
-        } else if status.is_finished() {
-            snapshot.state = "finished: the model's context is full; press Generate for more".into();
         }
     }
 }

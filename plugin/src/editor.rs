@@ -19,7 +19,7 @@ use crate::controller::{Controller, Request, Snapshot};
 use crate::params::MusicGenParams;
 
 const WIDTH: u32 = 760;
-const HEIGHT: u32 = 560;
+const HEIGHT: u32 = 660;
 /// Frames the pattern view shows: 3 s at 50 Hz.
 const VIEW_FRAMES: usize = 150;
 
@@ -28,7 +28,10 @@ pub struct EditorApp {
     requests: Sender<Request>,
     snapshot: Arc<Mutex<Snapshot>>,
     gui: Option<GuiContext>,
+    /// The prompt being edited.
     prompt: String,
+    /// The persisted prompt as last seen, to notice one a loaded state brings.
+    stored_prompt: String,
     model_dir: String,
     /// Why the chosen model folder cannot be used, checked when it is chosen.
     model_problem: Option<String>,
@@ -45,6 +48,7 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         requests: controller.sender(),
         snapshot: controller.snapshot(),
         gui: None,
+        stored_prompt: prompt.clone(),
         prompt,
         model_dir,
         model_problem: None,
@@ -75,6 +79,12 @@ impl NiceEguiApp for EditorApp {
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
         self.view = self.snapshot.lock().clone();
+        // A state the host loaded may bring another prompt: show it.
+        let stored = self.params.prompt.read().clone();
+        if stored != self.stored_prompt {
+            self.prompt = stored.clone();
+            self.stored_prompt = stored;
+        }
         ui.ctx().request_repaint();
         ui.heading("MusicGen Live");
         ui.label("Prompt");
@@ -86,6 +96,7 @@ impl NiceEguiApp for EditorApp {
         ui.horizontal(|ui| {
             if ui.button("Generate").clicked() {
                 *self.params.prompt.write() = self.prompt.clone();
+                self.stored_prompt = self.prompt.clone();
                 let _ = self.requests.send(Request::Generate);
             }
             if ui.button("Stop").clicked() {
@@ -130,6 +141,18 @@ impl EditorApp {
             ui.end_row();
             ui.label("Free run");
             ui.add(ParamSlider::for_param(&p.free_run, &setter));
+            ui.end_row();
+            ui.label("Prompt on next bar");
+            ui.add(ParamSlider::for_param(&p.bar_sync, &setter));
+            ui.end_row();
+            ui.label("Tempo in prompt");
+            ui.add(ParamSlider::for_param(&p.tempo_hint, &setter));
+            ui.end_row();
+            ui.label("Context window");
+            ui.add(ParamSlider::for_param(&p.window, &setter));
+            ui.end_row();
+            ui.label("Kept context");
+            ui.add(ParamSlider::for_param(&p.keep, &setter));
             ui.end_row();
         });
     }
@@ -182,7 +205,7 @@ impl EditorApp {
                     }
                 });
             *self.params.provider.write() = provider;
-            ui.label("(applies to the next Generate after Stop)");
+            ui.label("(this, the context window and the kept context apply to the next stream)");
         });
     }
 

@@ -8,6 +8,7 @@
 mod controller;
 mod editor;
 mod params;
+mod transport;
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -157,7 +158,9 @@ impl Plugin for MusicGenLive {
             }
         }
         self.take_handoff(context);
-        let transport_plays = self.params.free_run.value() && context.transport().playing;
+        let transport = context.transport();
+        self.link.transport.publish(transport);
+        let transport_plays = self.params.free_run.value() && transport.playing;
         let open = self.notes_held > 0 || transport_plays;
         if open && self.consumer.is_none() && !self.start_requested {
             self.start_requested = self.link.requests.try_push(AudioRequest::Start).is_ok();

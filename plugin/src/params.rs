@@ -29,6 +29,18 @@ pub struct MusicGenParams {
     /// Play while the host's transport runs, without a held note.
     #[id = "free_run"]
     pub free_run: BoolParam,
+    /// Seconds of context the model sees before the window slides on (next stream).
+    #[id = "window"]
+    pub window: FloatParam,
+    /// Seconds of the window the next window keeps (next stream).
+    #[id = "keep"]
+    pub keep: FloatParam,
+    /// A new prompt takes over on the host's next bar line while the transport plays.
+    #[id = "bar_sync"]
+    pub bar_sync: BoolParam,
+    /// Appends the host's tempo to the prompt ("..., 120 bpm").
+    #[id = "tempo_hint"]
+    pub tempo_hint: BoolParam,
 
     #[persist = "prompt"]
     pub prompt: Arc<RwLock<String>>,
@@ -70,6 +82,16 @@ impl Default for MusicGenParams {
             .with_string_to_value(formatters::s2v_f32_gain_to_db()),
             seed: IntParam::new("Seed", 0, IntRange::Linear { min: 0, max: 65_535 }),
             free_run: BoolParam::new("Free run", false),
+            window: FloatParam::new("Context window", 10.0, FloatRange::Linear { min: 2.0, max: 30.0 })
+                .with_step_size(0.5)
+                .with_unit(" s")
+                .non_automatable(),
+            keep: FloatParam::new("Kept context", 4.0, FloatRange::Linear { min: 0.0, max: 15.0 })
+                .with_step_size(0.5)
+                .with_unit(" s")
+                .non_automatable(),
+            bar_sync: BoolParam::new("Prompt on next bar", true),
+            tempo_hint: BoolParam::new("Tempo in prompt", false),
             prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
             model_dir: Arc::new(RwLock::new(String::new())),
             provider: Arc::new(RwLock::new(ExecutionProvider::Auto)),

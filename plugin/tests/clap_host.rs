@@ -9,7 +9,7 @@ use std::cell::Cell;
 use std::ffi::CString;
 use std::path::PathBuf;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
@@ -143,20 +143,27 @@ struct Timing {
     after_s: f64,
 }
 
+/// Something the host does on the main thread once the audio thread has played a number
+/// of samples.
+type MainThreadAction<'a> = (usize, &'a mut dyn FnMut(&mut PluginInstance<TestHost>));
+
 /// Plays one note in blocks of `block` frames at real-time pace on an audio thread,
-/// pumping main-thread callbacks meanwhile.
+/// pumping main-thread callbacks (and running `action`) meanwhile.
 fn play_note(
     instance: &mut PluginInstance<TestHost>,
     processor: StoppedPluginAudioProcessor<TestHost>,
     rate_hz: u32,
     block: usize,
     timing: &Timing,
+    mut action: Option<MainThreadAction<'_>>,
 ) -> (StoppedPluginAudioProcessor<TestHost>, Played) {
     let samples = |seconds: f64| (seconds * f64::from(rate_hz)) as usize;
     let note_on_at = samples(timing.before_s).next_multiple_of(block);
     let note_off_at = note_on_at + samples(timing.held_s);
     let total = note_off_at + samples(timing.after_s);
+    let played = AtomicUsize::new(0);
     std::thread::scope(|scope| {
+        let played = &played;
         let audio = scope.spawn(move || {
             let mut processor = processor.start_processing().expect("processing starts");
             let mut left = vec![0.0f32; block];
@@ -198,6 +205,7 @@ fn play_note(
                 channels[0].extend_from_slice(&left[..frames]);
                 channels[1].extend_from_slice(&right[..frames]);
                 done += frames;
+                played.store(done, Ordering::Release);
                 let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
                 if let Some(wait) = due.checked_sub(started.elapsed()) {
                     std::thread::sleep(wait);
@@ -207,6 +215,12 @@ fn play_note(
         });
         while !audio.is_finished() {
             pump_main_thread(instance);
+            if let Some((at, run)) = &mut action
+                && played.load(Ordering::Acquire) >= *at
+            {
+                run(instance);
+                action = None;
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         let (processor, channels) = audio.join().expect("the audio thread does not panic");
@@ -243,7 +257,7 @@ fn plays_within_its_latency_at_each_rate_and_block_size_and_survives_reactivatio
         let processor = instance
             .activate(|_, _| (), config)
             .unwrap_or_else(|e| panic!("activation at {rate_hz} Hz, {block} frames: {e}"));
-        let (processor, played) = play_note(&mut instance, processor, rate_hz, block, &timing);
+        let (processor, played) = play_note(&mut instance, processor, rate_hz, block, &timing, None);
         instance.deactivate(processor);
 
         let latency = latency_samples(&mut instance) as usize;
@@ -347,4 +361,47 @@ fn a_corrupt_state_is_refused_and_keeps_the_current_one() {
             .is_err()
     );
     assert_eq!(save(&mut instance), before);
+}
+
+#[test]
+fn a_prompt_loaded_while_playing_takes_over_without_a_gap() {
+    let Loaded { mut instance, _entry } = load();
+    let (rate_hz, block) = (48_000, 256);
+    let config = PluginAudioConfiguration {
+        sample_rate: f64::from(rate_hz),
+        min_frames_count: 1,
+        max_frames_count: block as u32,
+    };
+    let processor = instance.activate(|_, _| (), config).unwrap();
+    let timing = Timing {
+        before_s: 1.5,
+        held_s: 4.0,
+        after_s: 0.1,
+    };
+    let new_prompt = "fast techno with heavy bass";
+    let mut change_prompt = |instance: &mut PluginInstance<TestHost>| {
+        let mut state = save(instance);
+        state["fields"]["prompt"] = serde_json::to_string(new_prompt).unwrap().into();
+        restore(instance, &state);
+    };
+    let change_at = (3.0 * f64::from(rate_hz)) as usize;
+    let (processor, played) = play_note(
+        &mut instance,
+        processor,
+        rate_hz,
+        block,
+        &timing,
+        Some((change_at, &mut change_prompt)),
+    );
+    instance.deactivate(processor);
+    assert_eq!(persisted_prompt(&save(&mut instance)), new_prompt);
+
+    let latency = latency_samples(&mut instance) as usize;
+    let window = rate_hz as usize / 50;
+    let held = &played.channels[0][played.note_on_at + latency..played.note_off_at];
+    let quietest = held.chunks(window).map(rms).fold(f32::INFINITY, f32::min);
+    assert!(
+        quietest > 1e-4,
+        "a 20 ms window at RMS {quietest} while the note is held across the prompt change"
+    );
 }

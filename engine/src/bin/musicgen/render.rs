@@ -181,7 +181,10 @@ fn report_seams(stream: &Stream, audio: &[f32], rate_hz: u32, manifest: &Manifes
     let offset = StreamResampler::new(manifest.sample_rate_hz, rate_hz)?.delay_frames();
     let measured = measure_seams(audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
     println!("context window slid {} times:", seams.len());
-    println!("{:>8} {:>9} {:>12} {:>12}", "frame", "time s", "jump ratio", "flux ratio");
+    println!(
+        "{:>8} {:>9} {:>12} {:>12}",
+        "frame", "time s", "jump ratio", "flux ratio"
+    );
     for seam in &measured {
         println!(
             "{:>8} {:>9.2} {:>12.2} {:>12.2}",
