@@ -47,6 +47,9 @@ pub struct CodecWindow {
     pub right_frames: usize,
     /// Samples crossfaded at each seam; at most one frame.
     pub crossfade_samples: usize,
+    /// New frames in the first window; later windows double until `chunk_frames`, so
+    /// the first audio comes after a few frames instead of a whole chunk.
+    pub first_chunk_frames: usize,
 }
 
 /// Chunks of 10 with 10 frames of left context decode each frame 2.2 times instead of
@@ -61,6 +64,7 @@ impl Default for CodecWindow {
             left_frames: 10,
             right_frames: 2,
             crossfade_samples: 128,
+            first_chunk_frames: 2,
         }
     }
 }
@@ -74,6 +78,8 @@ pub struct StreamingCodec {
     codes: Vec<Vec<i64>>,
     /// Frames whose audio has been emitted (up to the pending crossfade).
     emitted_frames: usize,
+    /// Leading frames given as context only.
+    context_frames: usize,
     /// The previous window's audio for the first samples of the next chunk.
     seam: Vec<f32>,
     window_codes: Vec<i64>,
@@ -99,6 +105,7 @@ impl StreamingCodec {
             samples_per_frame: manifest.samples_per_frame,
             codes: vec![Vec::new(); manifest.num_codebooks],
             emitted_frames: 0,
+            context_frames: 0,
             seam: Vec::new(),
             window_codes: Vec::new(),
         })
@@ -117,11 +124,25 @@ impl StreamingCodec {
     pub fn reset(&mut self) {
         self.codes.iter_mut().for_each(Vec::clear);
         self.emitted_frames = 0;
+        self.context_frames = 0;
         self.seam.clear();
     }
 
     pub fn frames_received(&self) -> usize {
         self.codes[0].len()
+    }
+
+    /// Adds a frame that has already been heard: later windows take it as left context,
+    /// but it is not decoded itself. Only before the first frame to decode.
+    pub fn push_context_frame(&mut self, frame: &[u32]) {
+        debug_assert_eq!(
+            self.emitted_frames,
+            self.frames_received(),
+            "context comes before new frames"
+        );
+        self.push_frame(frame);
+        self.emitted_frames = self.frames_received();
+        self.context_frames = self.frames_received();
     }
 
     /// Adds one frame's codes (K values).
@@ -133,17 +154,32 @@ impl StreamingCodec {
 
     /// Decodes every chunk that has its right context and appends its samples to `out`.
     pub fn decode_ready(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
-        while self.frames_received() >= self.emitted_frames + self.window.chunk_frames + self.window.right_frames {
-            let end = self.emitted_frames + self.window.chunk_frames;
+        loop {
+            let end = self.emitted_frames + self.next_chunk_frames();
+            if self.frames_received() < end + self.window.right_frames {
+                return Ok(());
+            }
             self.decode_chunk(end, out)?;
         }
-        Ok(())
+    }
+
+    /// The size of the next chunk: the first chunk's, doubled per chunk emitted so far,
+    /// up to the steady chunk.
+    fn next_chunk_frames(&self) -> usize {
+        let steady = self.window.chunk_frames.max(1);
+        let mut chunk = self.window.first_chunk_frames.clamp(1, steady);
+        let mut emitted = 0;
+        while emitted < self.emitted_frames - self.context_frames && chunk < steady {
+            emitted += chunk;
+            chunk = (chunk * 2).min(steady);
+        }
+        chunk
     }
 
     /// Decodes what is left at the end of a stream and appends it to `out`.
     pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
         while self.emitted_frames < self.frames_received() {
-            let end = (self.emitted_frames + self.window.chunk_frames).min(self.frames_received());
+            let end = (self.emitted_frames + self.next_chunk_frames()).min(self.frames_received());
             self.decode_chunk(end, out)?;
         }
         Ok(())

@@ -77,9 +77,12 @@ pub struct StreamConfig {
     /// Seconds of the window that the next window keeps as its context (capped at half the
     /// window). More keeps the music coherent across the slide; less costs fewer steps.
     pub keep_seconds: f64,
-    /// Codes to continue (encoded audio): they play first, and generation carries on from
-    /// their last `keep_seconds`.
+    /// Codes to continue (encoded audio): generation carries on from their last
+    /// `keep_seconds`.
     pub continue_from: Option<CodeGrid>,
+    /// Whether the continued codes play before the new music (a render), or only give the
+    /// codec its context (live, where that audio has just been heard).
+    pub play_continued: bool,
     pub output_rate_hz: u32,
     /// Ring buffer size, in seconds at the output rate.
     pub buffer_seconds: f64,
@@ -103,6 +106,7 @@ impl StreamConfig {
             window_seconds: 10.0,
             keep_seconds: 4.0,
             continue_from: None,
+            play_continued: true,
             output_rate_hz: 48_000,
             buffer_seconds: 2.0,
             codec_window: CodecWindow::default(),
@@ -221,6 +225,9 @@ pub struct Stream {
     latency: Latency,
     latency_samples: AtomicU32,
     frame_rate_hz: f64,
+    /// The frame the consumer's first sample belongs to (given frames that do not play
+    /// come before it).
+    first_played_frame: usize,
     execution_provider: String,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
@@ -273,7 +280,7 @@ impl Stream {
         let stop = Arc::new(AtomicBool::new(false));
         let codes = Arc::new(Mutex::new(None));
         let (commands, command_rx) = unbounded();
-        let (frame_tx, frame_rx) = bounded::<Vec<u32>>(codec.window().chunk_frames * 4);
+        let (frame_tx, frame_rx) = bounded::<CodecInput>(codec.window().chunk_frames * 4);
 
         let latency = Latency {
             frames: pattern.frame_lag_steps() + codec.latency_frames(),
@@ -294,8 +301,14 @@ impl Stream {
                 ..window
             },
         );
+        let first_played_frame = if config.play_continued {
+            0
+        } else {
+            given.num_timesteps()
+        };
         let generation = GenerationLoop {
             generator,
+            play_given: config.play_continued,
             decoder,
             conditioner,
             cross,
@@ -334,6 +347,7 @@ impl Stream {
                 latency,
                 latency_samples: AtomicU32::new(latency_samples),
                 frame_rate_hz,
+                first_played_frame,
                 execution_provider,
                 codes,
                 stop,
@@ -386,9 +400,10 @@ impl Stream {
         self.frame_rate_hz
     }
 
-    /// The play head, in frames: the audio the consumer has played so far.
+    /// The play head, in the stream's frames: the frame whose audio plays now.
     pub fn frames_played(&self) -> f64 {
-        self.playback.samples_played() as f64 * self.frame_rate_hz / f64::from(self.sample_rate_hz())
+        let played = self.playback.samples_played() as f64 * self.frame_rate_hz / f64::from(self.sample_rate_hz());
+        self.first_played_frame as f64 + played
     }
 
     /// Audio waiting in the ring buffer, in seconds at the output rate.
@@ -469,7 +484,9 @@ struct GenerationLoop {
     conditioner: Conditioner,
     cross: CrossAttention,
     commands: Receiver<Command>,
-    frames: Sender<Vec<u32>>,
+    frames: Sender<CodecInput>,
+    /// Given frames play (true) or are only the codec's context (false).
+    play_given: bool,
     status: Arc<StreamStatus>,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
@@ -488,9 +505,16 @@ impl GenerationLoop {
     }
 
     fn generate(&mut self) -> Result<(), StreamError> {
-        // Given frames (continued audio) play first, through the same codec path.
+        // Given frames (continued audio) play first through the same codec path, or are
+        // only its context.
         for t in 0..self.generator.frames_done() {
-            if !self.hand_on(t) {
+            let handed_on = if self.play_given {
+                self.hand_on(t)
+            } else {
+                let frame = self.generator.frame(t).to_vec();
+                self.frames.send(CodecInput::Context(frame)).is_ok()
+            };
+            if !handed_on {
                 return Ok(());
             }
         }
@@ -541,7 +565,7 @@ impl GenerationLoop {
             }
             recent.push_back((t, frame.clone()));
         }
-        self.frames.send(frame).is_ok()
+        self.frames.send(CodecInput::Play(frame)).is_ok()
     }
 
     /// Applies pending commands; false when the stream should stop.
@@ -583,10 +607,18 @@ struct CodecLoop {
     resamplers: Receiver<StreamResampler>,
     output_rate_hz: Arc<AtomicU32>,
     producer: PlaybackProducer,
-    frames: Receiver<Vec<u32>>,
+    frames: Receiver<CodecInput>,
     status: Arc<StreamStatus>,
     stop: Arc<AtomicBool>,
     started: Instant,
+}
+
+/// What the generation thread sends the codec thread.
+enum CodecInput {
+    /// A frame to decode and play.
+    Play(Vec<u32>),
+    /// A frame already heard: context for the next windows, not decoded.
+    Context(Vec<u32>),
 }
 
 impl CodecLoop {
@@ -601,7 +633,14 @@ impl CodecLoop {
     fn decode(&mut self) -> Result<(), StreamError> {
         let mut audio = Vec::new();
         let mut resampled = Vec::new();
-        for frame in self.frames.clone().iter() {
+        for input in self.frames.clone().iter() {
+            let frame = match input {
+                CodecInput::Play(frame) => frame,
+                CodecInput::Context(frame) => {
+                    self.codec.push_context_frame(&frame);
+                    continue;
+                }
+            };
             self.codec.push_frame(&frame);
             self.codec.decode_ready(&mut audio)?;
             self.emit(&mut audio, &mut resampled, false)?;

@@ -119,6 +119,30 @@ fn a_continuation_keeps_the_given_codes_unchanged_at_its_start() {
 }
 
 #[test]
+fn a_live_continuation_plays_only_the_new_music() {
+    let given = {
+        let (stream, mut consumer) = Stream::start(config("fast techno with heavy bass", 60)).unwrap();
+        drain(&stream, &mut consumer);
+        codes_of(&stream)
+    };
+    let mut continued = config(PROMPT, 50);
+    continued.continue_from = Some(grid(&given, 0..60));
+    continued.play_continued = false;
+    let (stream, mut consumer) = Stream::start(continued).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(frames(&codes_of(&stream), 0..60), given);
+    assert_eq!(
+        audio.len(),
+        50 * 640,
+        "the given frames were heard already: only the new ones play"
+    );
+    assert!(
+        stream.frames_played() >= 110.0 - 1e-9,
+        "the play head counts from the given frames"
+    );
+}
+
+#[test]
 fn audio_is_encoded_to_codes_that_a_stream_continues() {
     let bundle = Bundle::open(&tiny()).unwrap();
     let runtime = Runtime::init(None).unwrap();

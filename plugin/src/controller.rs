@@ -8,6 +8,7 @@
 //! consumers, and reads the latency to report. Nothing it does can block, lock or free
 //! memory.
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,7 +17,9 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
 use musicgen_engine::bundle::Bundle;
+use musicgen_engine::codec::AudioEncoder;
 use musicgen_engine::playback::PlaybackConsumer;
+use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::stream::{Command, Stream, StreamConfig};
 use parking_lot::Mutex;
@@ -45,6 +48,8 @@ pub enum Request {
     Activate {
         rate_hz: u32,
     },
+    /// Encode the last seconds of the sidechain input and continue the music from them.
+    ContinueFromSidechain,
     Shutdown,
 }
 
@@ -74,6 +79,8 @@ pub struct AudioLink {
     /// while it differs from the host's rate.
     pub stream_rate_hz: Arc<AtomicU32>,
     pub transport: Arc<HostTransport>,
+    /// The sidechain input, mono at the host's rate.
+    pub sidechain: HeapProd<f32>,
 }
 
 /// The handle the plugin keeps; dropping it stops the thread and the stream.
@@ -90,6 +97,8 @@ impl Controller {
         let latency_samples = Arc::new(AtomicU32::new(0));
         let stream_rate_hz = Arc::new(AtomicU32::new(0));
         let transport = Arc::new(HostTransport::default());
+        // Room for a second of audio at the highest rate: the controller drains it every few ms.
+        let (sidechain, sidechain_rx) = HeapRb::<f32>::new(SIDECHAIN_QUEUE_SAMPLES).split();
         let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
         let (requests, requests_rx) = unbounded();
         let snapshot = Arc::new(Mutex::new(Snapshot {
@@ -106,6 +115,10 @@ impl Controller {
             latency_samples: Arc::clone(&latency_samples),
             stream_rate_hz: Arc::clone(&stream_rate_hz),
             transport: Arc::clone(&transport),
+            sidechain: sidechain_rx,
+            sidechain_history: VecDeque::new(),
+            encoder: None,
+            pending: None,
             applied_prompt: String::new(),
             stream: None,
             output_rate_hz: 48_000,
@@ -129,6 +142,7 @@ impl Controller {
                 latency_samples,
                 stream_rate_hz,
                 transport,
+                sidechain,
             },
         )
     }
@@ -173,6 +187,13 @@ struct Worker {
     latency_samples: Arc<AtomicU32>,
     stream_rate_hz: Arc<AtomicU32>,
     transport: Arc<HostTransport>,
+    sidechain: HeapCons<f32>,
+    /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate.
+    sidechain_history: VecDeque<f32>,
+    /// The codec encoder of the model in use, loaded on the first continuation.
+    encoder: Option<(PathBuf, AudioEncoder)>,
+    /// A stream that continues the sidechain, filling its buffer before it takes over.
+    pending: Option<(Stream, PlaybackConsumer)>,
     /// The prompt the stream was last conditioned on (tempo hint included).
     applied_prompt: String,
     stream: Option<Stream>,
@@ -180,6 +201,13 @@ struct Worker {
     applied: Option<Applied>,
     last_snapshot: Instant,
 }
+
+/// Sidechain samples in flight between the audio thread and the controller.
+const SIDECHAIN_QUEUE_SAMPLES: usize = 192_000;
+/// Sidechain audio the controller keeps for a continuation.
+const SIDECHAIN_SECONDS: f64 = 30.0;
+/// Audio a continuing stream buffers before it replaces the playing one.
+const TAKE_OVER_SECONDS: f64 = 0.5;
 
 /// How often the worker looks at the audio thread's queue and the parameters.
 const POLL: Duration = Duration::from_millis(5);
@@ -192,7 +220,12 @@ impl Worker {
                 Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
                 Ok(Request::Generate) => self.generate(),
                 Ok(Request::Stop) => self.stop(),
+                Ok(Request::ContinueFromSidechain) => self.continue_from_sidechain(),
                 Ok(Request::Activate { rate_hz }) => {
+                    if rate_hz != self.output_rate_hz {
+                        // Audio at the old rate cannot be encoded as if it were at the new one.
+                        self.sidechain_history.clear();
+                    }
                     self.set_output_rate(rate_hz);
                     if self.stream.is_none() {
                         self.generate();
@@ -207,6 +240,8 @@ impl Worker {
             }
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
+            self.keep_sidechain();
+            self.take_over_when_ready();
             self.follow_prompt();
             if let Some(stream) = &self.stream {
                 self.latency_samples.store(stream.latency_samples(), Ordering::Relaxed);
@@ -308,15 +343,7 @@ impl Worker {
         self.set_state(format!("loading {} ...", model_dir.display()), None);
         self.publish();
         let settings = self.settings();
-        let mut config = StreamConfig::new(model_dir.clone(), prompt.clone());
-        config.sampling = settings.sampling;
-        config.guidance_scale = settings.guidance_scale;
-        config.seed = self.params.seed.value().max(0) as u64;
-        config.window_seconds = f64::from(self.params.window.value());
-        config.keep_seconds = f64::from(self.params.keep.value());
-        config.output_rate_hz = self.output_rate_hz;
-        config.provider = *self.params.provider.read();
-        config.ort_library = resources_dir().map(|dir| dir.join(musicgen_engine::runtime::library_file_name()));
+        let config = self.stream_config(prompt.clone());
         let delays = Bundle::open(&model_dir)
             .ok()
             .map(|b| b.manifest().pattern.delays.clone())
@@ -337,7 +364,83 @@ impl Worker {
         }
     }
 
+    /// Moves the sidechain samples the audio thread sent into the history, keeping the
+    /// last [`SIDECHAIN_SECONDS`].
+    fn keep_sidechain(&mut self) {
+        let history = &mut self.sidechain_history;
+        history.extend(self.sidechain.pop_iter());
+        let keep = (SIDECHAIN_SECONDS * f64::from(self.output_rate_hz)) as usize;
+        let excess = history.len().saturating_sub(keep);
+        history.drain(..excess);
+    }
+
+    /// Encodes the last *Kept context* seconds of the sidechain and starts a stream that
+    /// continues them; it takes over once it has audio buffered.
+    fn continue_from_sidechain(&mut self) {
+        match self.start_continuation() {
+            Ok(()) => self.set_state("continuing the sidechain: filling the buffer ...".into(), None),
+            Err(error) => self.set_state("sidechain not continued".into(), Some(error)),
+        }
+    }
+
+    fn start_continuation(&mut self) -> Result<(), String> {
+        let seconds = f64::from(self.params.keep.value());
+        if seconds <= 0.0 {
+            return Err("set Kept context above 0 s: it is how much of the sidechain the music continues".into());
+        }
+        let rate_hz = self.output_rate_hz;
+        let wanted = ((seconds * f64::from(rate_hz)) as usize).min(self.sidechain_history.len());
+        let audio: Vec<f32> = self
+            .sidechain_history
+            .iter()
+            .skip(self.sidechain_history.len() - wanted)
+            .copied()
+            .collect();
+        let rms = (audio.iter().map(|s| s * s).sum::<f32>() / audio.len().max(1) as f32).sqrt();
+        if audio.is_empty() || rms < 1e-4 {
+            return Err(format!(
+                "the sidechain has been silent (RMS {rms:.1e} over {:.1} s): route audio to the plugin's sidechain input and play it",
+                audio.len() as f64 / f64::from(rate_hz)
+            ));
+        }
+        let model_dir = self.model_dir();
+        if self.encoder.as_ref().is_none_or(|(dir, _)| *dir != model_dir) {
+            let runtime = Runtime::init(self.ort_library().as_deref()).map_err(|e| e.to_string())?;
+            let bundle = Bundle::open(&model_dir).map_err(|e| e.to_string())?;
+            let encoder = AudioEncoder::load(&bundle, runtime, 1).map_err(|e| e.to_string())?;
+            self.encoder = Some((model_dir, encoder));
+        }
+        let (_, encoder) = self.encoder.as_mut().expect("loaded above");
+        let codes = encoder.encode_at(&audio, rate_hz).map_err(|e| e.to_string())?;
+        let mut config = self.stream_config(self.effective_prompt());
+        config.continue_from = Some(codes);
+        config.play_continued = false;
+        let (stream, consumer) = Stream::start(config).map_err(|e| e.to_string())?;
+        self.pending = Some((stream, consumer));
+        Ok(())
+    }
+
+    /// Hands a continuing stream to the audio thread once it has audio buffered.
+    fn take_over_when_ready(&mut self) {
+        let ready = self
+            .pending
+            .as_ref()
+            .is_some_and(|(stream, _)| stream.seconds_buffered() >= TAKE_OVER_SECONDS || stream.status().is_finished());
+        if !ready {
+            return;
+        }
+        let (stream, consumer) = self.pending.take().expect("checked above");
+        if self.handoffs.try_push(consumer).is_err() {
+            self.set_state("the audio thread is not taking new streams".into(), None);
+            return;
+        }
+        self.applied_prompt = self.effective_prompt();
+        self.stream = Some(stream);
+        self.set_state("continuing the sidechain".into(), None);
+    }
+
     fn stop(&mut self) {
+        self.pending = None;
         self.stream = None;
         self.set_state("stopped".into(), None);
     }
@@ -365,6 +468,26 @@ impl Worker {
             });
             self.applied = Some(settings);
         }
+    }
+
+    /// A stream on the chosen model with the current parameters.
+    fn stream_config(&self, prompt: String) -> StreamConfig {
+        let settings = self.settings();
+        let mut config = StreamConfig::new(self.model_dir(), prompt);
+        config.sampling = settings.sampling;
+        config.guidance_scale = settings.guidance_scale;
+        config.seed = self.params.seed.value().max(0) as u64;
+        config.window_seconds = f64::from(self.params.window.value());
+        config.keep_seconds = f64::from(self.params.keep.value());
+        config.output_rate_hz = self.output_rate_hz;
+        config.provider = *self.params.provider.read();
+        config.ort_library = self.ort_library();
+        config
+    }
+
+    /// The ONNX Runtime library shipped beside the plugin, if this is a bundle.
+    fn ort_library(&self) -> Option<PathBuf> {
+        resources_dir().map(|dir| dir.join(musicgen_engine::runtime::library_file_name()))
     }
 
     fn model_dir(&self) -> PathBuf {

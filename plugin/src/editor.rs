@@ -102,6 +102,13 @@ impl NiceEguiApp for EditorApp {
             if ui.button("Stop").clicked() {
                 let _ = self.requests.send(Request::Stop);
             }
+            if ui
+                .button("Continue from sidechain")
+                .on_hover_text("The music carries on from the last Kept context seconds of the sidechain input")
+                .clicked()
+            {
+                let _ = self.requests.send(Request::ContinueFromSidechain);
+            }
         });
         ui.separator();
         self.parameters(ui);

@@ -32,6 +32,8 @@ pub struct MusicGenLive {
     consumer: Option<PlaybackConsumer>,
     /// Mono samples from the ring buffer for the current block; sized in `activate`.
     scratch: Vec<f32>,
+    /// The sidechain input mixed to mono for the current block; sized in `activate`.
+    sidechain: Vec<f32>,
     notes_held: u32,
     gate: f32,
     gate_step: f32,
@@ -51,6 +53,7 @@ impl Default for MusicGenLive {
             link,
             consumer: None,
             scratch: Vec::new(),
+            sidechain: Vec::new(),
             notes_held: 0,
             gate: 0.0,
             gate_step: 1.0 / (GATE_FADE_S * 48_000.0),
@@ -62,6 +65,20 @@ impl Default for MusicGenLive {
 }
 
 impl MusicGenLive {
+    /// Hands the sidechain input, mixed to mono, to the controller (which keeps the last
+    /// seconds for "Continue from sidechain"); what does not fit is dropped.
+    fn capture_sidechain(&mut self, aux: &mut AuxiliaryBuffers) {
+        let Some(input) = aux.inputs.first_mut() else {
+            return;
+        };
+        let frames = input.samples().min(self.sidechain.len());
+        let channels = input.channels().max(1) as f32;
+        for (mono, frame) in self.sidechain[..frames].iter_mut().zip(input.iter_samples()) {
+            *mono = frame.into_iter().map(|s| *s).sum::<f32>() / channels;
+        }
+        self.link.sidechain.push_slice(&self.sidechain[..frames]);
+    }
+
     /// Takes a new stream's consumer if the controller has one, retiring the old one to
     /// the controller so that it is freed there, and reports a changed latency.
     fn take_handoff(&mut self, context: &mut impl ProcessContext<Self>) {
@@ -92,6 +109,11 @@ impl Plugin for MusicGenLive {
     const AUDIO_IO_LAYOUTS: &'static [AudioIOLayout] = &[AudioIOLayout {
         main_input_channels: None,
         main_output_channels: NonZeroU32::new(2),
+        aux_input_ports: &[new_nonzero_u32(2)],
+        names: PortNames {
+            aux_inputs: &["Sidechain"],
+            ..PortNames::const_default()
+        },
         ..AudioIOLayout::const_default()
     }];
     const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
@@ -134,6 +156,7 @@ impl Plugin for MusicGenLive {
         }
         self.rate_hz = rate_hz;
         self.scratch = vec![0.0; buffer_config.max_buffer_size as usize];
+        self.sidechain = vec![0.0; buffer_config.max_buffer_size as usize];
         self.gate_step = 1.0 / (GATE_FADE_S * buffer_config.sample_rate);
         self.controller.send(Request::Activate { rate_hz });
         true
@@ -147,9 +170,10 @@ impl Plugin for MusicGenLive {
     fn process(
         &mut self,
         buffer: &mut Buffer,
-        _aux: &mut AuxiliaryBuffers,
+        aux: &mut AuxiliaryBuffers,
         context: &mut impl ProcessContext<Self>,
     ) -> ProcessStatus {
+        self.capture_sidechain(aux);
         while let Some(event) = context.next_event() {
             match event {
                 NoteEvent::NoteOn { .. } => self.notes_held += 1,

@@ -103,7 +103,7 @@ pub fn bench(root: &Path, stream_seconds: f64) -> Result<()> {
     let steps = measured
         .iter()
         .find_map(|m| m.report.as_ref().ok())
-        .and_then(|r| r["stream"]["steps"].as_u64())
+        .and_then(|r| r["stream"]["pattern_steps"].as_u64())
         .context("no bundle could be measured; see the errors above")?;
     println!(
         "[{0}/{0}] transformers generate, {steps} steps, {threads} threads",
@@ -218,7 +218,7 @@ fn render(measured: &[Measured], anchor: &Value, stream_seconds: f64, total_seco
     )?;
     writeln!(
         md,
-        "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps on the same random model; its final Encodec decode ({:.2} s) is left out.\n",
+        "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps (the stream's audio in one pattern) on the same random model; its final Encodec decode ({:.2} s) is left out.\n",
         anchor["transformers"].as_str().unwrap_or("?"),
         anchor["torch"].as_str().unwrap_or("?"),
         anchor["threads"],
@@ -311,7 +311,7 @@ fn render(measured: &[Measured], anchor: &Value, stream_seconds: f64, total_seco
     }
     writeln!(
         md,
-        "\nsteps/s: generation steps per second of generation time over the stream; real-time factor: audio seconds per wall second from the start of the stream to its last sample (above 1 keeps up with playback).\n"
+        "\nsteps/s: decoder steps per second of generation time over the stream (the default live window of 10 s keeping 4 s slides the context, and the next window's prefill steps count too); x transformers: that rate over transformers' steps per second for the same audio without a sliding window; real-time factor: audio seconds per wall second from the start of the stream to its last sample (above 1 keeps up with playback).\n"
     )?;
 
     writeln!(md, "## Targets\n")?;

@@ -87,7 +87,11 @@ struct StreamTiming {
     /// Generation steps per second of generation time (waits for room excluded).
     generation_steps_per_second: f64,
     time_to_first_audio_ms: f64,
+    /// Decoder steps the stream ran, the next windows' prefill included.
     steps: u64,
+    /// Steps one pattern over the whole audio takes (what a generation without a sliding
+    /// window, such as transformers', runs for the same audio).
+    pattern_steps: usize,
 }
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
@@ -132,7 +136,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     stream_config.seconds = Some(args.stream_seconds);
     stream_config.output_rate_hz = args.sample_rate;
     stream_config.sampling = SamplingSettings::default();
-    let stream = time_stream(stream_config, args)?;
+    let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
+    let stream = time_stream(stream_config, args, bundle.pattern(frames).num_steps())?;
 
     print_json(&Report {
         model: args.model.display().to_string(),
@@ -215,7 +220,7 @@ fn time_codec(bundle: &Bundle, runtime: &Runtime, args: &BenchArgs) -> Result<f6
 }
 
 /// Streams `seconds` of audio, taking it from the ring buffer as soon as it is there.
-fn time_stream(config: StreamConfig, args: &BenchArgs) -> Result<StreamTiming> {
+fn time_stream(config: StreamConfig, args: &BenchArgs, pattern_steps: usize) -> Result<StreamTiming> {
     let total = (args.stream_seconds * f64::from(config.output_rate_hz)).round() as u64;
     let progress = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("  stream {bar:30} {percent:>3}% {elapsed_precise} {msg}")
@@ -256,6 +261,7 @@ fn time_stream(config: StreamConfig, args: &BenchArgs) -> Result<StreamTiming> {
             .as_secs_f64()
             * 1000.0,
         steps: status.steps(),
+        pattern_steps,
     };
     eprintln!(
         "  stream: {:.1} s in {wall_seconds:.1} s (real-time factor {:.2}), first audio after {:.0} ms",

@@ -115,7 +115,7 @@ impl std::str::FromStr for PromptChange {
             .trim()
             .parse()
             .map_err(|_| format!("{at:?} in {text:?} is not a number of seconds"))?;
-        if !(at_seconds >= 0.0) {
+        if at_seconds.is_nan() || at_seconds < 0.0 {
             return Err(format!("{text:?}: the time must be 0 s or later"));
         }
         Ok(Self {
