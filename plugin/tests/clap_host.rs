@@ -18,7 +18,7 @@ use clack_extensions::state::PluginState;
 use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent};
 use clack_host::prelude::*;
 use clack_host::process::StoppedPluginAudioProcessor;
-use clack_host::process::audio_buffers::InputAudioBuffers;
+use clack_host::process::audio_buffers::InputChannel;
 
 const PLUGIN_ID: &str = "live.musicgen.instrument";
 
@@ -170,6 +170,9 @@ fn play_note(
             let mut right = vec![0.0f32; block];
             let mut channels = [Vec::with_capacity(total), Vec::with_capacity(total)];
             let mut ports_out = AudioPorts::with_capacity(2, 1);
+            // The sidechain port: hosts give every declared port its buffers.
+            let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
+            let mut ports_in = AudioPorts::with_capacity(2, 1);
             let mut events_out = EventBuffer::new();
             let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
             let started = Instant::now();
@@ -185,6 +188,14 @@ fn play_note(
                 } else {
                     InputEvents::empty()
                 };
+                let inputs = ports_in.with_input_buffers([AudioPortBuffer {
+                    latency: 0,
+                    channels: AudioPortBufferType::f32_input_only(
+                        sidechain
+                            .iter_mut()
+                            .map(|channel| InputChannel::constant(&mut channel[..frames])),
+                    ),
+                }]);
                 let mut outputs = ports_out.with_output_buffers([AudioPortBuffer {
                     latency: 0,
                     channels: AudioPortBufferType::f32_output_only(
@@ -193,7 +204,7 @@ fn play_note(
                 }]);
                 processor
                     .process(
-                        &InputAudioBuffers::empty(),
+                        &inputs,
                         &mut outputs,
                         &events_in,
                         &mut OutputEvents::from_buffer(&mut events_out),
