@@ -9,8 +9,11 @@
 //!
 //! [`AudioEncoder`] goes the other way, for continuing given audio.
 
+use std::sync::Arc;
+
 use ort::session::Session;
 use ort::value::TensorRef;
+use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, Graph};
 use crate::pattern::CodeGrid;
@@ -70,7 +73,8 @@ impl Default for CodecWindow {
 }
 
 pub struct StreamingCodec {
-    session: Session,
+    /// Shared by the forks of one stream (one codec thread uses them in turn).
+    session: Arc<Mutex<Session>>,
     window: CodecWindow,
     num_codebooks: usize,
     samples_per_frame: usize,
@@ -96,7 +100,7 @@ impl StreamingCodec {
         let manifest = bundle.manifest();
         let (session, _) = bundle.session_on(runtime, Graph::CodecDecoder, threads, provider)?;
         Ok(Self {
-            session,
+            session: Arc::new(Mutex::new(session)),
             window: CodecWindow {
                 crossfade_samples: window.crossfade_samples.min(manifest.samples_per_frame),
                 ..window
@@ -113,6 +117,28 @@ impl StreamingCodec {
 
     pub fn window(&self) -> CodecWindow {
         self.window
+    }
+
+    /// A copy of this stream's state on the same session: the same frames so far, decoded
+    /// on from here independently (to crossfade two continuations of one stream).
+    pub fn fork(&self) -> Self {
+        Self {
+            session: Arc::clone(&self.session),
+            window: self.window,
+            num_codebooks: self.num_codebooks,
+            samples_per_frame: self.samples_per_frame,
+            codes: self.codes.clone(),
+            emitted_frames: self.emitted_frames,
+            context_frames: self.context_frames,
+            seam: self.seam.clone(),
+            window_codes: Vec::new(),
+        }
+    }
+
+    /// Frames whose audio has been emitted: the next sample emitted is frame
+    /// `emitted_frames()`'s first.
+    pub fn emitted_frames(&self) -> usize {
+        self.emitted_frames
     }
 
     /// Latency the windowing adds between a frame's completion and its audio, in frames.
@@ -204,10 +230,8 @@ impl StreamingCodec {
         let run_error = |source| CodecError::Run { first, end, source };
         let codes = TensorRef::from_array_view(([1usize, self.num_codebooks, width], &self.window_codes[..]))
             .map_err(run_error)?;
-        let outputs = self
-            .session
-            .run(ort::inputs!["audio_codes" => codes])
-            .map_err(run_error)?;
+        let mut session = self.session.lock();
+        let outputs = session.run(ort::inputs!["audio_codes" => codes]).map_err(run_error)?;
         let (_, audio) = outputs["audio_values"].try_extract_tensor::<f32>().map_err(run_error)?;
 
         let spf = self.samples_per_frame;

@@ -123,6 +123,26 @@ impl Generator {
         self.guidance_scale
     }
 
+    /// A second continuation of this one: the same codes, context and position, a
+    /// sampler of its own ([`Sampler::fork`]).
+    pub fn fork(&mut self) -> Generator {
+        Generator {
+            pattern: self.pattern.clone(),
+            special: self.special,
+            columns: self.columns.clone(),
+            prefix_frames: self.prefix_frames,
+            prefix_known: self.prefix_known,
+            next_step: self.next_step,
+            next_frame: self.next_frame,
+            started_frames: self.started_frames,
+            sampler: self.sampler.fork(),
+            guidance_scale: self.guidance_scale,
+            guided: Vec::new(),
+            step_tokens: self.step_tokens.clone(),
+            cache: self.cache.clone(),
+        }
+    }
+
     /// The cache, for the next generator to reuse.
     pub fn into_cache(self) -> KvCache {
         self.cache

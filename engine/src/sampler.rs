@@ -91,6 +91,16 @@ impl Sampler {
         })
     }
 
+    /// A sampler with the same settings and a random sequence of its own, seeded from
+    /// this one's (which moves on by one draw): for a second continuation of a stream.
+    pub fn fork(&mut self) -> Sampler {
+        Sampler {
+            settings: self.settings,
+            rng: ChaCha8Rng::seed_from_u64(self.rng.random::<u64>()),
+            candidates: Vec::new(),
+        }
+    }
+
     pub fn settings(&self) -> SamplingSettings {
         self.settings
     }

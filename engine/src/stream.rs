@@ -83,6 +83,10 @@ pub struct StreamConfig {
     /// Whether the continued codes play before the new music (a render), or only give the
     /// codec its context (live, where that audio has just been heard).
     pub play_continued: bool,
+    /// Seconds over which a prompt change crossfades from the music going on under the old
+    /// prompt to the music under the new one (0: the change cuts in). Both are generated
+    /// and decoded over the fade.
+    pub prompt_crossfade_seconds: f64,
     pub output_rate_hz: u32,
     /// Ring buffer size, in seconds at the output rate.
     pub buffer_seconds: f64,
@@ -107,6 +111,7 @@ impl StreamConfig {
             keep_seconds: 4.0,
             continue_from: None,
             play_continued: true,
+            prompt_crossfade_seconds: 0.0,
             output_rate_hz: 48_000,
             buffer_seconds: 2.0,
             codec_window: CodecWindow::default(),
@@ -126,6 +131,8 @@ pub enum Command {
     /// generation is already past it): for changes on a bar line. It replaces the changes
     /// waiting for that frame or a later one.
     SetPromptAt { prompt: String, frame: usize },
+    /// Seconds of crossfade for the prompt changes that follow.
+    SetPromptCrossfade(f64),
     /// New sampling settings and guidance scale from the next token.
     SetSampling {
         sampling: SamplingSettings,
@@ -259,10 +266,6 @@ impl Stream {
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
         let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads, config.provider)?;
-        // Time to first audio counts from here: the prompt's encoding is part of it, the
-        // one-off model load is not.
-        let started = Instant::now();
-        let cross = conditioner.encode(&config.prompt)?;
         let decoder = Decoder::load(&bundle, runtime, config.decoder_threads, config.provider)?;
         let execution_provider = decoder.provider_in_use().to_owned();
         let codec = StreamingCodec::load(
@@ -272,6 +275,10 @@ impl Stream {
             config.provider,
             config.codec_window,
         )?;
+        // Time to first audio counts from here: the prompt's encoding is part of it, the
+        // one-off loading of the graphs is not.
+        let started = Instant::now();
+        let cross = conditioner.encode(&config.prompt)?;
         let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
 
         let capacity = (config.buffer_seconds * f64::from(config.output_rate_hz)).ceil() as usize;
@@ -319,11 +326,16 @@ impl Stream {
             stop: Arc::clone(&stop),
             frame_rate_hz,
             pending_prompts: VecDeque::new(),
+            crossfade_frames: (config.prompt_crossfade_seconds.max(0.0) * frame_rate_hz).round() as usize,
+            fading: None,
+            blend_margin_frames: codec.window().chunk_frames + codec.window().right_frames + 1,
         };
         let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
         let decoding = CodecLoop {
             codec,
+            fading: None,
+            samples_per_frame: manifest.samples_per_frame,
             resampler,
             resamplers: resampler_rx,
             output_rate_hz: Arc::clone(&output_rate_hz),
@@ -493,6 +505,21 @@ struct GenerationLoop {
     frame_rate_hz: f64,
     /// Prompts waiting for their frames ([`Command::SetPromptAt`]), earliest first.
     pending_prompts: VecDeque<(usize, String)>,
+    crossfade_frames: usize,
+    /// The music under the old prompt while a prompt change crossfades.
+    fading: Option<Fading>,
+    /// Frames past a crossfade for which the old music is still decoded, so that the codec
+    /// windows holding the fade's last frames have their right context.
+    blend_margin_frames: usize,
+}
+
+/// The old prompt's continuation during a crossfade.
+struct Fading {
+    generator: SlidingGenerator,
+    cross: CrossAttention,
+    /// The first frame in which the two continuations can differ.
+    start: usize,
+    frames: usize,
 }
 
 impl GenerationLoop {
@@ -509,7 +536,7 @@ impl GenerationLoop {
         // only its context.
         for t in 0..self.generator.frames_done() {
             let handed_on = if self.play_given {
-                self.hand_on(t)
+                self.hand_on(t)?
             } else {
                 let frame = self.generator.frame(t).to_vec();
                 self.frames.send(CodecInput::Context(frame)).is_ok()
@@ -529,7 +556,7 @@ impl GenerationLoop {
             let completed = self.generator.step(&mut self.decoder, &self.cross)?;
             busy += step_started.elapsed();
             for t in completed {
-                if !self.hand_on(t) {
+                if !self.hand_on(t)? {
                     return Ok(());
                 }
             }
@@ -554,9 +581,9 @@ impl GenerationLoop {
         Ok(())
     }
 
-    /// Sends frame `t` to the codec thread and the displays; false once the codec thread
-    /// has gone.
-    fn hand_on(&mut self, t: usize) -> bool {
+    /// Sends frame `t` to the codec thread and the displays, with the old prompt's frame
+    /// `t` while a crossfade runs; false once the codec thread has gone.
+    fn hand_on(&mut self, t: usize) -> Result<bool, StreamError> {
         let frame = self.generator.frame(t).to_vec();
         {
             let mut recent = self.status.recent.lock();
@@ -565,7 +592,41 @@ impl GenerationLoop {
             }
             recent.push_back((t, frame.clone()));
         }
-        self.frames.send(CodecInput::Play(frame)).is_ok()
+        let input = match &mut self.fading {
+            Some(fading) if t < fading.start + fading.frames + self.blend_margin_frames => {
+                while fading.generator.frames_done() <= t {
+                    fading.generator.step(&mut self.decoder, &fading.cross)?;
+                }
+                CodecInput::Blend {
+                    new: frame,
+                    old: fading.generator.frame(t).to_vec(),
+                    fade_start: fading.start,
+                    fade_frames: fading.frames,
+                }
+            }
+            Some(_) => {
+                self.fading = None;
+                CodecInput::Play(frame)
+            }
+            None => CodecInput::Play(frame),
+        };
+        Ok(self.frames.send(input).is_ok())
+    }
+
+    /// Conditions generation on `prompt` from the next step; with a crossfade set, the old
+    /// prompt's music goes on beside it for the fade.
+    fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
+        let cross = self.conditioner.encode(prompt)?;
+        let old = std::mem::replace(&mut self.cross, cross);
+        if self.crossfade_frames > 0 && self.fading.is_none() {
+            self.fading = Some(Fading {
+                generator: self.generator.fork(),
+                cross: old,
+                start: self.generator.frames_done(),
+                frames: self.crossfade_frames,
+            });
+        }
+        Ok(())
     }
 
     /// Applies pending commands; false when the stream should stop.
@@ -574,7 +635,10 @@ impl GenerationLoop {
             match self.commands.try_recv() {
                 Ok(Command::SetPrompt(prompt)) => {
                     self.pending_prompts.clear();
-                    self.cross = self.conditioner.encode(&prompt)?;
+                    self.change_prompt(&prompt)?;
+                }
+                Ok(Command::SetPromptCrossfade(seconds)) => {
+                    self.crossfade_frames = (seconds.max(0.0) * self.frame_rate_hz).round() as usize;
                 }
                 Ok(Command::SetPromptAt { prompt, frame }) => {
                     self.pending_prompts.retain(|(at, _)| *at < frame);
@@ -594,7 +658,7 @@ impl GenerationLoop {
         let started = self.generator.started_frames();
         while self.pending_prompts.front().is_some_and(|(frame, _)| *frame <= started) {
             let (_, prompt) = self.pending_prompts.pop_front().expect("checked above");
-            self.cross = self.conditioner.encode(&prompt)?;
+            self.change_prompt(&prompt)?;
         }
         Ok(true)
     }
@@ -602,6 +666,9 @@ impl GenerationLoop {
 
 struct CodecLoop {
     codec: StreamingCodec,
+    /// The old prompt's audio during a crossfade: a fork of `codec`.
+    fading: Option<StreamingCodec>,
+    samples_per_frame: usize,
     resampler: StreamResampler,
     /// Resamplers for new output rates, from [`Stream::set_output_rate`].
     resamplers: Receiver<StreamResampler>,
@@ -619,6 +686,14 @@ enum CodecInput {
     Play(Vec<u32>),
     /// A frame already heard: context for the next windows, not decoded.
     Context(Vec<u32>),
+    /// A frame of the new prompt's music and the same frame of the old prompt's, during a
+    /// crossfade that runs over `fade_frames` frames from `fade_start`.
+    Blend {
+        new: Vec<u32>,
+        old: Vec<u32>,
+        fade_start: usize,
+        fade_frames: usize,
+    },
 }
 
 impl CodecLoop {
@@ -633,16 +708,41 @@ impl CodecLoop {
     fn decode(&mut self) -> Result<(), StreamError> {
         let mut audio = Vec::new();
         let mut resampled = Vec::new();
+        let mut old_audio = Vec::new();
         for input in self.frames.clone().iter() {
-            let frame = match input {
-                CodecInput::Play(frame) => frame,
+            match input {
+                CodecInput::Play(frame) => {
+                    self.fading = None;
+                    self.codec.push_frame(&frame);
+                    self.codec.decode_ready(&mut audio)?;
+                }
                 CodecInput::Context(frame) => {
                     self.codec.push_context_frame(&frame);
                     continue;
                 }
-            };
-            self.codec.push_frame(&frame);
-            self.codec.decode_ready(&mut audio)?;
+                CodecInput::Blend {
+                    new,
+                    old,
+                    fade_start,
+                    fade_frames,
+                } => {
+                    let fading = self.fading.get_or_insert_with(|| self.codec.fork());
+                    let first_frame = self.codec.emitted_frames();
+                    self.codec.push_frame(&new);
+                    fading.push_frame(&old);
+                    self.codec.decode_ready(&mut audio)?;
+                    fading.decode_ready(&mut old_audio)?;
+                    debug_assert_eq!(audio.len(), old_audio.len(), "the forks decode in step");
+                    let spf = self.samples_per_frame as f32;
+                    for (i, (new, old)) in audio.iter_mut().zip(&old_audio).enumerate() {
+                        let frame = first_frame as f32 + i as f32 / spf;
+                        let progress = ((frame - fade_start as f32) / fade_frames as f32).clamp(0.0, 1.0);
+                        let angle = progress * std::f32::consts::FRAC_PI_2;
+                        *new = *new * angle.sin() + *old * angle.cos();
+                    }
+                    old_audio.clear();
+                }
+            }
             self.emit(&mut audio, &mut resampled, false)?;
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());

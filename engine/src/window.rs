@@ -86,6 +86,23 @@ impl SlidingGenerator {
         }
     }
 
+    /// A second continuation of this stream from here (see [`Generator::fork`]).
+    pub fn fork(&mut self) -> SlidingGenerator {
+        SlidingGenerator {
+            kind: self.kind.clone(),
+            num_codebooks: self.num_codebooks,
+            special: self.special,
+            spec: self.spec,
+            current: self.current.fork(),
+            offset: self.offset,
+            next: self.next.as_mut().map(Generator::fork),
+            spare: None,
+            history: self.history.clone(),
+            seams: self.seams.clone(),
+            steps: 0,
+        }
+    }
+
     /// Frames whose codes are all known, given ones included.
     pub fn frames_done(&self) -> usize {
         self.history.len() / self.num_codebooks
@@ -148,7 +165,8 @@ impl SlidingGenerator {
         let keep = self.spec.keep_frames.min(window / 2);
         let next_offset = self.offset + window - keep;
         let more_to_come = self.spec.total_frames.is_none_or(|total| self.offset + window < total);
-        if self.next.is_none() && more_to_come && keep > 0 && self.frames_done() > next_offset {
+        // With nothing to keep, the next lane starts afresh once this one is done.
+        if self.next.is_none() && more_to_come && self.frames_done() >= next_offset + keep.min(1) {
             let frames = lane_frames(self.spec, next_offset);
             let cache = self.spare.take().unwrap_or_else(|| decoder.new_cache());
             // Prefill samples nothing; at the switch the lane takes over the current

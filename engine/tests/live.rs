@@ -31,6 +31,13 @@ fn frames(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> Vec<Vec<u32>> {
     codes.iter().map(|row| row[range.clone()].to_vec()).collect()
 }
 
+/// Runs a stream to its end: its codes `[K][T]` and its audio.
+fn run_to_end(config: StreamConfig) -> (Vec<Vec<u32>>, Vec<f32>) {
+    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    (codes_of(&stream), audio)
+}
+
 #[test]
 fn after_a_slide_the_music_goes_on_exactly_as_a_fresh_continuation_of_the_kept_frames() {
     // A 2 s window keeping 1 s: the second window starts at frame 100 from frames 50..100.
@@ -48,9 +55,7 @@ fn after_a_slide_the_music_goes_on_exactly_as_a_fresh_continuation_of_the_kept_f
     fresh.window_seconds = 2.0;
     fresh.keep_seconds = 1.0;
     fresh.continue_from = Some(grid(&codes, 50..100));
-    let (continued, mut consumer) = Stream::start(fresh).unwrap();
-    drain(&continued, &mut consumer);
-    let continued = codes_of(&continued);
+    let (continued, _) = run_to_end(fresh);
     assert_eq!(
         frames(&continued, 0..50),
         frames(&codes, 50..100),
@@ -81,6 +86,18 @@ fn seeded_sampling_is_reproducible_across_slides() {
 }
 
 #[test]
+fn a_window_that_keeps_nothing_starts_afresh_and_goes_on() {
+    let mut config = config(PROMPT, 120);
+    config.window_seconds = 1.0;
+    config.keep_seconds = 0.0;
+    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    assert_eq!(stream.status().seams(), [50, 100]);
+    assert_eq!(codes_of(&stream)[0].len(), 120);
+    assert_eq!(audio.len(), 120 * 640);
+}
+
+#[test]
 fn a_prompt_set_for_a_frame_changes_nothing_before_it() {
     let run = |change: Option<usize>| {
         let (stream, mut consumer) = Stream::start(greedy(config(PROMPT, 120))).unwrap();
@@ -102,17 +119,48 @@ fn a_prompt_set_for_a_frame_changes_nothing_before_it() {
 }
 
 #[test]
-fn a_continuation_keeps_the_given_codes_unchanged_at_its_start() {
-    let given = {
-        let (stream, mut consumer) = Stream::start(config("fast techno with heavy bass", 60)).unwrap();
-        drain(&stream, &mut consumer);
-        codes_of(&stream)
+fn a_crossfaded_prompt_change_mixes_the_old_and_the_new_continuation() {
+    // Greedy, so the old prompt's continuation is the stream without a change, and the new
+    // prompt's is the stream with the change cut in at the same frame.
+    let with_change = |crossfade_seconds: f64| {
+        let mut config = greedy(config(PROMPT, 120));
+        config.prompt_crossfade_seconds = crossfade_seconds;
+        let (stream, mut consumer) = Stream::start(config).unwrap();
+        stream.send(Command::SetPromptAt {
+            prompt: "fast techno with heavy bass".into(),
+            frame: 60,
+        });
+        let audio = drain(&stream, &mut consumer);
+        (codes_of(&stream), audio)
     };
+    let (_, plain) = run_to_end(greedy(config(PROMPT, 120)));
+    let (cut_codes, cut) = with_change(0.0);
+    let (faded_codes, faded) = with_change(0.5);
+    assert_eq!(faded_codes, cut_codes, "the stream goes on with the new prompt's music");
+    assert_eq!(faded.len(), plain.len());
+
+    // The change applies on the step that starts frame 60, when frames up to 56 are
+    // complete (delays 0..3): the fade runs over frames 57..82.
+    let (start, end) = (57 * 640, 82 * 640);
+    assert_eq!(faded[..start], plain[..start], "before the fade: the old music");
+    let after = faded[end..]
+        .iter()
+        .zip(&cut[end..])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0, f32::max);
+    assert!(after < 1e-5, "after the fade: the new music (off by {after})");
+    let middle = (start + end) / 2;
+    let expected = (plain[middle] + cut[middle]) * std::f32::consts::FRAC_1_SQRT_2;
+    assert!((faded[middle] - expected).abs() < 1e-3, "equal power half way");
+    assert_ne!(plain[start..end], cut[start..end], "the two continuations differ");
+}
+
+#[test]
+fn a_continuation_keeps_the_given_codes_unchanged_at_its_start() {
+    let (given, _) = run_to_end(config("fast techno with heavy bass", 60));
     let mut continued = config(PROMPT, 50);
     continued.continue_from = Some(grid(&given, 0..60));
-    let (stream, mut consumer) = Stream::start(continued).unwrap();
-    let audio = drain(&stream, &mut consumer);
-    let codes = codes_of(&stream);
+    let (codes, audio) = run_to_end(continued);
     assert_eq!(codes[0].len(), 110);
     assert_eq!(frames(&codes, 0..60), given);
     assert_eq!(audio.len(), 110 * 640, "the given frames play, then the new ones");
@@ -120,11 +168,7 @@ fn a_continuation_keeps_the_given_codes_unchanged_at_its_start() {
 
 #[test]
 fn a_live_continuation_plays_only_the_new_music() {
-    let given = {
-        let (stream, mut consumer) = Stream::start(config("fast techno with heavy bass", 60)).unwrap();
-        drain(&stream, &mut consumer);
-        codes_of(&stream)
-    };
+    let (given, _) = run_to_end(config("fast techno with heavy bass", 60));
     let mut continued = config(PROMPT, 50);
     continued.continue_from = Some(grid(&given, 0..60));
     continued.play_continued = false;
@@ -157,9 +201,7 @@ fn audio_is_encoded_to_codes_that_a_stream_continues() {
 
     let mut continued = config(PROMPT, 25);
     continued.continue_from = Some(codes.clone());
-    let (stream, mut consumer) = Stream::start(continued).unwrap();
-    drain(&stream, &mut consumer);
-    let out = codes_of(&stream);
+    let (out, _) = run_to_end(continued);
     let given: Vec<Vec<u32>> = (0..4).map(|k| codes.codebook(k).to_vec()).collect();
     assert_eq!(frames(&out, 0..codes.num_timesteps()), given);
 }

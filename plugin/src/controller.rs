@@ -170,11 +170,12 @@ impl Drop for Controller {
     }
 }
 
-/// Sampling settings as last sent to the stream, to notice parameter changes.
+/// Settings as last sent to the stream, to notice parameter changes.
 #[derive(Clone, Copy, PartialEq)]
 struct Applied {
     sampling: SamplingSettings,
     guidance_scale: f32,
+    prompt_crossfade_s: f32,
 }
 
 struct Worker {
@@ -268,6 +269,7 @@ impl Worker {
                 top_p: p.top_p.value(),
             },
             guidance_scale: p.guidance.value(),
+            prompt_crossfade_s: p.prompt_crossfade.value(),
         }
     }
 
@@ -466,6 +468,7 @@ impl Worker {
                 sampling: settings.sampling,
                 guidance_scale: settings.guidance_scale,
             });
+            stream.send(Command::SetPromptCrossfade(f64::from(settings.prompt_crossfade_s)));
             self.applied = Some(settings);
         }
     }
@@ -479,6 +482,7 @@ impl Worker {
         config.seed = self.params.seed.value().max(0) as u64;
         config.window_seconds = f64::from(self.params.window.value());
         config.keep_seconds = f64::from(self.params.keep.value());
+        config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
         config.output_rate_hz = self.output_rate_hz;
         config.provider = *self.params.provider.read();
         config.ort_library = self.ort_library();

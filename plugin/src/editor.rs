@@ -19,7 +19,7 @@ use crate::controller::{Controller, Request, Snapshot};
 use crate::params::MusicGenParams;
 
 const WIDTH: u32 = 760;
-const HEIGHT: u32 = 660;
+const HEIGHT: u32 = 690;
 /// Frames the pattern view shows: 3 s at 50 Hz.
 const VIEW_FRAMES: usize = 150;
 
@@ -154,6 +154,9 @@ impl EditorApp {
             ui.end_row();
             ui.label("Tempo in prompt");
             ui.add(ParamSlider::for_param(&p.tempo_hint, &setter));
+            ui.end_row();
+            ui.label("Prompt crossfade");
+            ui.add(ParamSlider::for_param(&p.prompt_crossfade, &setter));
             ui.end_row();
             ui.label("Context window");
             ui.add(ParamSlider::for_param(&p.window, &setter));

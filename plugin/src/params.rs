@@ -41,6 +41,10 @@ pub struct MusicGenParams {
     /// Appends the host's tempo to the prompt ("..., 120 bpm").
     #[id = "tempo_hint"]
     pub tempo_hint: BoolParam,
+    /// Seconds over which a new prompt's music fades in over the old one's (0: it cuts in).
+    /// The fade generates both, so it costs twice the steps while it runs.
+    #[id = "prompt_fade"]
+    pub prompt_crossfade: FloatParam,
 
     #[persist = "prompt"]
     pub prompt: Arc<RwLock<String>>,
@@ -92,6 +96,9 @@ impl Default for MusicGenParams {
                 .non_automatable(),
             bar_sync: BoolParam::new("Prompt on next bar", true),
             tempo_hint: BoolParam::new("Tempo in prompt", false),
+            prompt_crossfade: FloatParam::new("Prompt crossfade", 0.0, FloatRange::Linear { min: 0.0, max: 8.0 })
+                .with_step_size(0.25)
+                .with_unit(" s"),
             prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
             model_dir: Arc::new(RwLock::new(String::new())),
             provider: Arc::new(RwLock::new(ExecutionProvider::Auto)),

@@ -89,6 +89,10 @@ struct RenderArgs {
     /// (repeatable).
     #[arg(long, value_name = "SECONDS=PROMPT")]
     prompt_change: Vec<PromptChange>,
+    /// Seconds over which a prompt change fades from the old prompt's music to the new
+    /// one's (0: it cuts in).
+    #[arg(long, default_value_t = 0.0)]
+    crossfade: f64,
     /// ONNX Runtime library to load instead of searching for one.
     #[arg(long)]
     ort_library: Option<PathBuf>,

@@ -42,6 +42,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     config.continue_from = given;
     config.window_seconds = args.window;
     config.keep_seconds = args.keep;
+    config.prompt_crossfade_seconds = args.crossfade;
     config.ort_library = args.ort_library.clone();
     config.provider = args.provider;
     config.sampling = SamplingSettings {
