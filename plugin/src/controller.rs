@@ -70,8 +70,8 @@ pub struct Snapshot {
 /// The audio thread's ends of the queues.
 pub struct AudioLink {
     pub requests: HeapProd<AudioRequest>,
-    /// New streams' consumers.
-    pub handoffs: HeapCons<PlaybackConsumer>,
+    /// New streams' consumers; `None` when the stream stopped (the next note starts one).
+    pub handoffs: HeapCons<Option<PlaybackConsumer>>,
     pub retired: HeapProd<PlaybackConsumer>,
     /// The running stream's latency at the current output rate (0 before any stream).
     pub latency_samples: Arc<AtomicU32>,
@@ -93,7 +93,7 @@ pub struct Controller {
 impl Controller {
     pub fn spawn(params: Arc<MusicGenParams>) -> (Controller, AudioLink) {
         let (audio_requests, audio_requests_rx) = HeapRb::<AudioRequest>::new(16).split();
-        let (handoffs_tx, handoffs) = HeapRb::<PlaybackConsumer>::new(4).split();
+        let (handoffs_tx, handoffs) = HeapRb::<Option<PlaybackConsumer>>::new(4).split();
         let latency_samples = Arc::new(AtomicU32::new(0));
         let stream_rate_hz = Arc::new(AtomicU32::new(0));
         let transport = Arc::new(HostTransport::default());
@@ -182,7 +182,7 @@ struct Worker {
     params: Arc<MusicGenParams>,
     requests: Receiver<Request>,
     audio_requests: HeapCons<AudioRequest>,
-    handoffs: HeapProd<PlaybackConsumer>,
+    handoffs: HeapProd<Option<PlaybackConsumer>>,
     retired: HeapCons<PlaybackConsumer>,
     snapshot: Arc<Mutex<Snapshot>>,
     latency_samples: Arc<AtomicU32>,
@@ -352,7 +352,7 @@ impl Worker {
             .unwrap_or_default();
         match Stream::start(config) {
             Ok((stream, consumer)) => {
-                if self.handoffs.try_push(consumer).is_err() {
+                if self.handoffs.try_push(Some(consumer)).is_err() {
                     self.set_state("the audio thread is not taking new streams".into(), None);
                     return;
                 }
@@ -432,7 +432,7 @@ impl Worker {
             return;
         }
         let (stream, consumer) = self.pending.take().expect("checked above");
-        if self.handoffs.try_push(consumer).is_err() {
+        if self.handoffs.try_push(Some(consumer)).is_err() {
             self.set_state("the audio thread is not taking new streams".into(), None);
             return;
         }
@@ -444,7 +444,10 @@ impl Worker {
     fn stop(&mut self) {
         self.pending = None;
         self.stream = None;
-        self.set_state("stopped".into(), None);
+        // The audio thread lets go of the drained consumer, so that the next note starts
+        // a new stream (were the queue full, it would keep it until the next Generate).
+        let _ = self.handoffs.try_push(None);
+        self.set_state("stopped: play a note or press Generate".into(), None);
     }
 
     fn set_output_rate(&mut self, rate_hz: u32) {

@@ -79,11 +79,12 @@ impl MusicGenLive {
         self.link.sidechain.push_slice(&self.sidechain[..frames]);
     }
 
-    /// Takes a new stream's consumer if the controller has one, retiring the old one to
-    /// the controller so that it is freed there, and reports a changed latency.
+    /// Takes a new stream's consumer (or none, after Stop) if the controller has one,
+    /// retiring the old one to the controller so that it is freed there, and reports a
+    /// changed latency.
     fn take_handoff(&mut self, context: &mut impl ProcessContext<Self>) {
-        if let Some(consumer) = self.link.handoffs.try_pop() {
-            if let Some(old) = self.consumer.replace(consumer)
+        if let Some(handoff) = self.link.handoffs.try_pop() {
+            if let Some(old) = std::mem::replace(&mut self.consumer, handoff)
                 && let Err(old) = self.link.retired.try_push(old)
             {
                 // The retire queue is full: keep the old one alive rather than free it here.
