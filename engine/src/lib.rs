@@ -10,6 +10,7 @@
 pub mod bundle;
 pub mod codec;
 pub mod conditioning;
+pub mod dc_blocker;
 pub mod decoder;
 pub mod generator;
 pub mod pattern;

@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use crate::bundle::{Bundle, BundleError};
 use crate::codec::{CodecError, CodecWindow, StreamingCodec};
 use crate::conditioning::{Conditioner, ConditioningError, CrossAttention};
+use crate::dc_blocker::DcBlocker;
 use crate::decoder::{Decoder, DecoderError};
 use crate::pattern::{CodeGrid, PatternError};
 use crate::playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
@@ -83,6 +84,9 @@ pub struct StreamConfig {
     /// Whether the continued codes play before the new music (a render), or only give the
     /// codec its context (live, where that audio has just been heard).
     pub play_continued: bool,
+    /// Removes a constant offset from the audio (a 5 Hz high-pass) before resampling; off
+    /// only to compare with an offline decode sample for sample.
+    pub block_dc: bool,
     /// Seconds over which a prompt change crossfades from the music going on under the old
     /// prompt to the music under the new one (0: the change cuts in). Both are generated
     /// and decoded over the fade.
@@ -112,6 +116,7 @@ impl StreamConfig {
             continue_from: None,
             play_continued: true,
             prompt_crossfade_seconds: 0.0,
+            block_dc: true,
             output_rate_hz: 48_000,
             buffer_seconds: 2.0,
             codec_window: CodecWindow::default(),
@@ -334,6 +339,7 @@ impl Stream {
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));
         let decoding = CodecLoop {
             codec,
+            dc_blocker: config.block_dc.then(|| DcBlocker::new(manifest.sample_rate_hz as f32)),
             fading: None,
             samples_per_frame: manifest.samples_per_frame,
             resampler,
@@ -666,6 +672,7 @@ impl GenerationLoop {
 
 struct CodecLoop {
     codec: StreamingCodec,
+    dc_blocker: Option<DcBlocker>,
     /// The old prompt's audio during a crossfade: a fork of `codec`.
     fading: Option<StreamingCodec>,
     samples_per_frame: usize,
@@ -756,6 +763,11 @@ impl CodecLoop {
     /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
     fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) -> Result<(), StreamError> {
         self.take_new_resampler();
+        if let Some(dc_blocker) = &mut self.dc_blocker {
+            audio
+                .iter_mut()
+                .for_each(|sample| *sample = dc_blocker.process(*sample));
+        }
         self.resampler.process(audio, resampled);
         audio.clear();
         if last {

@@ -44,6 +44,8 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
     let mut config = config(&golden.prompt, frames);
     config.sampling = SamplingSettings::greedy();
     config.guidance_scale = golden.guidance_scale;
+    // Sample for sample against the offline decode: no offset removal.
+    config.block_dc = false;
     let (stream, mut consumer) = Stream::start(config).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(
@@ -153,4 +155,23 @@ fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
         .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
         .sum();
     10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+}
+
+#[test]
+fn the_stream_has_no_constant_offset() {
+    // The tiny bundle's random codec decodes around +0.32; the stream removes it.
+    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", 100)).unwrap();
+    let audio = drain(&stream, &mut consumer);
+    let settled = &audio[16_000..];
+    let mean = settled.iter().sum::<f32>() / settled.len() as f32;
+    assert!(mean.abs() < 0.01, "offset {mean}");
+    let mut raw = config("warm lo-fi piano", 100);
+    raw.block_dc = false;
+    let (stream, mut consumer) = Stream::start(raw).unwrap();
+    let raw = drain(&stream, &mut consumer);
+    let raw_mean = raw[16_000..].iter().sum::<f32>() / (raw.len() - 16_000) as f32;
+    assert!(
+        raw_mean.abs() > 0.1,
+        "the codec's own offset, {raw_mean}, is what is removed"
+    );
 }
