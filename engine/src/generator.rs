@@ -15,7 +15,7 @@ use std::ops::Range;
 
 use crate::conditioning::CrossAttention;
 use crate::decoder::{Decoder, DecoderError, KvCache};
-use crate::pattern::{CodeGrid, Coord, Pattern};
+use crate::pattern::{Coord, Pattern};
 use crate::sampler::{Sampler, apply_guidance};
 
 pub struct Generator {
@@ -99,16 +99,6 @@ impl Generator {
         self.prefix_known += 1;
     }
 
-    /// Gives the whole prefix at once.
-    pub fn push_prefix(&mut self, codes: &CodeGrid) {
-        let mut frame = Vec::with_capacity(codes.num_codebooks());
-        for t in 0..codes.num_timesteps() {
-            frame.clear();
-            frame.extend((0..codes.num_codebooks()).map(|k| codes.get(Coord { t, k })));
-            self.push_prefix_frame(&frame);
-        }
-    }
-
     /// Frames given rather than generated.
     pub fn prefix_frames(&self) -> usize {
         self.prefix_frames
@@ -160,16 +150,6 @@ impl Generator {
     /// All steps of the pattern have run.
     pub fn is_finished(&self) -> bool {
         self.next_step >= self.pattern.num_steps()
-    }
-
-    /// Generation steps run so far.
-    pub fn steps_done(&self) -> usize {
-        self.next_step
-    }
-
-    /// Frames whose codebooks are all known (the prefix included).
-    pub fn frames_done(&self) -> usize {
-        self.next_frame
     }
 
     /// Frames that have at least their first token (the prefix included): a change of
@@ -242,21 +222,6 @@ impl Generator {
             let s = self.pattern.step_of(Coord { t, k });
             self.columns[s * k_count + k]
         }));
-    }
-
-    /// The codes of the complete frames, prefix included, `[K, frames_done]`.
-    pub fn codes(&self) -> CodeGrid {
-        let k_count = self.pattern.num_codebooks();
-        let t_count = self.next_frame;
-        let mut codes = vec![self.special; k_count * t_count];
-        let mut frame = Vec::with_capacity(k_count);
-        for t in 0..t_count {
-            self.frame(t, &mut frame);
-            for (k, &code) in frame.iter().enumerate() {
-                codes[k * t_count + t] = code;
-            }
-        }
-        CodeGrid::new(k_count, t_count, codes).expect("sized K x T above")
     }
 
     /// Hands this generator's sampler (its random state included) to `other`, which
