@@ -750,18 +750,18 @@ impl CodecLoop {
                     old_audio.clear();
                 }
             }
-            self.emit(&mut audio, &mut resampled, false)?;
+            self.emit(&mut audio, &mut resampled, false);
             if self.stop.load(Ordering::Acquire) {
                 return Ok(());
             }
         }
         self.codec.finish(&mut audio)?;
-        self.emit(&mut audio, &mut resampled, true)?;
+        self.emit(&mut audio, &mut resampled, true);
         Ok(())
     }
 
     /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
-    fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) -> Result<(), StreamError> {
+    fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) {
         self.take_new_resampler();
         if let Some(dc_blocker) = &mut self.dc_blocker {
             audio
@@ -792,7 +792,6 @@ impl CodecLoop {
             }
         }
         resampled.clear();
-        Ok(())
     }
 
     /// Switches to the newest resampler sent for a new output rate, retracting the audio

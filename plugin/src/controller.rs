@@ -193,8 +193,9 @@ struct Worker {
     sidechain_history: VecDeque<f32>,
     /// The codec encoder of the model in use, loaded on the first continuation.
     encoder: Option<(PathBuf, AudioEncoder)>,
-    /// A stream that continues the sidechain, filling its buffer before it takes over.
-    pending: Option<(Stream, PlaybackConsumer)>,
+    /// A stream that continues the sidechain, with its prompt, filling its buffer before
+    /// it takes over.
+    pending: Option<(Stream, PlaybackConsumer, String)>,
     /// The prompt the stream was last conditioned on (tempo hint included).
     applied_prompt: String,
     stream: Option<Stream>,
@@ -286,8 +287,7 @@ impl Worker {
     /// Re-conditions a running stream when the prompt changed (from the editor, a loaded
     /// state, or the tempo under the tempo hint).
     fn follow_prompt(&mut self) {
-        let running = self.stream.as_ref().is_some_and(|s| !s.status().is_finished());
-        if running {
+        if self.is_running() {
             let prompt = self.effective_prompt();
             if prompt != self.applied_prompt {
                 self.send_prompt(prompt);
@@ -334,17 +334,20 @@ impl Worker {
         self.set_state(state, None);
     }
 
+    /// A stream runs and is still generating.
+    fn is_running(&self) -> bool {
+        self.stream.as_ref().is_some_and(|s| !s.status().is_finished())
+    }
+
     fn generate(&mut self) {
-        if self.stream.as_ref().is_some_and(|s| !s.status().is_finished()) {
-            let prompt = self.effective_prompt();
+        let prompt = self.effective_prompt();
+        if self.is_running() {
             self.send_prompt(prompt);
             return;
         }
-        let prompt = self.effective_prompt();
         let model_dir = self.model_dir();
         self.set_state(format!("loading {} ...", model_dir.display()), None);
         self.publish();
-        let settings = self.settings();
         let config = self.stream_config(prompt.clone());
         let delays = Bundle::open(&model_dir)
             .ok()
@@ -352,18 +355,24 @@ impl Worker {
             .unwrap_or_default();
         match Stream::start(config) {
             Ok((stream, consumer)) => {
-                if self.handoffs.try_push(Some(consumer)).is_err() {
-                    self.set_state("the audio thread is not taking new streams".into(), None);
-                    return;
-                }
                 self.snapshot.lock().delays = delays;
-                self.applied = Some(settings);
-                self.applied_prompt = prompt;
-                self.stream = Some(stream);
-                self.set_state("generating".into(), None);
+                self.install(stream, consumer, prompt, "generating");
             }
             Err(error) => self.set_state("stopped".into(), Some(error.to_string())),
         }
+    }
+
+    /// Hands `stream`'s consumer to the audio thread and keeps the stream, with the
+    /// prompt and parameters it was started with.
+    fn install(&mut self, stream: Stream, consumer: PlaybackConsumer, prompt: String, state: &str) {
+        if self.handoffs.try_push(Some(consumer)).is_err() {
+            self.set_state("the audio thread is not taking new streams".into(), None);
+            return;
+        }
+        self.applied = Some(self.settings());
+        self.applied_prompt = prompt;
+        self.stream = Some(stream);
+        self.set_state(state.into(), None);
     }
 
     /// Moves the sidechain samples the audio thread sent into the history, keeping the
@@ -414,31 +423,25 @@ impl Worker {
         }
         let (_, encoder) = self.encoder.as_mut().expect("loaded above");
         let codes = encoder.encode_at(&audio, rate_hz).map_err(|e| e.to_string())?;
-        let mut config = self.stream_config(self.effective_prompt());
+        let prompt = self.effective_prompt();
+        let mut config = self.stream_config(prompt.clone());
         config.continue_from = Some(codes);
         config.play_continued = false;
         let (stream, consumer) = Stream::start(config).map_err(|e| e.to_string())?;
-        self.pending = Some((stream, consumer));
+        self.pending = Some((stream, consumer, prompt));
         Ok(())
     }
 
     /// Hands a continuing stream to the audio thread once it has audio buffered.
     fn take_over_when_ready(&mut self) {
-        let ready = self
-            .pending
-            .as_ref()
-            .is_some_and(|(stream, _)| stream.seconds_buffered() >= TAKE_OVER_SECONDS || stream.status().is_finished());
+        let ready = self.pending.as_ref().is_some_and(|(stream, _, _)| {
+            stream.seconds_buffered() >= TAKE_OVER_SECONDS || stream.status().is_finished()
+        });
         if !ready {
             return;
         }
-        let (stream, consumer) = self.pending.take().expect("checked above");
-        if self.handoffs.try_push(Some(consumer)).is_err() {
-            self.set_state("the audio thread is not taking new streams".into(), None);
-            return;
-        }
-        self.applied_prompt = self.effective_prompt();
-        self.stream = Some(stream);
-        self.set_state("continuing the sidechain".into(), None);
+        let (stream, consumer, prompt) = self.pending.take().expect("checked above");
+        self.install(stream, consumer, prompt, "continuing the sidechain");
     }
 
     fn stop(&mut self) {
