@@ -27,15 +27,22 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import stepper
+from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
 from torch import nn
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 SEED = 0
 GOLDEN_PROMPT = "warm lo-fi piano with soft drums"
 GOLDEN_GUIDANCE = 3.0
 GOLDEN_NEW_TOKENS = 131  # 128 frames with the delay pattern over 4 codebooks
 CHECK_NEW_TOKENS = 64
 OPSET = 18
+CALIBRATION_PROMPTS = ["warm lo-fi piano with soft drums, 80 bpm", "fast techno with heavy bass and hi-hats, 128 bpm"]
+CALIBRATION_FRAMES = 250
+# Calibration sees two prompts; a key or value up to this many times larger than any it saw
+# is stored without clipping.
+KV_HEADROOM = 1.5
 
 
 class Progress:
@@ -267,7 +274,8 @@ def split_heads(x, heads):
 
 
 class CrossKvGraph(nn.Module):
-    """Conditioning of both guidance rows to every layer's cross-attention keys and values."""
+    """Conditioning of both guidance rows to every layer's cross-attention keys (transposed,
+    `[2, H, D, L]`, as the decoder multiplies by them) and values (`[2, H, L, D]`)."""
 
     def __init__(self, model):
         super().__init__()
@@ -277,66 +285,9 @@ class CrossKvGraph(nn.Module):
     def forward(self, conditioning):
         outputs = []
         for layer in self.layers:
-            outputs.append(split_heads(layer.encoder_attn.k_proj(conditioning), self.heads))
+            outputs.append(split_heads(layer.encoder_attn.k_proj(conditioning), self.heads).transpose(2, 3))
             outputs.append(split_heads(layer.encoder_attn.v_proj(conditioning), self.heads))
         return tuple(outputs)
-
-
-class DecoderStepGraph(nn.Module):
-    """One decoder step for two rows. Attention over the past is computed without
-    concatenating the cache: the scores of past and new keys are joined (a few values per
-    head), so the step never copies the cache; the engine appends `new_key/new_value`."""
-
-    def __init__(self, model):
-        super().__init__()
-        decoder = model.decoder.model.decoder
-        self.embed_tokens = decoder.embed_tokens
-        self.positions = decoder.embed_positions.weights
-        self.layers = decoder.layers
-        self.layer_norm = decoder.layer_norm
-        self.lm_heads = model.decoder.lm_heads
-        self.heads = model.decoder.config.num_attention_heads
-        self.num_codebooks = model.decoder.config.num_codebooks
-        self.activation = self.layers[0].activation_fn
-
-    def forward(self, input_ids, position, past_mask, encoder_attention_mask, *caches):
-        n = len(self.layers)
-        past_keys, past_values = caches[0:n], caches[n : 2 * n]
-        cross_keys, cross_values = caches[2 * n : 3 * n], caches[3 * n : 4 * n]
-        hidden = sum(self.embed_tokens[k](input_ids[:, k]) for k in range(self.num_codebooks))
-        hidden = (hidden + self.positions.index_select(0, position))[:, None, :]
-        dtype = hidden.dtype
-        neg = torch.finfo(dtype).min
-        self_bias = (1.0 - past_mask[:, None, None, :].to(dtype)) * neg
-        cross_bias = (1.0 - encoder_attention_mask[:, None, None, :].to(dtype)) * neg
-        new_keys, new_values = [], []
-        for i, layer in enumerate(self.layers):
-            attn = layer.self_attn
-            x = layer.self_attn_layer_norm(hidden)
-            q = split_heads(attn.q_proj(x), self.heads)
-            k = split_heads(attn.k_proj(x), self.heads)
-            v = split_heads(attn.v_proj(x), self.heads)
-            past_scores = torch.matmul(q, past_keys[i].transpose(2, 3)) * attn.scaling + self_bias
-            new_score = (q * k).sum(-1, keepdim=True) * attn.scaling
-            weights = torch.softmax(torch.cat([past_scores, new_score], dim=-1), dim=-1)
-            past_len = past_keys[i].shape[2]
-            out = torch.matmul(weights[..., :past_len], past_values[i]) + weights[..., past_len:] * v
-            hidden = hidden + attn.out_proj(out.transpose(1, 2).reshape(hidden.shape))
-            new_keys.append(k)
-            new_values.append(v)
-
-            cross = layer.encoder_attn
-            x = layer.encoder_attn_layer_norm(hidden)
-            q = split_heads(cross.q_proj(x), self.heads)
-            scores = torch.matmul(q, cross_keys[i].transpose(2, 3)) * cross.scaling + cross_bias
-            out = torch.matmul(torch.softmax(scores, dim=-1), cross_values[i])
-            hidden = hidden + cross.out_proj(out.transpose(1, 2).reshape(hidden.shape))
-
-            x = layer.final_layer_norm(hidden)
-            hidden = hidden + layer.fc2(self.activation(layer.fc1(x)))
-        hidden = self.layer_norm(hidden)
-        logits = torch.stack([head(hidden[:, 0]) for head in self.lm_heads], dim=1)
-        return (logits, *new_keys, *new_values)
 
 
 class CodecDecoderGraph(nn.Module):
@@ -400,17 +351,15 @@ def dim(name: str, max_size: int = 8192):
     return torch.export.Dim(name, min=1, max=max_size)
 
 
-def decoder_names(layers: int):
-    past = [f"past_key_{i}" for i in range(layers)] + [f"past_value_{i}" for i in range(layers)]
-    cross = [f"cross_key_{i}" for i in range(layers)] + [f"cross_value_{i}" for i in range(layers)]
-    new = [f"new_key_{i}" for i in range(layers)] + [f"new_value_{i}" for i in range(layers)]
-    return past, cross, new
+def save_model(model: onnx.ModelProto, path: Path) -> None:
+    """Checks and saves a graph in one file (musicgen-small's decoder is under 2 GB)."""
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
 
 
 def export_graphs(model, out: Path, progress: Progress) -> dict:
     dec = model.decoder.config
-    layers, heads = dec.num_hidden_layers, dec.num_attention_heads
-    head_dim = dec.hidden_size // heads
+    layers = dec.num_hidden_layers
     k = dec.num_codebooks
     graphs = {}
 
@@ -434,23 +383,9 @@ def export_graphs(model, out: Path, progress: Progress) -> dict:
     export_graph(CrossKvGraph(model), (conditioning,), out / "cross_kv.onnx", ["conditioning"], cross_out, ({1: tokens},))
     graphs["cross_kv"] = ("cross_kv.onnx", ["conditioning"], cross_out)
 
-    progress.stage("exporting decoder.onnx")
-    past, cross, new = decoder_names(layers)
-    inputs = ["input_ids", "position", "past_mask", "encoder_attention_mask", *past, *cross]
-    outputs = ["logits", *new]
-    past_len, text_len = 3, 4
-    sample = (
-        torch.full((2, k), dec.vocab_size, dtype=torch.long),
-        torch.tensor([past_len], dtype=torch.long),
-        torch.ones(2, past_len, dtype=torch.long),
-        torch.ones(2, text_len, dtype=torch.long),
-        *[torch.randn(2, heads, past_len, head_dim) for _ in past],
-        *[torch.randn(2, heads, text_len, head_dim) for _ in cross],
-    )
-    past_dim = dim("past")
-    dynamic = (None, None, {1: past_dim}, {1: tokens}, tuple([{2: past_dim}] * len(past) + [{2: tokens}] * len(cross)))
-    export_graph(DecoderStepGraph(model), sample, out / "decoder.onnx", inputs, outputs, dynamic)
-    graphs["decoder"] = ("decoder.onnx", inputs, outputs)
+    progress.stage("writing decoder.onnx (float32 cache)")
+    save_model(build_decoder_graph(model), out / "decoder.onnx")
+    graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers))
 
     progress.stage("exporting codec_decoder.onnx")
     codes = torch.randint(0, dec.vocab_size, (1, k, 10))
@@ -483,38 +418,74 @@ def export_graphs(model, out: Path, progress: Progress) -> dict:
 # --------------------------------------------------------------------------- precision
 
 
-def convert_precision(out: Path, dtype: str, quantize: str, progress: Progress) -> None:
-    """Rewrites decoder.onnx in place at the requested precision. Inputs and outputs stay
-    float32 so the engine's cache and logits code does not change with precision."""
-    path = out / "decoder.onnx"
-    if dtype == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
+def quantize_decoder(out: Path, args, progress: Progress) -> None:
+    """Rewrites decoder.onnx in place with quantized weights. Inputs and outputs keep their
+    types, so the engine's code does not change with the weights' precision.
 
-        progress.stage("converting decoder.onnx to fp16 (float32 inputs and outputs kept)")
-        model = convert_float_to_float16(onnx.load(str(path)), keep_io_types=True)
-        onnx.save(model, str(path))
-    if quantize == "int8":
+    `matmul_nbits` (the default) stores 4- or 8-bit blocks in `MatMulNBits` nodes; with
+    `accuracy_level` 4 ONNX Runtime's CPU kernels quantize the activations to int8 and run
+    integer dot products, where level 0 unpacks the weights to float32 for every step.
+    `dynamic` is ONNX Runtime's older dynamic quantization to `MatMulInteger` (int8 only)."""
+    if args.quantize == "none":
+        return
+    path = out / "decoder.onnx"
+    if args.quant_method == "dynamic":
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        progress.stage("quantizing decoder.onnx matrix multiplications to int8 (dynamic)")
+        if args.quantize != "int8":
+            raise SystemExit("--quant-method dynamic quantizes to int8 only")
+        progress.stage("quantizing decoder.onnx matrix multiplications to int8 (dynamic, MatMulInteger)")
         tmp = out / "decoder.int8.onnx"
-        # Only MatMuls with constant weights: attention over the cache stays float, so the
-        # result does not depend on how many empty cache slots the engine feeds.
+        # Only MatMuls with constant weights: attention stays in float.
         quantize_dynamic(
             str(path),
             str(tmp),
             weight_type=QuantType.QInt8,
             op_types_to_quantize=["MatMul"],
-            extra_options={"MatMulConstBOnly": True},
+            # Shape inference does not know the com.microsoft operators' outputs.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
+            nodes_to_exclude=[] if args.quantize_lm_heads else [LM_HEADS_NODE],
         )
         tmp.replace(path)
-    elif quantize == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+        return
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
-        progress.stage("quantizing decoder.onnx matrix multiplication weights to 4 bits (MatMulNBits)")
-        quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), block_size=32, is_symmetric=True)
-        quantizer.process()
-        quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+    bits = {"int8": 8, "int4": 4}[args.quantize]
+    op_types = ("MatMul", "Gather") if args.quantize_embeddings else ("MatMul",)
+    progress.stage(
+        f"quantizing decoder.onnx weights to {bits} bits (MatMulNBits, blocks of {args.block_size}, "
+        f"accuracy level {args.accuracy_level}{', embeddings too' if args.quantize_embeddings else ''})"
+    )
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=args.block_size,
+        is_symmetric=True,
+        accuracy_level=args.accuracy_level,
+        op_types_to_quantize=op_types,
+        quant_axes=(("MatMul", 0), ("Gather", 1)),
+        bits=bits,
+    )
+    excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
+    quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), nodes_to_exclude=excluded, algo_config=config)
+    quantizer.process()
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+
+
+def calibrate_kv_scales(out: Path, manifest: dict, progress: Progress) -> list:
+    """Per-channel scales for an int8 self-attention cache, from the float32 cache of
+    sampled generations: the largest magnitude each (head, channel) reached, with headroom
+    for prompts and lengths the calibration did not see."""
+    graphs = sessions(out)
+    layers = manifest["decoder"]["num_layers"]
+    peaks = {f"{kind}_{i}": 0.0 for i in range(layers) for kind in ("key", "value")}
+    rng = np.random.default_rng(SEED)
+    for prompt in CALIBRATION_PROMPTS:
+        progress.stage(f"calibrating the int8 cache: {CALIBRATION_FRAMES} sampled frames of {prompt!r}")
+        _, runner = stepper.generate(graphs, manifest, tokenize(out, prompt), CALIBRATION_FRAMES, GOLDEN_GUIDANCE, rng=rng)
+        for name in peaks:
+            peak = np.abs(runner.filled(name)).max(axis=(0, 2), keepdims=True)
+            peaks[name] = np.maximum(peaks[name], peak)
+    scale = lambda peak: (np.maximum(peak, 1e-6) * KV_HEADROOM / 127.0).astype(np.float32)  # noqa: E731
+    return [(scale(peaks[f"key_{i}"]), scale(peaks[f"value_{i}"])) for i in range(layers)]
 
 
 # --------------------------------------------------------------------------- checks
@@ -552,93 +523,38 @@ def transformers_generate(model, input_ids, new_tokens: int):
     return captured["codes"][0, 0].numpy(), audio[0, 0].numpy()
 
 
-def onnx_generate(graphs, manifest, input_ids: list[int], frames: int, capacity: int | None):
-    """Greedy guided generation through the exported graphs with the delay pattern. The
-    cache grows exactly (capacity None) or lives in a fixed buffer with a mask."""
-    k_count, special = manifest["num_codebooks"], manifest["special_token_id"]
-    geo = manifest["decoder"]
-    layers, heads, head_dim = geo["num_layers"], geo["num_heads"], geo["head_dim"]
-    ids = np.array([input_ids], dtype=np.int64)
-    conditioning = graphs["text_encoder"].run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
-    both = np.concatenate([conditioning, np.zeros_like(conditioning)], axis=0)
-    cross = graphs["cross_kv"].run(None, {"conditioning": both})
-    cross_feed = {}
-    for i in range(layers):
-        cross_feed[f"cross_key_{i}"] = cross[2 * i]
-        cross_feed[f"cross_value_{i}"] = cross[2 * i + 1]
-    text_len = ids.shape[1]
-    encoder_mask = np.concatenate([np.ones((1, text_len)), np.zeros((1, text_len))]).astype(np.int64)
-
-    steps = frames + k_count - 1
-    columns = np.full((steps + 1, k_count), special, dtype=np.int64)
-    size = capacity or 0
-    keys = [np.zeros((2, heads, size, head_dim), np.float32) for _ in range(layers)]
-    values = [np.zeros((2, heads, size, head_dim), np.float32) for _ in range(layers)]
-    mask = np.zeros((2, size), np.int64)
-    for s in range(steps):
-        feed = {
-            "input_ids": np.repeat(columns[s][None], 2, axis=0),
-            "position": np.array([s], np.int64),
-            "past_mask": mask if capacity else np.ones((2, s), np.int64),
-            "encoder_attention_mask": encoder_mask,
-            **cross_feed,
-        }
-        for i in range(layers):
-            feed[f"past_key_{i}"] = keys[i]
-            feed[f"past_value_{i}"] = values[i]
-        outputs = graphs["decoder"].run(None, feed)
-        logits = outputs[0]
-        guided = logits[1] + (logits[0] - logits[1]) * GOLDEN_GUIDANCE
-        for k in range(k_count):
-            t = s - k
-            if 0 <= t < frames:
-                columns[s + 1, k] = int(np.argmax(guided[k]))
-        for i in range(layers):
-            new_k, new_v = outputs[1 + i], outputs[1 + layers + i]
-            if capacity:
-                keys[i][:, :, s] = new_k[:, :, 0]
-                values[i][:, :, s] = new_v[:, :, 0]
-            else:
-                keys[i] = np.concatenate([keys[i], new_k], axis=2)
-                values[i] = np.concatenate([values[i], new_v], axis=2)
-        if capacity:
-            mask[:, s] = 1
-    codes = np.zeros((k_count, frames), np.int64)
-    for k in range(k_count):
-        codes[k] = columns[k + 1 : k + 1 + frames, k]
-    return codes
-
-
 def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> dict:
     graphs = sessions(out)
     prompt_ids = tokenize(out, GOLDEN_PROMPT)
     report = {}
-    exact = manifest["dtype"] == "fp32" and manifest["quantization"] == "none"
+    exact = manifest["quantization"]["weights"] == "none" and manifest["kv_cache"]["dtype"] == "float32"
     new_tokens = GOLDEN_NEW_TOKENS if args.golden else CHECK_NEW_TOKENS
     progress.stage(f"self-check: transformers generate, greedy, guidance {GOLDEN_GUIDANCE}, {new_tokens} steps")
     reference_codes, reference_audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens)
     frames = reference_codes.shape[1]
-    progress.stage(f"self-check: the same through the exported graphs ({frames} frames, growing cache)")
-    growing = onnx_generate(graphs, manifest, prompt_ids, frames, capacity=None)
-    progress.stage("self-check: again with a fixed-capacity masked cache")
-    fixed = onnx_generate(graphs, manifest, prompt_ids, frames, capacity=frames + 16)
-    cache_agreement = float(np.mean(growing == fixed))
-    print(f"    growing and fixed-capacity caches agree on {cache_agreement * 100:.2f}% of the codes")
-    report["cache_agreement"] = cache_agreement
-    agreement = float(np.mean(growing == reference_codes))
+    progress.stage(f"self-check: the same through the exported graphs ({frames} frames, one step per call)")
+    stepped, _ = stepper.generate(graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE)
+    agreement = float(np.mean(stepped == reference_codes))
     report["frames"] = frames
     report["code_agreement"] = agreement
-    print(f"    codes equal to transformers': {agreement * 100:.2f}% of {growing.size}")
+    print(f"    codes equal to transformers': {agreement * 100:.2f}% of {stepped.size}")
+    prefill_steps = frames // 2
+    progress.stage(f"self-check: the first {prefill_steps} steps again as one prefill call, then stepping on")
+    prefilled, _ = stepper.generate(
+        graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE, given=stepped, prefill_steps=prefill_steps
+    )
+    prefill_agreement = float(np.mean(prefilled == stepped))
+    report["prefill_agreement"] = prefill_agreement
+    print(f"    prefill and steps agree on {prefill_agreement * 100:.2f}% of the codes")
     if exact:
-        assert cache_agreement == 1.0, "growing and fixed-capacity caches disagree"
-        assert np.array_equal(growing, reference_codes), "exported graphs do not reproduce transformers' codes"
+        assert np.array_equal(stepped, reference_codes), "exported graphs do not reproduce transformers' codes"
+        assert prefill_agreement == 1.0, "a prefill call does not continue as the steps it replaces"
     else:
-        # Dynamically quantized activations round differently when the reduction order
-        # changes with the cache length; near-ties in a random model's logits then flip.
-        assert cache_agreement > 0.9, f"caches agree on only {cache_agreement:.3f} of the codes"
-        # Quantized or fp16 weights change some argmax decisions; a broken export
-        # agrees with transformers no better than chance (1 / 2048).
+        # Quantized weights and caches change some argmax decisions, and a prefill
+        # quantizes its activations over many rows at once; near-ties in a random model's
+        # logits then flip. A broken export agrees no better than chance (1 / 2048).
         assert agreement > 0.05, f"only {agreement:.3f} of the codes agree with transformers'"
+        assert prefill_agreement > 0.5, f"prefill and steps agree on only {prefill_agreement:.3f} of the codes"
 
     progress.stage("self-check: codec_decoder.onnx against transformers' decode")
     audio = graphs["codec_decoder"].run(None, {"audio_codes": reference_codes[None].astype(np.int64)})[0][0, 0]
@@ -693,7 +609,7 @@ def graph_io(path: Path):
     return inputs, [o.name for o in model.graph.output]
 
 
-def write_manifest(model, name: str, out: Path, graphs: dict, args) -> dict:
+def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: str | None = None) -> dict:
     dec = model.decoder.config
     codec = model.audio_encoder.config
     samples_per_frame = int(np.prod(codec.upsampling_ratios))
@@ -720,8 +636,8 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args) -> dict:
             "hidden_size": model.text_encoder.config.d_model,
             "max_tokens": 512,
         },
-        "dtype": args.dtype,
-        "quantization": args.quantize,
+        "quantization": quantization_spec(args),
+        "kv_cache": {"dtype": kv_cache or args.kv_cache},
         "graphs": {},
     }
     for key, (file, _, _) in graphs.items():
@@ -729,6 +645,22 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args) -> dict:
         manifest["graphs"][key] = {"file": file, "inputs": inputs, "outputs": outputs}
     (out / "musicgen.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def quantization_spec(args) -> dict:
+    """How the decoder's weights were stored, for people and benchmarks."""
+    if args.quantize == "none":
+        return {"weights": "none"}
+    if args.quant_method == "dynamic":
+        return {"weights": args.quantize, "method": "dynamic", "lm_heads": args.quantize_lm_heads}
+    return {
+        "weights": args.quantize,
+        "method": "matmul_nbits",
+        "block_size": args.block_size,
+        "accuracy_level": args.accuracy_level,
+        "lm_heads": args.quantize_lm_heads,
+        "embeddings": args.quantize_embeddings,
+    }
 
 
 # --------------------------------------------------------------------------- main
@@ -740,13 +672,25 @@ def main() -> int:
     source.add_argument("--random", choices=["tiny", "musicgen-small"], help="randomly initialised model of this shape")
     source.add_argument("--checkpoint", help="transformers folder or hub id (hub ids need network access)")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
-    parser.add_argument("--dtype", choices=["fp32", "fp16"], default="fp32")
-    parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none")
+    parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none", help="decoder weights")
+    parser.add_argument(
+        "--quant-method",
+        choices=["matmul_nbits", "dynamic"],
+        default="matmul_nbits",
+        help="MatMulNBits blocks (default) or the older dynamic MatMulInteger (int8 only)",
+    )
+    parser.add_argument("--block-size", type=int, choices=[16, 32, 64, 128, 256], default=32, help="MatMulNBits block")
+    parser.add_argument(
+        "--accuracy-level", type=int, choices=[0, 1, 2, 3, 4], default=4, help="MatMulNBits compute type (4: int8)"
+    )
+    parser.add_argument("--no-quantize-lm-heads", dest="quantize_lm_heads", action="store_false", help="keep the LM heads in float32")
+    parser.add_argument("--quantize-embeddings", action="store_true", help="codebook embeddings as GatherBlockQuantized")
+    parser.add_argument("--kv-cache", choices=["float32", "int8"], default="float32", help="self-attention cache type")
     parser.add_argument("--golden", action="store_true", help="also write golden.json and golden.wav")
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
-    if args.golden and (args.dtype != "fp32" or args.quantize != "none"):
-        parser.error("--golden needs an exact fp32 bundle")
+    if args.golden and (args.quantize != "none" or args.kv_cache != "float32"):
+        parser.error("--golden needs an exact bundle: float32 weights and cache")
 
     progress = Progress()
     torch.set_num_threads(max(1, os.cpu_count() or 2))
@@ -760,11 +704,17 @@ def main() -> int:
         staging = Path(tmp)
         write_tokenizer(args, model, staging)
         graphs = export_graphs(model, staging, progress)
-        convert_precision(staging, args.dtype, args.quantize, progress)
+        if args.kv_cache == "int8":
+            float_manifest = write_manifest(model, name, staging, graphs, args, kv_cache="float32")
+            scales = calibrate_kv_scales(staging, float_manifest, progress)
+            progress.stage("writing decoder.onnx (int8 cache)")
+            save_model(build_decoder_graph(model, "int8", scales), staging / "decoder.onnx")
+        quantize_decoder(staging, args, progress)
         manifest = write_manifest(model, name, staging, graphs, args)
         if not args.skip_check:
             report = check_bundle(model, staging, manifest, args, progress)
             print(f"    self-check passed: {json.dumps(report)}")
+            (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.copy2(item, out / item.name)

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use ort::session::Session;
-use ort::value::ValueType;
+use ort::value::{TensorElementType, ValueType};
 use serde::Deserialize;
 
 use crate::pattern::{Pattern, PatternError, PatternKind};
@@ -19,7 +19,7 @@ use crate::runtime::{ExecutionProvider, Runtime, session_builder};
 pub const MANIFEST_FILE: &str = "musicgen.json";
 
 /// The manifest format this engine reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -68,9 +68,52 @@ pub struct Manifest {
     pub pattern: PatternSpec,
     pub max_frames: usize,
     pub decoder: DecoderGeometry,
-    pub dtype: String,
-    pub quantization: String,
+    pub quantization: Quantization,
+    pub kv_cache: KvCacheSpec,
     pub graphs: BTreeMap<String, GraphSpec>,
+}
+
+/// How the decoder's weights are stored (the export's choice; the engine only reports it).
+#[derive(Clone, Debug, Deserialize)]
+pub struct Quantization {
+    /// `none`, `int8` or `int4`.
+    pub weights: String,
+    /// `matmul_nbits` or `dynamic`, for quantized weights.
+    #[serde(default)]
+    pub method: Option<String>,
+    #[serde(default)]
+    pub block_size: Option<usize>,
+    #[serde(default)]
+    pub accuracy_level: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct KvCacheSpec {
+    pub dtype: CacheType,
+}
+
+/// The element type of the self-attention cache.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheType {
+    Float32,
+    Int8,
+}
+
+impl CacheType {
+    pub fn bytes_per_element(self) -> usize {
+        match self {
+            Self::Float32 => 4,
+            Self::Int8 => 1,
+        }
+    }
+
+    fn element_type(self) -> TensorElementType {
+        match self {
+            Self::Float32 => TensorElementType::Float32,
+            Self::Int8 => TensorElementType::Int8,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -294,7 +337,21 @@ impl Bundle {
                     tensor: name.to_owned(),
                     problem: "the graph does not have it".into(),
                 })?;
-            if let ValueType::Tensor { shape, .. } = outlet.dtype() {
+            if let ValueType::Tensor { shape, ty, .. } = outlet.dtype() {
+                if graph == Graph::Decoder
+                    && name.starts_with("past_")
+                    && *ty != self.manifest.kv_cache.dtype.element_type()
+                {
+                    return Err(BundleError::Tensor {
+                        path: path.clone(),
+                        what: "tensor",
+                        tensor: name.to_owned(),
+                        problem: format!(
+                            "holds {ty:?} but the manifest's kv_cache.dtype says {:?}",
+                            self.manifest.kv_cache.dtype
+                        ),
+                    });
+                }
                 for (axis, (&got, &want)) in shape.iter().zip(&want).enumerate() {
                     if got >= 0 && want >= 0 && got != want {
                         return Err(BundleError::Tensor {
@@ -318,7 +375,14 @@ impl Bundle {
         let m = &self.manifest;
         let k = m.num_codebooks as i64;
         match graph {
-            Graph::Decoder => vec![("input_ids", vec![2, k]), ("logits", vec![2, k, m.cardinality as i64])],
+            Graph::Decoder => vec![
+                ("input_ids", vec![2, -1, k]),
+                ("logits", vec![2, k, m.cardinality as i64]),
+                (
+                    "past_key_0",
+                    vec![2, m.decoder.num_heads as i64, -1, m.decoder.head_dim as i64],
+                ),
+            ],
             Graph::CodecDecoder => vec![("audio_codes", vec![1, k, -1])],
             Graph::TextEncoder => vec![("conditioning", vec![1, -1, m.decoder.hidden_size as i64])],
             Graph::CrossKv | Graph::CodecEncoder => Vec::new(),

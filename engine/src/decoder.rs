@@ -1,28 +1,28 @@
-//! One decoder step at a time, for both guidance rows, with a self-attention cache the
-//! engine owns.
+//! The decoder graph for both guidance rows, one step or one prefill at a time, with a
+//! self-attention cache the engine owns and ONNX Runtime fills in place.
 //!
-//! The graph takes the past keys and values as inputs and returns only the step's new
-//! ones; the engine appends them in place. A [`KvCache`] is laid out `[2, H, capacity, D]`
-//! per layer and fed whole, with `past_mask` marking the filled slots, so a step copies no
-//! cache at all. Capacity grows in blocks of [`CACHE_BLOCK_FRAMES`]: attention then spans
-//! at most one block more than the context, and the re-layout on growth costs one cache
-//! copy per block, not per step.
+//! A [`KvCache`] is one tensor per layer for keys and one for values, `[2, H, capacity, D]`
+//! in the bundle's cache type (float32 or int8), allocated once for a whole lane. Each call
+//! binds the same tensor as the graph's `past_*` input and its `present_*` output; ONNX
+//! Runtime's `GroupQueryAttention` sees that they share a buffer, writes the new keys and
+//! values into the next slots and attends over the filled slots only. Nothing copies the
+//! cache, inside ONNX Runtime or out.
+//!
+//! A call runs `S` steps: one while generating, or every step of a run of given frames at
+//! once (a *prefill*, which must start from an empty cache). Only the last step's logits
+//! come back.
 //!
 //! The [`Decoder`] (the session) and the caches are apart, so that one loaded graph can
 //! step several independent contexts: a stream that slides its window prefills the next
 //! window's cache while it still plays from the current one.
 
-use std::borrow::Cow;
+use ort::memory::Allocator;
+use ort::session::{IoBinding, Session};
+use ort::value::{DynTensor, Tensor, TensorElementType};
 
-use ort::session::{Session, SessionInputValue};
-use ort::value::{Tensor, TensorRef};
-
-use crate::bundle::{Bundle, BundleError, DecoderGeometry, Graph};
+use crate::bundle::{Bundle, BundleError, CacheType, DecoderGeometry, Graph};
 use crate::conditioning::CrossAttention;
 use crate::runtime::{ExecutionProvider, Runtime};
-
-/// Frames by which the self-attention cache grows.
-pub const CACHE_BLOCK_FRAMES: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DecoderError {
@@ -32,48 +32,39 @@ pub enum DecoderError {
     Run { step: usize, source: ort::Error },
     #[error("the context is full: {max_frames} steps is this model's maximum")]
     ContextFull { max_frames: usize },
-}
-
-/// Keys and values of one layer for both rows, `[2, H, capacity, D]`.
-#[derive(Clone)]
-struct LayerCache {
-    keys: Vec<f32>,
-    values: Vec<f32>,
+    #[error("a cache of {capacity} slots holds {len} steps and cannot take {steps} more")]
+    CacheFull { capacity: usize, len: usize, steps: usize },
+    #[error("a prefill of {steps} steps needs an empty cache; this one holds {len}")]
+    PrefillAfterSteps { steps: usize, len: usize },
 }
 
 /// One context's self-attention keys and values, for every layer and both guidance rows.
-#[derive(Clone)]
 pub struct KvCache {
-    num_heads: usize,
-    head_dim: usize,
-    max_steps: usize,
-    layers: Vec<LayerCache>,
+    /// Per layer: keys, values, each `[2, H, capacity, D]`.
+    layers: Vec<[DynTensor; 2]>,
     capacity: usize,
     len: usize,
-    /// `[2, capacity]`, 1 where a slot holds a past key and value.
-    past_mask: Vec<i64>,
 }
 
 impl KvCache {
-    /// Forgets the past: the next step is step 0.
+    /// Forgets the past: the next step is step 0. The slots keep their old contents,
+    /// which no step reads before writing them.
     pub fn reset(&mut self) {
         self.len = 0;
-        self.resize(CACHE_BLOCK_FRAMES);
-        self.past_mask.fill(0);
     }
 
     /// Treats the first `frames` cache slots as past steps, whatever they hold, so that the
     /// next step attends over `frames` positions. A step's cost depends on the context's
     /// length, not its content: benchmarks measure long contexts without generating them.
     pub fn assume_context(&mut self, frames: usize) -> Result<(), DecoderError> {
-        if frames >= self.max_steps {
-            return Err(DecoderError::ContextFull {
-                max_frames: self.max_steps,
+        if frames >= self.capacity {
+            return Err(DecoderError::CacheFull {
+                capacity: self.capacity,
+                len: 0,
+                steps: frames,
             });
         }
-        self.reset();
         self.len = frames;
-        self.resize(frames.next_multiple_of(CACHE_BLOCK_FRAMES) + CACHE_BLOCK_FRAMES);
         Ok(())
     }
 
@@ -86,34 +77,44 @@ impl KvCache {
         self.len == 0
     }
 
-    /// The most steps one context holds (the model's position limit).
-    pub fn max_steps(&self) -> usize {
-        self.max_steps
+    /// Steps this cache holds at most.
+    pub fn capacity(&self) -> usize {
+        self.capacity
     }
 
-    /// Re-lays the cache out for `capacity` frames, keeping the filled slots.
-    fn resize(&mut self, capacity: usize) {
-        let (heads, d) = (self.num_heads, self.head_dim);
-        let old = self.capacity;
-        let keep = self.len.min(old) * d;
-        let relayout = |buffer: &mut Vec<f32>| {
-            let mut grown = vec![0.0f32; 2 * heads * capacity * d];
-            for bh in 0..2 * heads {
-                grown[bh * capacity * d..bh * capacity * d + keep]
-                    .copy_from_slice(&buffer[bh * old * d..bh * old * d + keep]);
-            }
-            *buffer = grown;
-        };
-        for layer in &mut self.layers {
-            relayout(&mut layer.keys);
-            relayout(&mut layer.values);
-        }
-        let mut mask = vec![0i64; 2 * capacity];
-        for row in 0..2 {
-            mask[row * capacity..row * capacity + self.len].fill(1);
-        }
-        self.past_mask = mask;
-        self.capacity = capacity;
+    /// A copy of this cache (its filled slots and position), for a second continuation.
+    pub fn try_clone(&self) -> Result<KvCache, DecoderError> {
+        let run_error = |source| DecoderError::Run { step: self.len, source };
+        let layers = self
+            .layers
+            .iter()
+            .map(|pair| -> Result<[DynTensor; 2], DecoderError> {
+                let copy = |tensor: &DynTensor| -> Result<DynTensor, DecoderError> {
+                    let element = *tensor.data_type();
+                    let mut copied =
+                        DynTensor::new(&Allocator::default(), element, tensor.shape().to_vec()).map_err(run_error)?;
+                    let bytes = element
+                        .byte_size(tensor.shape().num_elements())
+                        .expect("caches hold numbers, not strings");
+                    // Both are CPU tensors of the same type and shape, allocated by ONNX
+                    // Runtime; neither is bound to a session while this runs.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(
+                            tensor.data_ptr().cast::<u8>(),
+                            copied.data_ptr_mut().cast::<u8>(),
+                            bytes,
+                        );
+                    }
+                    Ok(copied)
+                };
+                Ok([copy(&pair[0])?, copy(&pair[1])?])
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(KvCache {
+            layers,
+            capacity: self.capacity,
+            len: self.len,
+        })
     }
 }
 
@@ -122,12 +123,14 @@ pub struct Decoder {
     session: Session,
     provider_in_use: String,
     geometry: DecoderGeometry,
+    cache_type: CacheType,
     num_codebooks: usize,
     cardinality: usize,
     max_steps: usize,
-    /// Input names per layer: past key, past value; output names: new key, new value.
+    /// Per layer: past key, past value inputs; present key, present value outputs.
     layer_names: Vec<[String; 4]>,
-    logits: Vec<f32>,
+    /// `[2, K, V]`, bound as the graph's output: the last step's logits.
+    logits: Tensor<f32>,
 }
 
 impl Decoder {
@@ -145,43 +148,56 @@ impl Decoder {
                 [
                     format!("past_key_{i}"),
                     format!("past_value_{i}"),
-                    format!("new_key_{i}"),
-                    format!("new_value_{i}"),
+                    format!("present_key_{i}"),
+                    format!("present_value_{i}"),
                 ]
             })
             .collect();
+        let logits = Tensor::new(
+            &Allocator::default(),
+            [2usize, manifest.num_codebooks, manifest.cardinality],
+        )
+        .map_err(|source| DecoderError::Run { step: 0, source })?;
         Ok(Self {
             session,
             provider_in_use,
             geometry,
+            cache_type: manifest.kv_cache.dtype,
             num_codebooks: manifest.num_codebooks,
             cardinality: manifest.cardinality,
-            // A delay pattern adds up to K - 1 steps to the frames.
+            // A delay pattern adds up to K - 1 steps to the frames, and step 0 comes first.
             max_steps: manifest.max_frames + manifest.num_codebooks,
             layer_names,
-            logits: vec![0.0; 2 * manifest.num_codebooks * manifest.cardinality],
+            logits,
         })
     }
 
-    /// An empty cache for this graph's geometry.
-    pub fn new_cache(&self) -> KvCache {
-        let mut cache = KvCache {
-            num_heads: self.geometry.num_heads,
-            head_dim: self.geometry.head_dim,
-            max_steps: self.max_steps,
-            layers: vec![
-                LayerCache {
-                    keys: Vec::new(),
-                    values: Vec::new(),
-                };
-                self.geometry.num_layers
-            ],
-            capacity: 0,
-            len: 0,
-            past_mask: Vec::new(),
+    /// An empty cache of `capacity` steps (at most the model's position limit) for this
+    /// graph's geometry and cache type.
+    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, DecoderError> {
+        let capacity = capacity.min(self.max_steps);
+        let (heads, d) = (self.geometry.num_heads, self.geometry.head_dim);
+        let element = match self.cache_type {
+            CacheType::Float32 => TensorElementType::Float32,
+            CacheType::Int8 => TensorElementType::Int8,
         };
-        cache.reset();
-        cache
+        let allocate = || {
+            DynTensor::new(&Allocator::default(), element, [2usize, heads, capacity, d])
+                .map_err(|source| DecoderError::Run { step: 0, source })
+        };
+        let layers = (0..self.geometry.num_layers)
+            .map(|_| Ok([allocate()?, allocate()?]))
+            .collect::<Result<_, DecoderError>>()?;
+        Ok(KvCache {
+            layers,
+            capacity,
+            len: 0,
+        })
+    }
+
+    /// Steps one context holds at most (the model's position limit).
+    pub fn max_steps(&self) -> usize {
+        self.max_steps
     }
 
     /// The execution provider the decoder runs on, with the reason for any fallback.
@@ -189,90 +205,84 @@ impl Decoder {
         &self.provider_in_use
     }
 
-    /// Logits of the last step, `[2, K, V]` (row 0 conditional, row 1 unconditional).
-    pub fn logits(&self) -> &[f32] {
-        &self.logits
-    }
-
     /// Logits of codebook `k` for row `row` from the last step.
     pub fn logits_of(&self, row: usize, k: usize) -> &[f32] {
         let v = self.cardinality;
         let start = (row * self.num_codebooks + k) * v;
-        &self.logits[start..start + v]
+        let (_, logits) = self.logits.extract_tensor();
+        &logits[start..start + v]
     }
 
-    /// Runs one step of `cache`'s context on `tokens` (`[2, K]`, row-major), appends the
-    /// step's keys and values to `cache`, and keeps the logits.
-    pub fn step(&mut self, cache: &mut KvCache, tokens: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
-        if cache.len >= cache.max_steps {
+    /// Runs one step of `cache`'s context on `column` (the step's K tokens, the same for
+    /// both rows), appends its keys and values to `cache`, and keeps the logits.
+    pub fn step(&mut self, cache: &mut KvCache, column: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
+        self.run(cache, column, cross)
+    }
+
+    /// Runs every step of `columns` (step-major, K tokens each) in one call on an empty
+    /// `cache`: the cache then holds them all, and the logits are the last step's.
+    pub fn prefill(
+        &mut self,
+        cache: &mut KvCache,
+        columns: &[i64],
+        cross: &CrossAttention,
+    ) -> Result<(), DecoderError> {
+        let steps = columns.len() / self.num_codebooks;
+        if !cache.is_empty() && steps > 1 {
+            return Err(DecoderError::PrefillAfterSteps { steps, len: cache.len });
+        }
+        self.run(cache, columns, cross)
+    }
+
+    fn run(&mut self, cache: &mut KvCache, columns: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
+        let k_count = self.num_codebooks;
+        debug_assert_eq!(columns.len() % k_count, 0, "whole columns of K tokens");
+        let steps = columns.len() / k_count;
+        let first_step = cache.len;
+        if first_step + steps > self.max_steps {
             return Err(DecoderError::ContextFull {
-                max_frames: cache.max_steps,
+                max_frames: self.max_steps,
             });
         }
-        if cache.len == cache.capacity {
-            cache.resize(cache.capacity + CACHE_BLOCK_FRAMES);
+        if first_step + steps > cache.capacity {
+            return Err(DecoderError::CacheFull {
+                capacity: cache.capacity,
+                len: first_step,
+                steps,
+            });
         }
-        let step = cache.len;
-        let run_error = |source| DecoderError::Run { step, source };
-        let (heads, d, cap) = (self.geometry.num_heads, self.geometry.head_dim, cache.capacity);
-        let cache_shape = [2usize, heads, cap, d];
+        let run_error = |source| DecoderError::Run {
+            step: first_step,
+            source,
+        };
+        let mut both_rows = Vec::with_capacity(2 * columns.len());
+        both_rows.extend_from_slice(columns);
+        both_rows.extend_from_slice(columns);
+        let input_ids = Tensor::from_array(([2usize, steps, k_count], both_rows)).map_err(run_error)?;
+        let past_len = Tensor::from_array(([1usize], vec![first_step as i64])).map_err(run_error)?;
 
-        let mut inputs: Vec<(Cow<'_, str>, SessionInputValue<'_>)> = Vec::with_capacity(4 + 4 * cache.layers.len());
-        inputs.push((
-            "input_ids".into(),
-            Tensor::from_array(([2usize, self.num_codebooks], tokens.to_vec()))
-                .map_err(run_error)?
-                .into(),
-        ));
-        inputs.push((
-            "position".into(),
-            Tensor::from_array(([1usize], vec![step as i64]))
-                .map_err(run_error)?
-                .into(),
-        ));
-        inputs.push((
-            "past_mask".into(),
-            TensorRef::from_array_view(([2usize, cap], &cache.past_mask[..]))
-                .map_err(run_error)?
-                .into(),
-        ));
-        inputs.push(("encoder_attention_mask".into(), (&cross.encoder_mask).into()));
-        for (layer, names) in cache.layers.iter().zip(&self.layer_names) {
-            inputs.push((
-                names[0].as_str().into(),
-                TensorRef::from_array_view((cache_shape, &layer.keys[..]))
-                    .map_err(run_error)?
-                    .into(),
-            ));
-            inputs.push((
-                names[1].as_str().into(),
-                TensorRef::from_array_view((cache_shape, &layer.values[..]))
-                    .map_err(run_error)?
-                    .into(),
-            ));
-        }
+        let mut binding: IoBinding = self.session.create_binding().map_err(run_error)?;
+        binding.bind_input("input_ids", &input_ids).map_err(run_error)?;
+        binding.bind_input("past_len", &past_len).map_err(run_error)?;
+        binding
+            .bind_input("encoder_attention_mask", &cross.encoder_mask)
+            .map_err(run_error)?;
         for (name, value) in &cross.keys_values {
-            inputs.push((name.as_str().into(), value.into()));
+            binding.bind_input(name.as_str(), value).map_err(run_error)?;
         }
-
-        let outputs = self.session.run(inputs).map_err(run_error)?;
-        let (_, logits) = outputs["logits"].try_extract_tensor::<f32>().map_err(run_error)?;
-        self.logits.copy_from_slice(logits);
-        for (layer, names) in cache.layers.iter_mut().zip(&self.layer_names) {
-            for (buffer, name) in [(&mut layer.keys, &names[2]), (&mut layer.values, &names[3])] {
-                let (_, new) = outputs[name.as_str()].try_extract_tensor::<f32>().map_err(run_error)?;
-                // `new` is [2, H, 1, D]: one D-vector per (row, head), written to slot `step`.
-                for bh in 0..2 * heads {
-                    let dst = bh * cap * d + step * d;
-                    buffer[dst..dst + d].copy_from_slice(&new[bh * d..(bh + 1) * d]);
-                }
-            }
+        for (pair, names) in cache.layers.iter_mut().zip(&self.layer_names) {
+            let [keys, values] = pair;
+            binding.bind_input(names[0].as_str(), &*keys).map_err(run_error)?;
+            binding.bind_input(names[1].as_str(), &*values).map_err(run_error)?;
+            // The same buffers as the inputs: the graph appends in place.
+            binding.bind_output(names[2].as_str(), keys).map_err(run_error)?;
+            binding.bind_output(names[3].as_str(), values).map_err(run_error)?;
         }
+        binding.bind_output("logits", &mut self.logits).map_err(run_error)?;
+        let outputs = self.session.run_binding(&binding).map_err(run_error)?;
         drop(outputs);
-        for row in 0..2 {
-            cache.past_mask[row * cap + step] = 1;
-        }
-        cache.len += 1;
+        drop(binding);
+        cache.len += steps;
         Ok(())
     }
 }

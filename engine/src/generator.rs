@@ -7,9 +7,9 @@
 //! pattern says its last codebook has been produced.
 //!
 //! A generator may continue given codes (a *prefix*): the pattern's first frames are
-//! taught, not sampled. The prefix can arrive frame by frame, and the steps that only
-//! read it ([`Generator::can_prefill`]) can run as soon as their frames are there: that is
-//! how a sliding window builds its successor's context while it still generates.
+//! taught, not sampled. The prefix can arrive frame by frame; once all of it is there, the
+//! steps that only read and produce given codes run as one decoder call
+//! ([`Generator::prefill`]), which costs a fraction of stepping through them.
 
 use std::ops::Range;
 
@@ -34,19 +34,16 @@ pub struct Generator {
     sampler: Sampler,
     guidance_scale: f32,
     guided: Vec<f32>,
-    step_tokens: Vec<i64>,
+    /// The step's column as the decoder takes it.
+    column: Vec<i64>,
     cache: KvCache,
 }
 
 impl Generator {
-    /// A generator over `pattern` with an empty context; `special` is the token fed where
-    /// the pattern has no coordinate (MusicGen: the cardinality).
-    pub fn new(pattern: Pattern, special: u32, sampler: Sampler, guidance_scale: f32, cache: KvCache) -> Self {
-        Self::continuing(pattern, special, sampler, guidance_scale, cache, 0)
-    }
-
-    /// A generator whose first `prefix_frames` frames are given, through
-    /// [`Generator::push_prefix_frame`], instead of sampled.
+    /// A generator over `pattern` whose first `prefix_frames` frames are given, through
+    /// [`Generator::push_prefix_frame`], instead of sampled (none for a fresh start);
+    /// `special` is the token fed where the pattern has no coordinate (MusicGen: the
+    /// cardinality). `cache` must hold the pattern's steps.
     pub fn continuing(
         pattern: Pattern,
         special: u32,
@@ -57,6 +54,7 @@ impl Generator {
     ) -> Self {
         let k = pattern.num_codebooks();
         cache.reset();
+        debug_assert!(cache.capacity() >= pattern.num_steps(), "the cache holds the pattern");
         let prefix_frames = prefix_frames.min(pattern.num_timesteps());
         Self {
             columns: vec![special; pattern.sequence_len() * k],
@@ -69,7 +67,7 @@ impl Generator {
             sampler,
             guidance_scale,
             guided: Vec::new(),
-            step_tokens: vec![0; 2 * k],
+            column: vec![0; k],
             cache,
             pattern,
         }
@@ -115,8 +113,8 @@ impl Generator {
 
     /// A second continuation of this one: the same codes, context and position, a
     /// sampler of its own ([`Sampler::fork`]).
-    pub fn fork(&mut self) -> Generator {
-        Generator {
+    pub fn fork(&mut self) -> Result<Generator, DecoderError> {
+        Ok(Generator {
             pattern: self.pattern.clone(),
             special: self.special,
             columns: self.columns.clone(),
@@ -128,9 +126,9 @@ impl Generator {
             sampler: self.sampler.fork(),
             guidance_scale: self.guidance_scale,
             guided: Vec::new(),
-            step_tokens: self.step_tokens.clone(),
-            cache: self.cache.clone(),
-        }
+            column: self.column.clone(),
+            cache: self.cache.try_clone()?,
+        })
     }
 
     /// The cache, for the next generator to reuse.
@@ -138,13 +136,34 @@ impl Generator {
         self.cache
     }
 
-    /// The next step reads only prefix codes that have arrived and produces only prefix
-    /// coordinates: it can run now, and samples nothing.
-    pub fn can_prefill(&self) -> bool {
-        let s = self.next_step;
-        !self.is_finished()
+    /// Step `s` reads only prefix codes that have arrived and produces only prefix
+    /// coordinates: it samples nothing.
+    fn is_prefill_step(&self, s: usize) -> bool {
+        s < self.pattern.num_steps()
             && self.pattern.coords_at(s).iter().all(|c| c.t < self.prefix_known)
             && self.pattern.coords_at(s + 1).iter().all(|c| c.t < self.prefix_frames)
+    }
+
+    /// Runs every step that only reads and produces given codes, in one decoder call, once
+    /// the whole prefix has arrived and before any other step. Returns the steps it ran
+    /// (0 when there is nothing to prefill or the prefix is still arriving).
+    pub fn prefill(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<usize, DecoderError> {
+        if self.next_step != 0 || self.prefix_known < self.prefix_frames {
+            return Ok(0);
+        }
+        let mut end = 0;
+        while self.is_prefill_step(end) {
+            end += 1;
+        }
+        if end == 0 {
+            return Ok(0);
+        }
+        let k_count = self.pattern.num_codebooks();
+        let columns: Vec<i64> = self.columns[..end * k_count].iter().map(|&t| i64::from(t)).collect();
+        decoder.prefill(&mut self.cache, &columns, cross)?;
+        self.next_step = end;
+        self.advance_frames(end);
+        Ok(end)
     }
 
     /// All steps of the pattern have run.
@@ -162,6 +181,7 @@ impl Generator {
     /// (prefix coordinates are taught, not sampled). Returns the generated frames this
     /// step completed.
     pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+        let first = self.next_frame;
         let k_count = self.pattern.num_codebooks();
         let s = self.next_step;
         debug_assert!(
@@ -172,12 +192,10 @@ impl Generator {
             "step {s} reads prefix codes that have not arrived"
         );
         let column = &self.columns[s * k_count..(s + 1) * k_count];
-        for chunk in self.step_tokens.chunks_mut(k_count) {
-            for (dst, &token) in chunk.iter_mut().zip(column) {
-                *dst = i64::from(token);
-            }
+        for (dst, &token) in self.column.iter_mut().zip(column) {
+            *dst = i64::from(token);
         }
-        decoder.step(&mut self.cache, &self.step_tokens, cross)?;
+        decoder.step(&mut self.cache, &self.column, cross)?;
 
         let produced = s + 1;
         for c in self.pattern.coords_at(produced) {
@@ -195,16 +213,19 @@ impl Generator {
             self.columns[produced * k_count + c.k] = token;
         }
         self.next_step = produced;
+        self.advance_frames(produced);
+        Ok(first..self.next_frame)
+    }
 
+    /// Counts the frames started and completed once step `produced`'s coordinates are known.
+    fn advance_frames(&mut self, produced: usize) {
         let timesteps = self.pattern.num_timesteps();
         while self.started_frames < timesteps && self.frame_start_step(self.started_frames) <= produced {
             self.started_frames += 1;
         }
-        let first = self.next_frame;
         while self.next_frame < timesteps && self.pattern.frame_complete_step(self.next_frame) <= produced {
             self.next_frame += 1;
         }
-        Ok(first..self.next_frame)
     }
 
     fn frame_start_step(&self, t: usize) -> usize {

@@ -307,12 +307,12 @@ impl Stream {
             manifest.special_token_id,
             sampler,
             config.guidance_scale,
-            decoder.new_cache(),
+            &decoder,
             WindowSpec {
                 total_frames: total_frames.map(|frames| frames + given.num_timesteps()),
                 ..window
             },
-        );
+        )?;
         let first_played_frame = if config.play_continued {
             0
         } else {
@@ -626,7 +626,7 @@ impl GenerationLoop {
         let old = std::mem::replace(&mut self.cross, cross);
         if self.crossfade_frames > 0 && self.fading.is_none() {
             self.fading = Some(Fading {
-                generator: self.generator.fork(),
+                generator: self.generator.fork()?,
                 cross: old,
                 start: self.generator.frames_done(),
                 frames: self.crossfade_frames,

@@ -2,14 +2,15 @@
 //!
 //! A [`Generator`] (a *lane*) walks a pattern of at most `window_frames` frames. When it
 //! has `keep_frames` left to complete, the next lane is made: its prefix is the current
-//! lane's last `keep_frames` frames, taught step by step as they complete (one more
-//! decoder pass per step over that stretch). When the current window ends, the next lane
-//! already holds its context and continues at once. The codes run on without a gap, and
+//! lane's last `keep_frames` frames, handed to it as they complete. When the current
+//! window ends, the next lane fills its cache with all of them in one decoder call (a
+//! prefill, far cheaper than a step per frame) and continues at once. The codes run on without a gap, and
 //! the codec decodes them as one stream, so the switch (a *seam*) needs no crossfade; what
 //! can change there is the music, because the model forgets what came before the kept
 //! frames.
 
 use std::ops::Range;
+use std::time::{Duration, Instant};
 
 use crate::conditioning::CrossAttention;
 use crate::decoder::{Decoder, DecoderError, KvCache};
@@ -43,7 +44,11 @@ pub struct SlidingGenerator {
     history: Vec<u32>,
     /// Global frames at which a lane took over.
     seams: Vec<usize>,
+    /// Decoder calls that ran one step.
     steps: usize,
+    /// Steps run inside prefill calls, and the time those calls took.
+    prefilled_steps: usize,
+    prefill_time: Duration,
 }
 
 impl SlidingGenerator {
@@ -55,9 +60,9 @@ impl SlidingGenerator {
         special: u32,
         sampler: Sampler,
         guidance_scale: f32,
-        cache: KvCache,
+        decoder: &Decoder,
         spec: WindowSpec,
-    ) -> Self {
+    ) -> Result<Self, DecoderError> {
         let k_count = given.num_codebooks();
         let mut history = Vec::with_capacity(k_count * given.num_timesteps());
         for t in 0..given.num_timesteps() {
@@ -67,11 +72,12 @@ impl SlidingGenerator {
         let offset = given.num_timesteps() - context;
         let frames = lane_frames(spec, offset);
         let pattern = build(&kind, frames, k_count);
+        let cache = decoder.new_cache(pattern.num_steps())?;
         let mut current = Generator::continuing(pattern, special, sampler, guidance_scale, cache, context);
         for t in offset..given.num_timesteps() {
             current.push_prefix_frame(&history[t * k_count..(t + 1) * k_count]);
         }
-        Self {
+        Ok(Self {
             kind,
             num_codebooks: k_count,
             special,
@@ -83,24 +89,28 @@ impl SlidingGenerator {
             history,
             seams: Vec::new(),
             steps: 0,
-        }
+            prefilled_steps: 0,
+            prefill_time: Duration::ZERO,
+        })
     }
 
     /// A second continuation of this stream from here (see [`Generator::fork`]).
-    pub fn fork(&mut self) -> SlidingGenerator {
-        SlidingGenerator {
+    pub fn fork(&mut self) -> Result<SlidingGenerator, DecoderError> {
+        Ok(SlidingGenerator {
             kind: self.kind.clone(),
             num_codebooks: self.num_codebooks,
             special: self.special,
             spec: self.spec,
-            current: self.current.fork(),
+            current: self.current.fork()?,
             offset: self.offset,
-            next: self.next.as_mut().map(Generator::fork),
+            next: self.next.as_mut().map(Generator::fork).transpose()?,
             spare: None,
             history: self.history.clone(),
             seams: self.seams.clone(),
             steps: 0,
-        }
+            prefilled_steps: 0,
+            prefill_time: Duration::ZERO,
+        })
     }
 
     /// Frames whose codes are all known, given ones included.
@@ -108,9 +118,19 @@ impl SlidingGenerator {
         self.history.len() / self.num_codebooks
     }
 
-    /// Decoder steps run, prefill steps of the next lane included.
+    /// Decoder calls that ran a single step.
     pub fn steps_done(&self) -> usize {
         self.steps
+    }
+
+    /// Steps run inside prefill calls (given frames and the next windows' contexts).
+    pub fn prefilled_steps(&self) -> usize {
+        self.prefilled_steps
+    }
+
+    /// Time spent in prefill calls.
+    pub fn prefill_time(&self) -> Duration {
+        self.prefill_time
     }
 
     /// Frames that have at least their first token: a new conditioning reaches frames
@@ -141,8 +161,19 @@ impl SlidingGenerator {
     /// allow). Returns the global frames this call completed.
     pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
         let first = self.frames_done();
-        let completed = self.current.step(decoder, cross)?;
-        self.steps += 1;
+        Self::timed_prefill(
+            &mut self.current,
+            decoder,
+            cross,
+            &mut self.prefilled_steps,
+            &mut self.prefill_time,
+        )?;
+        let completed = if self.current.is_finished() {
+            0..0
+        } else {
+            self.steps += 1;
+            self.current.step(decoder, cross)?
+        };
         let mut frame = Vec::with_capacity(self.num_codebooks);
         for t in completed {
             self.current.frame(t, &mut frame);
@@ -158,8 +189,25 @@ impl SlidingGenerator {
         Ok(first..self.frames_done())
     }
 
+    /// Runs `lane`'s prefill, if it has one ready, and counts its steps and time.
+    fn timed_prefill(
+        lane: &mut Generator,
+        decoder: &mut Decoder,
+        cross: &CrossAttention,
+        prefilled_steps: &mut usize,
+        prefill_time: &mut Duration,
+    ) -> Result<(), DecoderError> {
+        let started = Instant::now();
+        let steps = lane.prefill(decoder, cross)?;
+        if steps > 0 {
+            *prefilled_steps += steps;
+            *prefill_time += started.elapsed();
+        }
+        Ok(())
+    }
+
     /// Makes the next lane once the current one is `keep_frames` from its end, gives it
-    /// the frames it keeps as they complete, and runs the prefill steps they allow.
+    /// the frames it keeps as they complete, and prefills it once it has them all.
     fn feed_next_lane(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<(), DecoderError> {
         let window = self.current.pattern().num_timesteps();
         let keep = self.spec.keep_frames.min(window / 2);
@@ -167,14 +215,17 @@ impl SlidingGenerator {
         let more_to_come = self.spec.total_frames.is_none_or(|total| self.offset + window < total);
         // With nothing to keep, the next lane starts afresh once this one is done.
         if self.next.is_none() && more_to_come && self.frames_done() >= next_offset + keep.min(1) {
-            let frames = lane_frames(self.spec, next_offset);
-            let cache = self.spare.take().unwrap_or_else(|| decoder.new_cache());
+            let pattern = build(&self.kind, lane_frames(self.spec, next_offset), self.num_codebooks);
+            let cache = match self.spare.take() {
+                Some(cache) if cache.capacity() >= pattern.num_steps() => cache,
+                _ => decoder.new_cache(pattern.num_steps())?,
+            };
             // Prefill samples nothing; at the switch the lane takes over the current
             // sampler itself, random state included.
             let sampler = Sampler::new(self.current.sampler_mut().settings(), 0)
                 .expect("the current sampler's settings are valid");
             self.next = Some(Generator::continuing(
-                build(&self.kind, frames, self.num_codebooks),
+                pattern,
                 self.special,
                 sampler,
                 self.current.guidance_scale(),
@@ -194,11 +245,7 @@ impl SlidingGenerator {
             }
             next.push_prefix_frame(&self.history[t * k_count..(t + 1) * k_count]);
         }
-        while next.can_prefill() {
-            next.step(decoder, cross)?;
-            self.steps += 1;
-        }
-        Ok(())
+        Self::timed_prefill(next, decoder, cross, &mut self.prefilled_steps, &mut self.prefill_time)
     }
 
     /// The next lane, its context complete, takes over from the current one.

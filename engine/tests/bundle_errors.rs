@@ -52,7 +52,7 @@ fn a_wrong_tensor_name_names_the_file_and_the_tensor() {
     let dir = copy_of_tiny();
     edit_manifest(dir.path(), |m| {
         let inputs = m["graphs"]["decoder"]["inputs"].as_array_mut().unwrap();
-        let slot = inputs.iter_mut().find(|v| *v == "position").unwrap();
+        let slot = inputs.iter_mut().find(|v| *v == "past_len").unwrap();
         *slot = Value::from("step_position");
     });
     let runtime = Runtime::init(None).unwrap();
@@ -69,7 +69,31 @@ fn a_wrong_codebook_count_is_refused_with_the_tensor_and_axis() {
         m["pattern"]["delays"] = Value::from(vec![0, 1, 2]);
     });
     let err = start_error(dir.path());
-    assert!(err.contains(".onnx") && err.contains("axis 1 is 4"), "{err}");
+    assert!(
+        err.contains(".onnx") && err.contains(" is 4 but the manifest's geometry says 3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_cache_type_the_graph_does_not_have_is_refused() {
+    let dir = copy_of_tiny();
+    edit_manifest(dir.path(), |m| m["kv_cache"]["dtype"] = Value::from("int8"));
+    let runtime = Runtime::init(None).unwrap();
+    let bundle = Bundle::open(dir.path()).unwrap();
+    let err = bundle.session(runtime, Graph::Decoder, 1).err().unwrap().to_string();
+    assert!(
+        err.contains("decoder.onnx") && err.contains("past_key_0") && err.contains("Int8"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bundle_of_an_older_format_is_refused_with_the_fix() {
+    let dir = copy_of_tiny();
+    edit_manifest(dir.path(), |m| m["format_version"] = Value::from(1));
+    let err = start_error(dir.path());
+    assert!(err.contains("format version 1") && err.contains("re-export"), "{err}");
 }
 
 #[test]

@@ -168,8 +168,8 @@ fn time_contexts(
     let mut conditioner = Conditioner::load(bundle, runtime, threads, args.provider)?;
     let cross = conditioner.encode(PROMPT)?;
     let mut decoder = Decoder::load(bundle, runtime, threads, args.provider)?;
-    let mut cache = decoder.new_cache();
-    let tokens = vec![i64::from(manifest.special_token_id); 2 * manifest.num_codebooks];
+    let mut cache = decoder.new_cache(decoder.max_steps())?;
+    let tokens = vec![i64::from(manifest.special_token_id); manifest.num_codebooks];
     for &context_frames in &args.contexts {
         // The timed steps end at the context asked for, so that the longest one fits.
         let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);

@@ -1,0 +1,213 @@
+"""The decoder graph, written node by node from a MusicGen decoder's weights.
+
+torch.export gives a graph of small generic operators; this one uses the fused operators
+ONNX Runtime runs fastest on the CPU, and a cache contract that never copies the past:
+
+- self-attention is `GroupQueryAttention` on packed QKV (one MatMul per layer for q, k and
+  v). Its `past_key`/`past_value` inputs and `present_key`/`present_value` outputs are the
+  same buffer in the engine (an `IoBinding`), which ONNX Runtime detects: it appends the
+  new keys and values in place and attends over the filled slots only. The cache may be
+  float32 or int8 (per-channel scales, static, calibrated at export);
+- each residual add is fused with the next layer norm (`SkipLayerNormalization`);
+- the feed-forward activation is `Gelu` (exact, erf);
+- the step axis `S` is free: one call runs one step (`S = 1`) or fills an empty cache with
+  `S` given steps at once (a prefill); only the last step's logits are computed.
+
+Cross-attention runs on keys and values `cross_kv.onnx` computes once per prompt; its keys
+come transposed (`[2, H, D, L]`) so that a step multiplies without a transpose.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+MS_DOMAIN = "com.microsoft"
+LAYER_NORM_EPSILON = 1e-5
+# Node names the quantizer includes or leaves out.
+EMBED_NODE = "embedded_codes"
+LM_HEADS_NODE = "lm_heads"
+
+
+class GraphBuilder:
+    """Collects nodes and initializers; names every intermediate value uniquely."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.initializers: list[onnx.TensorProto] = []
+        self.count = 0
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
+        if isinstance(outputs, int):
+            names = []
+            for _ in range(outputs):
+                self.count += 1
+                names.append(f"{op_type.lower()}_{self.count}")
+        else:
+            names = outputs
+        # Nodes are named after their first output, so that tools can pick them by name.
+        node_name = next(name for name in names if name)
+        self.nodes.append(helper.make_node(op_type, inputs, names, name=node_name, domain=domain or None, **attrs))
+        return names[0] if len(names) == 1 else names
+
+
+def f32(tensor) -> np.ndarray:
+    return tensor.detach().cpu().float().numpy()
+
+
+def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None = None) -> onnx.ModelProto:
+    """The decoder graph of `model` (a MusicgenForConditionalGeneration). `kv_cache` is
+    `float32` or `int8`; int8 needs `kv_scales`: per layer `(key_scale, value_scale)`, each
+    `[1, H, 1, D]` float32."""
+    decoder = model.decoder.model.decoder
+    config = model.decoder.config
+    layers, heads = config.num_hidden_layers, config.num_attention_heads
+    width = config.hidden_size
+    head_dim = width // heads
+    k_count, vocab = config.num_codebooks, config.vocab_size
+    cache_type = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8}[kv_cache]
+    g = GraphBuilder()
+
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, "steps", k_count]),
+        helper.make_tensor_value_info("past_len", TensorProto.INT64, [1]),
+        helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, [2, "text"]),
+    ]
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, k_count, vocab])]
+    for i in range(layers):
+        for kind in ("key", "value"):
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", cache_type, [2, heads, "capacity", head_dim]))
+            outputs.append(
+                helper.make_tensor_value_info(f"present_{kind}_{i}", cache_type, [2, heads, "capacity", head_dim])
+            )
+    for i in range(layers):
+        inputs.append(helper.make_tensor_value_info(f"cross_key_{i}", TensorProto.FLOAT, [2, heads, head_dim, "text"]))
+        inputs.append(helper.make_tensor_value_info(f"cross_value_{i}", TensorProto.FLOAT, [2, heads, "text", head_dim]))
+
+    # Token embeddings: one table for all codebooks, each codebook's ids offset into it.
+    table = np.concatenate([f32(embed.weight) for embed in decoder.embed_tokens], axis=0)
+    offsets = np.arange(k_count, dtype=np.int64) * (vocab + 1)
+    ids = g.op("Add", ["input_ids", g.const("codebook_offsets", offsets)])
+    embedded = g.op("Gather", [g.const("embed_tokens", table), ids], outputs=[EMBED_NODE], axis=0)
+    hidden = g.op("ReduceSum", [embedded, g.const("codebook_axis", np.array([2], np.int64))], keepdims=0)
+
+    # Positions past_len .. past_len + S - 1; GroupQueryAttention's lengths as int32.
+    steps = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const("step_axis", np.array([1], np.int64))], axis=0)
+    total = g.op("Add", ["past_len", steps])
+    scalar_axes = g.const("scalar_axes", np.array([0], np.int64))
+    end_position = g.op("Squeeze", [total, scalar_axes])
+    position_table = g.const("embed_positions", f32(decoder.embed_positions.weights))
+    positions = g.op("Slice", [position_table, "past_len", total, scalar_axes])
+    hidden = g.op("Add", [hidden, positions])
+    total_len = g.op("Cast", [end_position], to=TensorProto.INT32)
+    # GroupQueryAttention's seqlens_k is the index of the last filled slot, per row.
+    last_slot = g.op("Sub", [end_position, g.const("one_scalar", np.array(1, np.int64))])
+    seqlens_k = g.op(
+        "Expand",
+        [g.op("Cast", [last_slot], to=TensorProto.INT32), g.const("rows", np.array([2], np.int64))],
+    )
+
+    # Cross-attention bias: 0 where the text is, the dtype's minimum elsewhere (the
+    # unconditional row is all masked), as transformers builds it.
+    mask = g.op("Cast", ["encoder_attention_mask"], to=TensorProto.FLOAT)
+    minimum = np.finfo(np.float32).min
+    cross_bias = g.op(
+        "Mul",
+        [g.op("Sub", [g.const("one_float", np.array(1.0, np.float32)), mask]), g.const("mask_min", np.array(minimum, np.float32))],
+    )
+    cross_bias = g.op("Unsqueeze", [cross_bias, g.const("bias_axes", np.array([1, 2], np.int64))])
+
+    scaling = np.array(head_dim**-0.5, np.float32)
+    scaling_name = g.const("attention_scaling", scaling)
+    split_shape = g.const("split_heads", np.array([2, -1, heads, head_dim], np.int64))
+    merge_shape = g.const("merge_heads", np.array([2, -1, width], np.int64))
+
+    def layer_norm_weights(norm, name):
+        return g.const(f"{name}.weight", f32(norm.weight)), g.const(f"{name}.bias", f32(norm.bias))
+
+    first = decoder.layers[0].self_attn_layer_norm
+    x = g.op("LayerNormalization", [hidden, *layer_norm_weights(first, "layers.0.self_attn_layer_norm")], axis=-1, epsilon=LAYER_NORM_EPSILON)
+
+    def skip_norm(delta, residual, norm, name):
+        """`residual + delta` and its layer norm, in one fused node."""
+        g.count += 1
+        normed, summed = f"{name}.normed_{g.count}", f"{name}.residual_{g.count}"
+        g.op(
+            "SkipLayerNormalization",
+            [delta, residual, *layer_norm_weights(norm, name)],
+            outputs=[normed, "", "", summed],
+            domain=MS_DOMAIN,
+            epsilon=LAYER_NORM_EPSILON,
+        )
+        return normed, summed
+
+    for i, layer in enumerate(decoder.layers):
+        prefix = f"layers.{i}"
+        attn = layer.self_attn
+        qkv_weight = np.concatenate([f32(attn.q_proj.weight).T, f32(attn.k_proj.weight).T, f32(attn.v_proj.weight).T], axis=1)
+        qkv = g.op("MatMul", [x, g.const(f"{prefix}.self_attn.qkv.weight", qkv_weight)])
+        gqa_inputs = [qkv, "", "", f"past_key_{i}", f"past_value_{i}", seqlens_k, total_len]
+        gqa_attrs = dict(num_heads=heads, kv_num_heads=heads, scale=float(scaling))
+        if kv_cache == "int8":
+            key_scale, value_scale = kv_scales[i]
+            gqa_inputs += ["", "", "", "", "", g.const(f"{prefix}.key_scale", key_scale), g.const(f"{prefix}.value_scale", value_scale)]
+            gqa_attrs.update(k_quant_type="PER_CHANNEL", v_quant_type="PER_CHANNEL", kv_cache_bit_width=8)
+        attended, _, _ = g.op(
+            "GroupQueryAttention",
+            gqa_inputs,
+            outputs=[f"self_attn_{i}", f"present_key_{i}", f"present_value_{i}"],
+            domain=MS_DOMAIN,
+            **gqa_attrs,
+        )
+        delta = g.op("MatMul", [attended, g.const(f"{prefix}.self_attn.out_proj.weight", f32(attn.out_proj.weight).T)])
+        x, hidden = skip_norm(delta, hidden, layer.encoder_attn_layer_norm, f"{prefix}.encoder_attn_layer_norm")
+
+        cross = layer.encoder_attn
+        q = g.op("MatMul", [x, g.const(f"{prefix}.encoder_attn.q_proj.weight", f32(cross.q_proj.weight).T)])
+        q = g.op("Transpose", [g.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
+        scores = g.op("MatMul", [q, f"cross_key_{i}"])
+        scores = g.op("Add", [g.op("Mul", [scores, scaling_name]), cross_bias])
+        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), f"cross_value_{i}"])
+        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_shape])
+        delta = g.op("MatMul", [context, g.const(f"{prefix}.encoder_attn.out_proj.weight", f32(cross.out_proj.weight).T)])
+        x, hidden = skip_norm(delta, hidden, layer.final_layer_norm, f"{prefix}.final_layer_norm")
+
+        up = g.op("MatMul", [x, g.const(f"{prefix}.fc1.weight", f32(layer.fc1.weight).T)])
+        delta = g.op("MatMul", [g.op("Gelu", [up], domain=MS_DOMAIN), g.const(f"{prefix}.fc2.weight", f32(layer.fc2.weight).T)])
+        if i + 1 < layers:
+            next_norm = decoder.layers[i + 1].self_attn_layer_norm
+            x, hidden = skip_norm(delta, hidden, next_norm, f"layers.{i + 1}.self_attn_layer_norm")
+        else:
+            x, hidden = skip_norm(delta, hidden, decoder.layer_norm, "layer_norm")
+
+    # Only the last step's logits: a prefill needs the cache, not every step's logits.
+    last_step = g.op("Sub", [g.op("Squeeze", [steps, scalar_axes]), g.const("one_step", np.array(1, np.int64))])
+    last = g.op("Gather", [x, last_step], axis=1)
+    heads_weight = np.concatenate([f32(head.weight).T for head in model.decoder.lm_heads], axis=1)
+    logits = g.op("MatMul", [last, g.const("lm_heads.weight", heads_weight)], outputs=[LM_HEADS_NODE])
+    g.op("Reshape", [logits, g.const("logits_shape", np.array([2, k_count, vocab], np.int64))], outputs=["logits"])
+
+    graph = helper.make_graph(g.nodes, "musicgen_decoder", inputs, outputs, g.initializers)
+    model_proto = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(MS_DOMAIN, 1)],
+        producer_name="musicgen-live export",
+    )
+    model_proto.ir_version = 10
+    return model_proto
+
+
+def decoder_io_names(layers: int) -> tuple[list[str], list[str]]:
+    inputs = ["input_ids", "past_len", "encoder_attention_mask"]
+    outputs = ["logits"]
+    for i in range(layers):
+        inputs += [f"past_key_{i}", f"past_value_{i}"]
+        outputs += [f"present_key_{i}", f"present_value_{i}"]
+    for i in range(layers):
+        inputs += [f"cross_key_{i}", f"cross_value_{i}"]
+    return inputs, outputs

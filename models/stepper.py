@@ -1,0 +1,115 @@
+"""Generation through an exported bundle with onnxruntime, following the engine's contract:
+one cache buffer per layer, bound as both `past_*` and `present_*` so that the decoder
+appends in place, and the delay pattern's columns fed one step (or one prefill) at a time.
+
+The export uses it to check a bundle against transformers and to calibrate an int8 cache.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+
+
+class DecoderRunner:
+    """decoder.onnx with its self-attention cache of `capacity` slots per layer."""
+
+    def __init__(self, session: ort.InferenceSession, manifest: dict, capacity: int):
+        geo = manifest["decoder"]
+        dtype = np.int8 if manifest["kv_cache"]["dtype"] == "int8" else np.float32
+        shape = (2, geo["num_heads"], capacity, geo["head_dim"])
+        self.session = session
+        self.layers = geo["num_layers"]
+        self.caches = {
+            f"{kind}_{i}": ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, dtype))
+            for i in range(self.layers)
+            for kind in ("key", "value")
+        }
+        self.length = 0
+
+    def run(self, columns: np.ndarray, inputs: dict) -> np.ndarray:
+        """Runs the steps of `columns` (`[S, K]`, the same for both rows) and returns the
+        last step's logits `[2, K, V]`."""
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(np.repeat(columns[None], 2, axis=0), dtype=np.int64))
+        binding.bind_cpu_input("past_len", np.array([self.length], np.int64))
+        for name, value in inputs.items():
+            binding.bind_cpu_input(name, value)
+        binding.bind_output("logits")
+        for name, cache in self.caches.items():
+            binding.bind_ortvalue_input(f"past_{name}", cache)
+            binding.bind_ortvalue_output(f"present_{name}", cache)
+        self.session.run_with_iobinding(binding)
+        self.length += columns.shape[0]
+        return binding.get_outputs()[0].numpy()
+
+    def filled(self, name: str) -> np.ndarray:
+        """The filled slots of one cache, `[2, H, length, D]`."""
+        return self.caches[name].numpy()[:, :, : self.length]
+
+
+def conditioning_inputs(graphs: dict, manifest: dict, input_ids: list[int]) -> dict:
+    """The decoder's per-prompt inputs: cross-attention keys and values of both guidance
+    rows (the second unconditional) and the text mask."""
+    ids = np.array([input_ids], dtype=np.int64)
+    conditioning = graphs["text_encoder"].run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
+    both = np.concatenate([conditioning, np.zeros_like(conditioning)], axis=0)
+    cross = graphs["cross_kv"].run(None, {"conditioning": both})
+    inputs = {}
+    for i in range(manifest["decoder"]["num_layers"]):
+        inputs[f"cross_key_{i}"] = cross[2 * i]
+        inputs[f"cross_value_{i}"] = cross[2 * i + 1]
+    text_len = ids.shape[1]
+    inputs["encoder_attention_mask"] = np.concatenate([np.ones((1, text_len)), np.zeros((1, text_len))]).astype(np.int64)
+    return inputs
+
+
+def generate(
+    graphs: dict,
+    manifest: dict,
+    input_ids: list[int],
+    frames: int,
+    guidance: float,
+    given: np.ndarray | None = None,
+    prefill_steps: int = 0,
+    rng: np.random.Generator | None = None,
+    top_k: int = 250,
+) -> tuple[np.ndarray, DecoderRunner]:
+    """Guided generation of `frames` frames with the delay pattern: greedy, or top-k
+    sampling with `rng`. The first `prefill_steps` steps run as one call, their columns
+    taught from `given` (`[K, T]` codes); later steps sample. Returns the codes `[K, frames]`
+    and the runner (its cache)."""
+    k_count, special = manifest["num_codebooks"], manifest["special_token_id"]
+    inputs = conditioning_inputs(graphs, manifest, input_ids)
+    steps = frames + k_count - 1
+    runner = DecoderRunner(graphs["decoder"], manifest, steps + 1)
+    # columns[s, k]: codebook k's token at step s, frame s - 1 - k.
+    columns = np.full((steps + 1, k_count), special, dtype=np.int64)
+    if given is not None:
+        for k in range(k_count):
+            for s in range(1, prefill_steps + 1):
+                t = s - 1 - k
+                if 0 <= t < given.shape[1]:
+                    columns[s, k] = given[k, t]
+    s = 0
+    while s < steps:
+        count = prefill_steps if s == 0 and prefill_steps > 0 else 1
+        logits = runner.run(columns[s : s + count], inputs)
+        s += count
+        guided = logits[1] + (logits[0] - logits[1]) * guidance
+        for k in range(k_count):
+            t = s - 1 - k
+            if 0 <= t < frames and not (given is not None and s <= prefill_steps):
+                columns[s, k] = pick(guided[k], rng, top_k)
+    codes = np.zeros((k_count, frames), np.int64)
+    for k in range(k_count):
+        codes[k] = columns[k + 1 : k + 1 + frames, k]
+    return codes, runner
+
+
+def pick(logits: np.ndarray, rng: np.random.Generator | None, top_k: int) -> int:
+    if rng is None:
+        return int(np.argmax(logits))
+    top = np.argpartition(logits, -top_k)[-top_k:]
+    weights = np.exp(logits[top] - logits[top].max())
+    return int(rng.choice(top, p=weights / weights.sum()))
