@@ -27,6 +27,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
+import codec_graphs
 import stepper
 from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
 from torch import nn
@@ -290,15 +291,6 @@ class CrossKvGraph(nn.Module):
         return tuple(outputs)
 
 
-class CodecDecoderGraph(nn.Module):
-    def __init__(self, model):
-        super().__init__()
-        self.codec = model.audio_encoder
-
-    def forward(self, audio_codes):
-        return self.codec.decode(audio_codes[None], [None]).audio_values
-
-
 class CodecEncoderGraph(nn.Module):
     def __init__(self, model, bandwidth):
         super().__init__()
@@ -387,17 +379,8 @@ def export_graphs(model, out: Path, progress: Progress) -> dict:
     save_model(build_decoder_graph(model), out / "decoder.onnx")
     graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers))
 
-    progress.stage("exporting codec_decoder.onnx")
-    codes = torch.randint(0, dec.vocab_size, (1, k, 10))
-    export_graph_traced(
-        CodecDecoderGraph(model),
-        (codes,),
-        out / "codec_decoder.onnx",
-        ["audio_codes"],
-        ["audio_values"],
-        {"audio_codes": {2: "frames"}, "audio_values": {2: "samples"}},
-    )
-    graphs["codec_decoder"] = ("codec_decoder.onnx", ["audio_codes"], ["audio_values"])
+    progress.stage("exporting codec_frontend.onnx and codec_upsampler.onnx")
+    graphs.update(codec_graphs.export_codec_graphs(model, out, export_graph_traced))
 
     progress.stage("exporting codec_encoder.onnx")
     bandwidth = model.audio_encoder.config.target_bandwidths[0]
@@ -495,7 +478,8 @@ def sessions(out: Path):
     options = ort.SessionOptions()
     options.intra_op_num_threads = max(1, (os.cpu_count() or 2))
     make = lambda name: ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])  # noqa: E731
-    return {name: make(f"{name}.onnx") for name in ("text_encoder", "cross_kv", "decoder", "codec_decoder")}
+    names = ("text_encoder", "cross_kv", "decoder", "codec_frontend", "codec_upsampler")
+    return {name: make(f"{name}.onnx") for name in names}
 
 
 def transformers_generate(model, input_ids, new_tokens: int):
@@ -556,12 +540,32 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
         assert agreement > 0.05, f"only {agreement:.3f} of the codes agree with transformers'"
         assert prefill_agreement > 0.5, f"prefill and steps agree on only {prefill_agreement:.3f} of the codes"
 
-    progress.stage("self-check: codec_decoder.onnx against transformers' decode")
-    audio = graphs["codec_decoder"].run(None, {"audio_codes": reference_codes[None].astype(np.int64)})[0][0, 0]
+    progress.stage("self-check: codec_frontend.onnx (in two calls) and codec_upsampler.onnx against transformers' decode")
+    codec = manifest["codec"]
+    windowed, audio = codec_graphs.decode(
+        graphs["codec_frontend"],
+        graphs["codec_upsampler"],
+        reference_codes,
+        codec["conv_context_frames"],
+        codec["lstm_layers"],
+        codec["lstm_width"],
+        split=frames // 3,
+        chunk=10,
+    )
+    window_error = float(np.max(np.abs(windowed - audio)))
+    report["codec_window_max_abs_error"] = window_error
+    print(f"    upsampler windows of 10 frames against one call: max abs error {window_error:.3e}")
+    assert window_error <= 1e-4, f"the upsampler's context is too short: windows differ by {window_error}"
     max_error = float(np.max(np.abs(audio - reference_audio)))
+    snr_db = float(10 * np.log10(np.sum(reference_audio**2) / max(np.sum((audio - reference_audio) ** 2), 1e-30)))
     report["codec_max_abs_error"] = max_error
-    print(f"    codec max abs error: {max_error:.3e}")
-    assert max_error <= 1e-4, f"codec graph differs from transformers' decode by {max_error}"
+    report["codec_snr_db"] = snr_db
+    print(f"    codec max abs error: {max_error:.3e}, SNR {snr_db:.1f} dB")
+    if codec["lstm_weights"] == "float32":
+        assert max_error <= 1e-4, f"codec graphs differ from transformers' decode by {max_error}"
+    else:
+        # An int8 LSTM is kept only while its audio stays this close to float32's.
+        assert snr_db >= 30.0, f"the int8 codec LSTM's audio is {snr_db:.1f} dB from float32's"
 
     if args.golden:
         write_golden(out, prompt_ids, reference_codes, reference_audio, manifest)
@@ -636,6 +640,13 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
             "hidden_size": model.text_encoder.config.d_model,
             "max_tokens": 512,
         },
+        "codec": {
+            "conv_context_frames": codec_graphs.conv_context_frames(model),
+            "upsampler_context_frames": codec_graphs.UPSAMPLER_CONTEXT_FRAMES,
+            "lstm_layers": codec_graphs.lstm_shape(model)[0],
+            "lstm_width": codec_graphs.lstm_shape(model)[1],
+            "lstm_weights": codec_lstm(args),
+        },
         "quantization": quantization_spec(args),
         "kv_cache": {"dtype": kv_cache or args.kv_cache},
         "graphs": {},
@@ -645,6 +656,13 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         manifest["graphs"][key] = {"file": file, "inputs": inputs, "outputs": outputs}
     (out / "musicgen.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def codec_lstm(args) -> str:
+    """The codec LSTM's weights: `auto` is int8 for bundles with quantized weights."""
+    if args.codec_lstm == "auto":
+        return "int8" if args.quantize != "none" else "float32"
+    return args.codec_lstm
 
 
 def quantization_spec(args) -> dict:
@@ -686,11 +704,17 @@ def main() -> int:
     parser.add_argument("--no-quantize-lm-heads", dest="quantize_lm_heads", action="store_false", help="keep the LM heads in float32")
     parser.add_argument("--quantize-embeddings", action="store_true", help="codebook embeddings as GatherBlockQuantized")
     parser.add_argument("--kv-cache", choices=["float32", "int8"], default="float32", help="self-attention cache type")
+    parser.add_argument(
+        "--codec-lstm",
+        choices=["auto", "float32", "int8"],
+        default="auto",
+        help="codec LSTM weights (auto: int8 when --quantize is set)",
+    )
     parser.add_argument("--golden", action="store_true", help="also write golden.json and golden.wav")
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
-    if args.golden and (args.quantize != "none" or args.kv_cache != "float32"):
-        parser.error("--golden needs an exact bundle: float32 weights and cache")
+    if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or codec_lstm(args) != "float32"):
+        parser.error("--golden needs an exact bundle: float32 weights, cache and codec")
 
     progress = Progress()
     torch.set_num_threads(max(1, os.cpu_count() or 2))
@@ -710,6 +734,9 @@ def main() -> int:
             progress.stage("writing decoder.onnx (int8 cache)")
             save_model(build_decoder_graph(model, "int8", scales), staging / "decoder.onnx")
         quantize_decoder(staging, args, progress)
+        if codec_lstm(args) == "int8":
+            progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
+            codec_graphs.quantize_lstm(staging / "codec_frontend.onnx")
         manifest = write_manifest(model, name, staging, graphs, args)
         if not args.skip_check:
             report = check_bundle(model, staging, manifest, args, progress)

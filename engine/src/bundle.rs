@@ -68,6 +68,7 @@ pub struct Manifest {
     pub pattern: PatternSpec,
     pub max_frames: usize,
     pub decoder: DecoderGeometry,
+    pub codec: CodecGeometry,
     pub quantization: Quantization,
     pub kv_cache: KvCacheSpec,
     pub graphs: BTreeMap<String, GraphSpec>,
@@ -131,6 +132,17 @@ pub struct DecoderGeometry {
     pub hidden_size: usize,
 }
 
+/// How the codec's decoder is split for streaming (see [`crate::codec`]).
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct CodecGeometry {
+    /// Frames the front end's first convolution reads on each side of a frame.
+    pub conv_context_frames: usize,
+    /// Frames of features on each side of a chunk that make the upsampler's output exact.
+    pub upsampler_context_frames: usize,
+    pub lstm_layers: usize,
+    pub lstm_width: usize,
+}
+
 #[derive(Clone, Debug, Deserialize)]
 pub struct GraphSpec {
     pub file: String,
@@ -144,7 +156,8 @@ pub enum Graph {
     TextEncoder,
     CrossKv,
     Decoder,
-    CodecDecoder,
+    CodecFrontend,
+    CodecUpsampler,
     CodecEncoder,
 }
 
@@ -154,13 +167,20 @@ impl Graph {
             Self::TextEncoder => "text_encoder",
             Self::CrossKv => "cross_kv",
             Self::Decoder => "decoder",
-            Self::CodecDecoder => "codec_decoder",
+            Self::CodecFrontend => "codec_frontend",
+            Self::CodecUpsampler => "codec_upsampler",
             Self::CodecEncoder => "codec_encoder",
         }
     }
 
     /// Graphs every bundle must have; the codec encoder is only needed to continue audio.
-    const REQUIRED: [Graph; 4] = [Self::TextEncoder, Self::CrossKv, Self::Decoder, Self::CodecDecoder];
+    const REQUIRED: [Graph; 5] = [
+        Self::TextEncoder,
+        Self::CrossKv,
+        Self::Decoder,
+        Self::CodecFrontend,
+        Self::CodecUpsampler,
+    ];
 }
 
 /// A bundle folder with a checked manifest.
@@ -383,7 +403,11 @@ impl Bundle {
                     vec![2, m.decoder.num_heads as i64, -1, m.decoder.head_dim as i64],
                 ),
             ],
-            Graph::CodecDecoder => vec![("audio_codes", vec![1, k, -1])],
+            Graph::CodecFrontend => vec![
+                ("audio_codes", vec![1, k, -1]),
+                ("lstm_h", vec![m.codec.lstm_layers as i64, 1, m.codec.lstm_width as i64]),
+            ],
+            Graph::CodecUpsampler => vec![("features", vec![1, m.codec.lstm_width as i64, -1])],
             Graph::TextEncoder => vec![("conditioning", vec![1, -1, m.decoder.hidden_size as i64])],
             Graph::CrossKv | Graph::CodecEncoder => Vec::new(),
         }

@@ -1,11 +1,14 @@
-//! Encodec decoding of a stream of frames, window by window.
+//! Encodec decoding of a stream of frames, exactly, as the frames arrive.
 //!
-//! The codec decoder is convolutional with a recurrent core, so a frame's audio depends
-//! on frames around it. [`StreamingCodec`] decodes each new chunk of frames together with
-//! [`CodecWindow::left_frames`] before it and [`CodecWindow::right_frames`] after it, keeps
-//! only the chunk's samples, and crossfades the seam with the previous window's
-//! prediction of the same samples. With enough context the stream matches an offline
-//! decode of all frames closely (the golden test states the SNR).
+//! The bundle splits Encodec's decoder at its LSTM (see `models/codec_graphs.py`): the
+//! *front end* (codebook embeddings, the first convolution and the LSTM) runs each frame
+//! once, carrying the LSTM's state from call to call, and gives frame-rate features; the
+//! *upsampler* turns features into audio, and since its receptive field is short, a chunk
+//! of frames decoded with [`CodecGeometry::upsampler_context_frames`] of features on each
+//! side gives exactly the samples an offline decode gives. The first convolution looks
+//! [`CodecGeometry::conv_context_frames`] frames ahead, and at a stream's ends the codes
+//! are reflected as Encodec pads them, so the whole stream equals an offline decode of
+//! all its frames up to float rounding.
 //!
 //! [`AudioEncoder`] goes the other way, for continuing given audio.
 
@@ -15,7 +18,7 @@ use ort::session::Session;
 use ort::value::TensorRef;
 use parking_lot::Mutex;
 
-use crate::bundle::{Bundle, BundleError, Graph};
+use crate::bundle::{Bundle, BundleError, CodecGeometry, Graph};
 use crate::pattern::CodeGrid;
 use crate::resample::{ResampleError, StreamResampler};
 use crate::runtime::{ExecutionProvider, Runtime};
@@ -36,57 +39,58 @@ pub enum CodecError {
     Resample(#[from] ResampleError),
 }
 
-/// The shortest window the codec graph decodes.
-const MIN_WINDOW_FRAMES: usize = 8;
-
-/// How much context each window carries, in frames.
+/// How many frames the upsampler decodes per call.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CodecWindow {
-    /// New frames decoded per window.
+    /// New frames decoded per call once the stream runs.
     pub chunk_frames: usize,
-    /// Frames before the chunk, for the recurrent state and the left side of the kernels.
-    pub left_frames: usize,
-    /// Frames after the chunk; each adds a frame of latency.
-    pub right_frames: usize,
-    /// Samples crossfaded at each seam; at most one frame.
-    pub crossfade_samples: usize,
-    /// New frames in the first window; later windows double until `chunk_frames`, so
-    /// the first audio comes after a few frames instead of a whole chunk.
+    /// New frames in the first call; later calls double until `chunk_frames`, so the
+    /// first audio comes after a few frames instead of a whole chunk.
     pub first_chunk_frames: usize,
 }
 
-/// Chunks of 10 with 10 frames of left context decode each frame 2.2 times instead of
-/// 6.4 (chunks of 5 with 25): on musicgen-small's codec 13.6 instead of 29.6 ms per frame.
-/// Against transformers' offline decode of the tiny bundle's golden codes the stream
-/// measures 63.7 dB (60.4 dB with 5 and 25): the right context matters more than the
-/// left (4 frames on the right reach 106 dB, for 40 ms more latency).
+/// Chunks of 10 frames: the upsampler decodes 14 frames for every 10 it emits (2 of
+/// context on each side), and a chunk adds 200 ms of latency.
 impl Default for CodecWindow {
     fn default() -> Self {
         Self {
             chunk_frames: 10,
-            left_frames: 10,
-            right_frames: 2,
-            crossfade_samples: 128,
             first_chunk_frames: 2,
         }
     }
 }
 
+/// The two codec graphs, shared by the forks of one stream (one codec thread uses them in
+/// turn).
+struct CodecSessions {
+    frontend: Mutex<Session>,
+    upsampler: Mutex<Session>,
+}
+
 pub struct StreamingCodec {
-    /// Shared by the forks of one stream (one codec thread uses them in turn).
-    session: Arc<Mutex<Session>>,
+    sessions: Arc<CodecSessions>,
     window: CodecWindow,
+    geometry: CodecGeometry,
     num_codebooks: usize,
     samples_per_frame: usize,
-    /// Codebook-major codes of every frame received: `codes[k][t]`.
+    /// Codebook-major codes of the frames still needed: `codes[k][t - codes_start]`.
     codes: Vec<Vec<i64>>,
-    /// Frames whose audio has been emitted (up to the pending crossfade).
+    codes_start: usize,
+    frames_received: usize,
+    /// The LSTM's state after the last frame with features, `[layers, 1, width]` each.
+    lstm_h: Vec<f32>,
+    lstm_c: Vec<f32>,
+    /// Frame-major features of the frames still needed: `features[(t - features_start) * width..]`.
+    features: Vec<f32>,
+    features_start: usize,
+    /// Frames whose features have been computed.
+    featured_frames: usize,
+    /// Frames whose audio has been emitted.
     emitted_frames: usize,
     /// Leading frames given as context only.
     context_frames: usize,
-    /// The previous window's audio for the first samples of the next chunk.
-    seam: Vec<f32>,
     window_codes: Vec<i64>,
+    window_features: Vec<f32>,
 }
 
 impl StreamingCodec {
@@ -98,20 +102,34 @@ impl StreamingCodec {
         window: CodecWindow,
     ) -> Result<Self, CodecError> {
         let manifest = bundle.manifest();
-        let (session, _) = bundle.session_on(runtime, Graph::CodecDecoder, threads, provider)?;
+        let (frontend, _) = bundle.session_on(runtime, Graph::CodecFrontend, threads, provider)?;
+        let (upsampler, _) = bundle.session_on(runtime, Graph::CodecUpsampler, threads, provider)?;
+        let geometry = manifest.codec;
+        let state = vec![0.0; geometry.lstm_layers * geometry.lstm_width];
         Ok(Self {
-            session: Arc::new(Mutex::new(session)),
+            sessions: Arc::new(CodecSessions {
+                frontend: Mutex::new(frontend),
+                upsampler: Mutex::new(upsampler),
+            }),
             window: CodecWindow {
-                crossfade_samples: window.crossfade_samples.min(manifest.samples_per_frame),
-                ..window
+                chunk_frames: window.chunk_frames.max(1),
+                first_chunk_frames: window.first_chunk_frames.clamp(1, window.chunk_frames.max(1)),
             },
+            geometry,
             num_codebooks: manifest.num_codebooks,
             samples_per_frame: manifest.samples_per_frame,
             codes: vec![Vec::new(); manifest.num_codebooks],
+            codes_start: 0,
+            frames_received: 0,
+            lstm_h: state.clone(),
+            lstm_c: state,
+            features: Vec::new(),
+            features_start: 0,
+            featured_frames: 0,
             emitted_frames: 0,
             context_frames: 0,
-            seam: Vec::new(),
             window_codes: Vec::new(),
+            window_features: Vec::new(),
         })
     }
 
@@ -119,19 +137,27 @@ impl StreamingCodec {
         self.window
     }
 
-    /// A copy of this stream's state on the same session: the same frames so far, decoded
+    /// A copy of this stream's state on the same sessions: the same frames so far, decoded
     /// on from here independently (to crossfade two continuations of one stream).
     pub fn fork(&self) -> Self {
         Self {
-            session: Arc::clone(&self.session),
+            sessions: Arc::clone(&self.sessions),
             window: self.window,
+            geometry: self.geometry,
             num_codebooks: self.num_codebooks,
             samples_per_frame: self.samples_per_frame,
             codes: self.codes.clone(),
+            codes_start: self.codes_start,
+            frames_received: self.frames_received,
+            lstm_h: self.lstm_h.clone(),
+            lstm_c: self.lstm_c.clone(),
+            features: self.features.clone(),
+            features_start: self.features_start,
+            featured_frames: self.featured_frames,
             emitted_frames: self.emitted_frames,
             context_frames: self.context_frames,
-            seam: self.seam.clone(),
             window_codes: Vec::new(),
+            window_features: Vec::new(),
         }
     }
 
@@ -141,34 +167,27 @@ impl StreamingCodec {
         self.emitted_frames
     }
 
-    /// Latency the windowing adds between a frame's completion and its audio, in frames.
+    /// Frames between a frame's completion and its audio: the first convolution's look
+    /// ahead, the upsampler's right context and a chunk.
     pub fn latency_frames(&self) -> usize {
-        self.window.chunk_frames + self.window.right_frames
-    }
-
-    /// Starts a new stream: forgets every frame.
-    pub fn reset(&mut self) {
-        self.codes.iter_mut().for_each(Vec::clear);
-        self.emitted_frames = 0;
-        self.context_frames = 0;
-        self.seam.clear();
+        self.geometry.conv_context_frames + self.geometry.upsampler_context_frames + self.window.chunk_frames
     }
 
     pub fn frames_received(&self) -> usize {
-        self.codes[0].len()
+        self.frames_received
     }
 
-    /// Adds a frame that has already been heard: later windows take it as left context,
-    /// but it is not decoded itself. Only before the first frame to decode.
+    /// Adds a frame that has already been heard: it passes through the front end, so the
+    /// LSTM and the next chunk's left context are as if it had been decoded, but its audio
+    /// is not. Only before the first frame to decode.
     pub fn push_context_frame(&mut self, frame: &[u32]) {
         debug_assert_eq!(
-            self.emitted_frames,
-            self.frames_received(),
+            self.emitted_frames, self.frames_received,
             "context comes before new frames"
         );
         self.push_frame(frame);
-        self.emitted_frames = self.frames_received();
-        self.context_frames = self.frames_received();
+        self.emitted_frames = self.frames_received;
+        self.context_frames = self.frames_received;
     }
 
     /// Adds one frame's codes (K values).
@@ -176,24 +195,37 @@ impl StreamingCodec {
         for (row, &code) in self.codes.iter_mut().zip(frame) {
             row.push(i64::from(code));
         }
+        self.frames_received += 1;
     }
 
-    /// Decodes every chunk that has its right context and appends its samples to `out`.
+    /// Decodes every chunk whose right context has arrived and appends its samples to `out`.
     pub fn decode_ready(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+        let lookahead = self.geometry.conv_context_frames + self.geometry.upsampler_context_frames;
         loop {
             let end = self.emitted_frames + self.next_chunk_frames();
-            if self.frames_received() < end + self.window.right_frames {
+            if self.frames_received < end + lookahead {
                 return Ok(());
             }
+            self.run_frontend(self.frames_received - self.geometry.conv_context_frames, false)?;
             self.decode_chunk(end, out)?;
         }
+    }
+
+    /// Decodes what is left at the end of a stream and appends it to `out`.
+    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+        self.run_frontend(self.frames_received, true)?;
+        while self.emitted_frames < self.featured_frames {
+            let end = (self.emitted_frames + self.next_chunk_frames()).min(self.featured_frames);
+            self.decode_chunk(end, out)?;
+        }
+        Ok(())
     }
 
     /// The size of the next chunk: the first chunk's, doubled per chunk emitted so far,
     /// up to the steady chunk.
     fn next_chunk_frames(&self) -> usize {
-        let steady = self.window.chunk_frames.max(1);
-        let mut chunk = self.window.first_chunk_frames.clamp(1, steady);
+        let steady = self.window.chunk_frames;
+        let mut chunk = self.window.first_chunk_frames;
         let mut emitted = 0;
         while emitted < self.emitted_frames - self.context_frames && chunk < steady {
             emitted += chunk;
@@ -202,62 +234,116 @@ impl StreamingCodec {
         chunk
     }
 
-    /// Decodes what is left at the end of a stream and appends it to `out`.
-    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
-        while self.emitted_frames < self.frames_received() {
-            let end = (self.emitted_frames + self.next_chunk_frames()).min(self.frames_received());
-            self.decode_chunk(end, out)?;
+    /// The code of codebook `k` at frame `t`, which may lie before the stream or (when it
+    /// has ended) after it: Encodec pads by reflection, and so do we.
+    fn code_at(&self, k: usize, t: isize, ended: bool) -> i64 {
+        let last = self.frames_received as isize - 1;
+        let mut t = t;
+        if t < 0 {
+            t = -t;
         }
+        if ended && t > last {
+            t = 2 * last - t;
+        }
+        // A stream shorter than the padding cannot reflect: repeat its edge frames.
+        let t = t.clamp(self.codes_start as isize, last) as usize;
+        self.codes[k][t - self.codes_start]
+    }
+
+    /// Computes the features of frames up to `end` (the front end looks
+    /// `conv_context_frames` ahead; past a stream's end it reflects).
+    fn run_frontend(&mut self, end: usize, ended: bool) -> Result<(), CodecError> {
+        let first = self.featured_frames;
+        if end <= first {
+            return Ok(());
+        }
+        let context = self.geometry.conv_context_frames as isize;
+        let width = end - first + 2 * self.geometry.conv_context_frames;
+        self.window_codes.clear();
+        for k in 0..self.num_codebooks {
+            for t in first as isize - context..end as isize + context {
+                let code = self.code_at(k, t, ended);
+                self.window_codes.push(code);
+            }
+        }
+        let run_error = |source| CodecError::Run { first, end, source };
+        let (layers, lstm_width) = (self.geometry.lstm_layers, self.geometry.lstm_width);
+        let state_shape = [layers, 1, lstm_width];
+        let mut session = self.sessions.frontend.lock();
+        let outputs = session
+            .run(ort::inputs![
+                "audio_codes" => TensorRef::from_array_view(([1usize, self.num_codebooks, width], &self.window_codes[..])).map_err(run_error)?,
+                "lstm_h" => TensorRef::from_array_view((state_shape, &self.lstm_h[..])).map_err(run_error)?,
+                "lstm_c" => TensorRef::from_array_view((state_shape, &self.lstm_c[..])).map_err(run_error)?,
+            ])
+            .map_err(run_error)?;
+        let (_, features) = outputs["features"].try_extract_tensor::<f32>().map_err(run_error)?;
+        let frames = end - first;
+        // `[1, width, frames]` channel-major in, frame-major kept.
+        for t in 0..frames {
+            self.features
+                .extend((0..lstm_width).map(|channel| features[channel * frames + t]));
+        }
+        let (_, h) = outputs["lstm_h_out"].try_extract_tensor::<f32>().map_err(run_error)?;
+        self.lstm_h.copy_from_slice(h);
+        let (_, c) = outputs["lstm_c_out"].try_extract_tensor::<f32>().map_err(run_error)?;
+        self.lstm_c.copy_from_slice(c);
+        self.featured_frames = end;
         Ok(())
     }
 
-    /// Emits the audio of frames `emitted_frames..end`, holding back the crossfade tail
-    /// when more frames follow.
+    /// Emits the audio of frames `emitted_frames..end` from their features and up to
+    /// `upsampler_context_frames` on each side.
     fn decode_chunk(&mut self, end: usize, out: &mut Vec<f32>) -> Result<(), CodecError> {
         let first = self.emitted_frames;
-        let window_start = first.saturating_sub(self.window.left_frames);
-        let window_end = (end + self.window.right_frames).min(self.frames_received());
-        // Encodec's reflection padding needs a few frames; a shorter stream is padded
-        // with its last frame, whose audio is dropped.
-        let width = (window_end - window_start).max(MIN_WINDOW_FRAMES);
-        self.window_codes.clear();
-        for row in &self.codes {
-            let real = &row[window_start..window_end];
-            self.window_codes.extend_from_slice(real);
-            let last = real[real.len() - 1];
-            self.window_codes.extend(std::iter::repeat_n(last, width - real.len()));
+        let context = self.geometry.upsampler_context_frames;
+        let window_start = first.saturating_sub(context).max(self.features_start);
+        let window_end = (end + context).min(self.featured_frames);
+        let lstm_width = self.geometry.lstm_width;
+        let frames = window_end - window_start;
+        self.window_features.clear();
+        for channel in 0..lstm_width {
+            for t in window_start..window_end {
+                self.window_features
+                    .push(self.features[(t - self.features_start) * lstm_width + channel]);
+            }
         }
         let run_error = |source| CodecError::Run { first, end, source };
-        let codes = TensorRef::from_array_view(([1usize, self.num_codebooks, width], &self.window_codes[..]))
-            .map_err(run_error)?;
-        let mut session = self.session.lock();
-        let outputs = session.run(ort::inputs!["audio_codes" => codes]).map_err(run_error)?;
+        let features =
+            TensorRef::from_array_view(([1usize, lstm_width, frames], &self.window_features[..])).map_err(run_error)?;
+        let mut session = self.sessions.upsampler.lock();
+        let outputs = session.run(ort::inputs!["features" => features]).map_err(run_error)?;
         let (_, audio) = outputs["audio_values"].try_extract_tensor::<f32>().map_err(run_error)?;
-
         let spf = self.samples_per_frame;
-        let chunk_start = (first - window_start) * spf;
-        let chunk_end = (end - window_start) * spf;
-        let fade = self.seam.len();
-        for (i, (&new, old)) in audio[chunk_start..chunk_start + fade]
-            .iter()
-            .zip(&self.seam)
-            .enumerate()
-        {
-            let w = (i + 1) as f32 / (fade + 1) as f32;
-            out.push(old * (1.0 - w) + new * w);
-        }
-        self.seam.clear();
-        let more_follow = window_end > end;
-        let tail = if more_follow {
-            self.window.crossfade_samples.min(audio.len() - chunk_end)
-        } else {
-            0
-        };
-        out.extend_from_slice(&audio[chunk_start + fade..chunk_end]);
-        // The next chunk starts with a crossfade from this window's view of its first samples.
-        self.seam.extend_from_slice(&audio[chunk_end..chunk_end + tail]);
+        out.extend_from_slice(&audio[(first - window_start) * spf..(end - window_start) * spf]);
+        drop(outputs);
+        drop(session);
         self.emitted_frames = end;
+        self.forget_old_frames();
         Ok(())
+    }
+
+    /// Drops codes and features no later call reads: the history stays bounded however
+    /// long the stream runs.
+    fn forget_old_frames(&mut self) {
+        let keep_features_from = self
+            .emitted_frames
+            .saturating_sub(self.geometry.upsampler_context_frames);
+        if keep_features_from > self.features_start {
+            let drop = keep_features_from - self.features_start;
+            self.features.drain(..drop * self.geometry.lstm_width);
+            self.features_start = keep_features_from;
+        }
+        // The front end reads back `conv_context_frames` before its next frame; a stream
+        // shorter than that reflects from its start, so keep those while it is short.
+        let keep_codes_from = self.featured_frames.saturating_sub(self.geometry.conv_context_frames);
+        if keep_codes_from > self.codes_start + 2 * self.geometry.conv_context_frames {
+            let drop = keep_codes_from - self.codes_start;
+            for row in &mut self.codes {
+                row.drain(..drop);
+            }
+            self.codes_start = keep_codes_from;
+        }
     }
 }
 

@@ -333,7 +333,7 @@ impl Stream {
             pending_prompts: VecDeque::new(),
             crossfade_frames: (config.prompt_crossfade_seconds.max(0.0) * frame_rate_hz).round() as usize,
             fading: None,
-            blend_margin_frames: codec.window().chunk_frames + codec.window().right_frames + 1,
+            blend_margin_frames: codec.latency_frames() + 1,
         };
         let (resamplers, resampler_rx) = unbounded();
         let output_rate_hz = Arc::new(AtomicU32::new(config.output_rate_hz));

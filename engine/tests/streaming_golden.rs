@@ -65,7 +65,10 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
         "streamed decode vs transformers' offline decode: SNR {snr:.1} dB over {} samples",
         audio.len()
     );
-    assert!(snr >= 40.0, "SNR {snr:.1} dB is below 40 dB");
+    assert!(
+        snr >= 100.0,
+        "SNR {snr:.1} dB is below 100 dB: the stream no longer decodes exactly"
+    );
 }
 
 #[test]
