@@ -7,12 +7,17 @@
 //! underrun, and fades back in when audio returns. [`PlaybackStats`] can be read from any
 //! thread without disturbing either side.
 //!
+//! Playback starts, and resumes after an underrun, only once the buffer holds the
+//! producer's *start threshold* ([`PlaybackProducer::set_start_threshold`]). A stream that
+//! generates slower than real time raises it so that what is buffered lasts: the listener
+//! then hears a wait followed by audio without gaps, never audio that stutters on and off.
+//!
 //! The producer can also retract what is queued ([`PlaybackProducer::discard_queued`]),
 //! for audio made for an output rate that no longer holds: it publishes the count of
 //! samples pushed so far, and the consumer skips up to that count before its next read.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -31,6 +36,10 @@ pub struct PlaybackStats {
     silent_samples: AtomicU64,
     /// Samples pushed before this count are to be skipped, not played.
     discard_before: AtomicU64,
+    /// Samples the buffer must hold before playback starts or resumes.
+    start_threshold: AtomicU64,
+    /// The consumer is holding back until the buffer reaches the start threshold.
+    holding: AtomicBool,
 }
 
 impl PlaybackStats {
@@ -63,16 +72,30 @@ impl PlaybackStats {
         pushed.saturating_sub(taken.max(discard_before))
     }
 
-    /// Samples of silence played because the buffer was empty (before the first audio too).
+    /// Samples of silence played because the buffer was empty or still filling up to the
+    /// start threshold (before the first audio too).
     pub fn silent_samples(&self) -> u64 {
         self.silent_samples.load(Ordering::Relaxed)
+    }
+
+    /// Samples the buffer must hold before playback starts or resumes.
+    pub fn start_threshold(&self) -> u64 {
+        self.start_threshold.load(Ordering::Relaxed)
+    }
+
+    /// The consumer plays silence until the buffer holds [`PlaybackStats::start_threshold`].
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(Ordering::Relaxed)
     }
 }
 
 /// Creates a ring buffer holding `capacity` samples.
 pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer) {
     let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
-    let stats = Arc::new(PlaybackStats::default());
+    let stats = Arc::new(PlaybackStats {
+        holding: AtomicBool::new(true),
+        ..PlaybackStats::default()
+    });
     (
         PlaybackProducer {
             inner: producer,
@@ -83,6 +106,7 @@ pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer)
             stats,
             started: false,
             fading_in: false,
+            holding: true,
             taken: 0,
         },
     )
@@ -123,6 +147,13 @@ impl PlaybackProducer {
         self.inner.capacity().get()
     }
 
+    /// Sets how many samples the buffer must hold before playback starts or resumes
+    /// after an underrun (capped at the buffer's capacity, so that it can always start).
+    pub fn set_start_threshold(&self, samples: usize) {
+        let samples = samples.min(self.capacity()) as u64;
+        self.stats.start_threshold.store(samples, Ordering::Release);
+    }
+
     pub fn stats(&self) -> &Arc<PlaybackStats> {
         &self.stats
     }
@@ -136,6 +167,8 @@ pub struct PlaybackConsumer {
     started: bool,
     /// The previous callback ran dry, so the next audio starts with a fade-in.
     fading_in: bool,
+    /// Waiting for the buffer to reach the start threshold.
+    holding: bool,
     /// Samples popped or skipped so far.
     taken: u64,
 }
@@ -151,6 +184,17 @@ impl PlaybackConsumer {
             self.stats
                 .samples_discarded
                 .fetch_add(skipped as u64, Ordering::Relaxed);
+        }
+        if self.holding {
+            let threshold = self.stats.start_threshold.load(Ordering::Acquire) as usize;
+            let queued = self.inner.occupied_len();
+            if queued == 0 || queued < threshold {
+                out.fill(0.0);
+                self.stats.silent_samples.fetch_add(out.len() as u64, Ordering::Relaxed);
+                return 0;
+            }
+            self.holding = false;
+            self.stats.holding.store(false, Ordering::Relaxed);
         }
         let got = self.inner.pop_slice(out);
         self.taken += got as u64;
@@ -170,6 +214,8 @@ impl PlaybackConsumer {
                 }
                 self.stats.underruns.fetch_add(1, Ordering::Relaxed);
                 self.fading_in = true;
+                self.holding = true;
+                self.stats.holding.store(true, Ordering::Relaxed);
             }
             self.stats
                 .silent_samples
@@ -269,5 +315,41 @@ mod tests {
         assert_eq!(rx.stats().samples_discarded(), 4);
         assert_eq!(rx.stats().samples_played(), 5);
         assert_eq!(rx.stats().samples_queued(), 0);
+    }
+
+    #[test]
+    fn playback_waits_for_the_start_threshold_and_again_after_an_underrun() {
+        let (mut tx, mut rx) = playback_channel(1024);
+        tx.set_start_threshold(300);
+        let mut out = [0.0; 128];
+        tx.push(&[1.0; 200]);
+        assert_eq!(rx.pop(&mut out), 0, "200 queued is below the threshold");
+        assert!(rx.stats().is_holding());
+        tx.push(&[1.0; 100]);
+        assert_eq!(rx.pop(&mut out), 128, "300 queued reaches it");
+        assert!(!rx.stats().is_holding());
+        assert_eq!(rx.pop(&mut out), 128);
+        // Once playing, the buffer is used down to empty.
+        assert_eq!(rx.pop(&mut out), 44);
+        assert_eq!(rx.stats().underruns(), 1);
+        assert!(rx.stats().is_holding());
+        // After the underrun it waits for the whole threshold again instead of playing
+        // each block as it trickles in.
+        tx.push(&[1.0; 128]);
+        assert_eq!(rx.pop(&mut out), 0);
+        tx.push(&[1.0; 172]);
+        assert_eq!(rx.pop(&mut out), 128);
+        assert_eq!(rx.stats().underruns(), 1);
+        assert_eq!(rx.stats().silent_samples(), 128 + 84 + 128);
+    }
+
+    #[test]
+    fn a_threshold_above_the_capacity_still_lets_playback_start() {
+        let (mut tx, mut rx) = playback_channel(256);
+        tx.set_start_threshold(10_000);
+        assert_eq!(rx.stats().start_threshold(), 256);
+        tx.push(&[1.0; 256]);
+        let mut out = [0.0; 64];
+        assert_eq!(rx.pop(&mut out), 64);
     }
 }

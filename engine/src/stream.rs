@@ -92,8 +92,18 @@ pub struct StreamConfig {
     /// and decoded over the fade.
     pub prompt_crossfade_seconds: f64,
     pub output_rate_hz: u32,
-    /// Ring buffer size, in seconds at the output rate.
+    /// Audio the codec thread queues ahead of playback, in seconds at the output rate,
+    /// when the stream keeps up: more survives longer hiccups, less hears prompt changes
+    /// sooner.
     pub buffer_seconds: f64,
+    /// Seconds of audio that must be able to play without a gap before playback starts,
+    /// or resumes after an underrun, when the stream delivers slower than real time: the
+    /// listener waits, then hears uninterrupted audio. `None`: the rest of the requested
+    /// length for a finite stream, [`DEFAULT_BUFFER_AHEAD_SECONDS`] for an endless one.
+    pub buffer_ahead_seconds: Option<f64>,
+    /// Extra time spent on every decoder step, to make a stream as slow as a slower
+    /// machine (tests, and trying the wait before playback on a fast machine).
+    pub step_delay: Duration,
     pub codec_window: CodecWindow,
     pub decoder_threads: usize,
     pub codec_threads: usize,
@@ -119,13 +129,31 @@ impl StreamConfig {
             block_dc: true,
             output_rate_hz: 48_000,
             buffer_seconds: 2.0,
+            buffer_ahead_seconds: None,
+            step_delay: Duration::ZERO,
             codec_window: CodecWindow::default(),
-            decoder_threads: cores.saturating_sub(1).max(1),
+            // Every core: on 2 cores, 2 decoder threads beside the codec thread stream
+            // faster than 1 (`musicgen bench`, see BENCHMARKS.md), though they share a core.
+            decoder_threads: cores,
             codec_threads: 1,
             provider: ExecutionProvider::Auto,
         }
     }
 }
+
+/// Gap-free playback an endless stream that is slower than real time waits for, unless
+/// [`StreamConfig::buffer_ahead_seconds`] says otherwise.
+pub const DEFAULT_BUFFER_AHEAD_SECONDS: f64 = 10.0;
+
+/// The most audio the ring buffer holds, in seconds, however far ahead playback waits.
+const MAX_BUFFER_SECONDS: f64 = 120.0;
+
+/// Audio delivered before the stream's speed is trusted enough to let playback start.
+const SPEED_MEASURE_SECONDS: f64 = 0.2;
+
+/// Margin on the buffer a slow stream waits for: the speed varies as the context window
+/// fills and slides.
+const BUFFER_AHEAD_MARGIN: f64 = 1.25;
 
 /// Steering a running stream.
 #[derive(Clone, Debug)]
@@ -154,6 +182,7 @@ pub struct StreamStatus {
     frames: AtomicU64,
     steps_per_second_bits: AtomicU32,
     realtime_factor_bits: AtomicU32,
+    delivery_factor_bits: AtomicU32,
     first_audio_us: AtomicU64,
     started_frames: AtomicU64,
     finished: AtomicBool,
@@ -186,6 +215,13 @@ impl StreamStatus {
     /// playback.
     pub fn realtime_factor(&self) -> f32 {
         f32::from_bits(self.realtime_factor_bits.load(Ordering::Relaxed))
+    }
+
+    /// Seconds of audio the stream delivers to the ring buffer per second, waits for room
+    /// excluded: decoder, codec and resampler together, what decides whether playback
+    /// keeps up (above 1) or has to wait for a buffer (below). 0 until measured.
+    pub fn delivery_factor(&self) -> f32 {
+        f32::from_bits(self.delivery_factor_bits.load(Ordering::Relaxed))
     }
 
     /// Frames that have at least their first token: a prompt change made now is heard
@@ -223,6 +259,17 @@ impl StreamStatus {
         out.clear();
         out.extend(self.recent.lock().iter().cloned());
     }
+}
+
+/// Where playback stands for a listener.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Readiness {
+    /// The stream is slower than real time and playback waits until the buffer will last;
+    /// the wait left at the measured speed, once measured.
+    Waiting { ready_in_seconds: Option<f64> },
+    /// Playback runs or can start at once; `delivery_factor` is the stream's speed against
+    /// real time (above 1 keeps up; 0 until measured).
+    Ready { delivery_factor: f32 },
 }
 
 /// A running stream. Dropping it stops the threads and waits for them.
@@ -286,7 +333,12 @@ impl Stream {
         let cross = conditioner.encode(&config.prompt)?;
         let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
 
-        let capacity = (config.buffer_seconds * f64::from(config.output_rate_hz)).ceil() as usize;
+        let buffer_ahead = BufferAhead {
+            requested_seconds: config.seconds,
+            ahead_seconds: config.buffer_ahead_seconds,
+            fill_seconds: config.buffer_seconds,
+        };
+        let capacity = (buffer_ahead.capacity_seconds() * f64::from(config.output_rate_hz)).ceil() as usize;
         let (producer, consumer) = playback_channel(capacity.max(1024));
         let status = Arc::new(StreamStatus::default());
         let stop = Arc::new(AtomicBool::new(false));
@@ -332,6 +384,7 @@ impl Stream {
             frame_rate_hz,
             pending_prompts: VecDeque::new(),
             crossfade_frames: (config.prompt_crossfade_seconds.max(0.0) * frame_rate_hz).round() as usize,
+            step_delay: config.step_delay,
             fading: None,
             blend_margin_frames: codec.latency_frames() + 1,
         };
@@ -350,6 +403,9 @@ impl Stream {
             status: Arc::clone(&status),
             stop: Arc::clone(&stop),
             started,
+            buffer_ahead,
+            delivered_seconds: 0.0,
+            waited_for_room: Duration::ZERO,
         };
         let threads = vec![
             spawn("musicgen-generation", move || generation.run()),
@@ -424,6 +480,20 @@ impl Stream {
         self.first_played_frame as f64 + played
     }
 
+    /// Whether playback waits for a buffer that will last, and for how long, or can play.
+    pub fn readiness(&self) -> Readiness {
+        let queued = self.playback.samples_queued();
+        let threshold = self.playback.start_threshold();
+        let delivery_factor = self.status.delivery_factor();
+        if self.playback.is_holding() && queued < threshold && !self.status.is_finished() {
+            let missing_seconds = (threshold - queued) as f64 / f64::from(self.sample_rate_hz());
+            let ready_in_seconds = (delivery_factor > 0.0).then(|| missing_seconds / f64::from(delivery_factor));
+            Readiness::Waiting { ready_in_seconds }
+        } else {
+            Readiness::Ready { delivery_factor }
+        }
+    }
+
     /// Audio waiting in the ring buffer, in seconds at the output rate.
     pub fn seconds_buffered(&self) -> f64 {
         self.playback.samples_queued() as f64 / f64::from(self.sample_rate_hz())
@@ -447,6 +517,43 @@ impl Drop for Stream {
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
+    }
+}
+
+/// How much audio playback waits for before it starts, so that a stream slower than real
+/// time plays without gaps.
+#[derive(Clone, Copy, Debug)]
+struct BufferAhead {
+    /// The stream's length, if finite.
+    requested_seconds: Option<f64>,
+    /// The user's gap-free stretch, if set.
+    ahead_seconds: Option<f64>,
+    /// The usual lead of a stream that keeps up.
+    fill_seconds: f64,
+}
+
+impl BufferAhead {
+    /// Seconds that must play without a gap once playback starts, `played_seconds` in.
+    fn horizon_seconds(&self, played_seconds: f64) -> f64 {
+        let remaining = self.requested_seconds.map(|total| (total - played_seconds).max(0.0));
+        match (self.ahead_seconds, remaining) {
+            (Some(ahead), Some(remaining)) => ahead.min(remaining),
+            (Some(ahead), None) => ahead,
+            (None, Some(remaining)) => remaining,
+            (None, None) => DEFAULT_BUFFER_AHEAD_SECONDS,
+        }
+    }
+
+    /// The buffer, in seconds, from which a stream that delivers `factor` seconds of
+    /// audio per second plays its horizon without a gap: what it cannot deliver in time.
+    fn threshold_seconds(&self, factor: f64, played_seconds: f64) -> f64 {
+        self.horizon_seconds(played_seconds) * (1.0 - factor).max(0.0) * BUFFER_AHEAD_MARGIN
+    }
+
+    /// The ring buffer's size: the usual lead, or the most a slow stream may wait for.
+    fn capacity_seconds(&self) -> f64 {
+        let wait = self.horizon_seconds(0.0) * BUFFER_AHEAD_MARGIN;
+        self.fill_seconds.max(wait.min(MAX_BUFFER_SECONDS)) + 0.5
     }
 }
 
@@ -517,6 +624,7 @@ struct GenerationLoop {
     /// Frames past a crossfade for which the old music is still decoded, so that the codec
     /// windows holding the fade's last frames have their right context.
     blend_margin_frames: usize,
+    step_delay: Duration,
 }
 
 /// The old prompt's continuation during a crossfade.
@@ -560,6 +668,9 @@ impl GenerationLoop {
                 break;
             }
             let completed = self.generator.step(&mut self.decoder, &self.cross)?;
+            if !self.step_delay.is_zero() {
+                std::thread::sleep(self.step_delay);
+            }
             busy += step_started.elapsed();
             for t in completed {
                 if !self.hand_on(t)? {
@@ -672,6 +783,12 @@ impl GenerationLoop {
 
 struct CodecLoop {
     codec: StreamingCodec,
+    buffer_ahead: BufferAhead,
+    /// Audio pushed so far, in seconds (the output rate may change on the way).
+    delivered_seconds: f64,
+    /// Time spent waiting for room in the ring buffer: the listener's pace, not the
+    /// stream's speed.
+    waited_for_room: Duration,
     dc_blocker: Option<DcBlocker>,
     /// The old prompt's audio during a crossfade: a fork of `codec`.
     fading: Option<StreamingCodec>,
@@ -775,12 +892,21 @@ impl CodecLoop {
         }
         let mut offset = 0;
         while offset < resampled.len() {
-            let pushed = self.producer.push(&resampled[offset..]);
+            let rate_hz = f64::from(self.resampler.output_rate_hz());
+            let threshold = self.update_start_threshold(rate_hz);
+            // Queue what the listener's wait needs, or the usual lead when none.
+            let fill = (self.buffer_ahead.fill_seconds * rate_hz) as usize;
+            let limit = fill.max(threshold + (0.1 * rate_hz) as usize);
+            let room = limit.saturating_sub(self.producer.buffered());
+            let pushed = self
+                .producer
+                .push(&resampled[offset..offset + room.min(resampled.len() - offset)]);
             if pushed > 0 && self.status.first_audio_us.load(Ordering::Relaxed) == 0 {
                 let us = self.started.elapsed().as_micros().max(1) as u64;
                 self.status.first_audio_us.store(us, Ordering::Relaxed);
             }
             offset += pushed;
+            self.delivered_seconds += pushed as f64 / rate_hz;
             if offset < resampled.len() {
                 // What is left was made for the old rate when a new one has come.
                 if self.stop.load(Ordering::Acquire) || self.take_new_resampler() {
@@ -788,10 +914,35 @@ impl CodecLoop {
                 }
                 // The audio callback drains the buffer at the output rate: a few
                 // milliseconds frees a useful amount of room.
+                let waiting = Instant::now();
                 std::thread::sleep(Duration::from_millis(2));
+                self.waited_for_room += waiting.elapsed();
             }
         }
         resampled.clear();
+        if last {
+            // Everything is queued: let it all play.
+            self.producer.set_start_threshold(0);
+        }
+    }
+
+    /// Measures the stream's delivery speed and sets how much audio playback waits for;
+    /// returns that threshold in samples.
+    fn update_start_threshold(&mut self, rate_hz: f64) -> usize {
+        let working = self.started.elapsed().saturating_sub(self.waited_for_room);
+        if self.delivered_seconds < SPEED_MEASURE_SECONDS || working.is_zero() {
+            // Not measured yet: hold playback (the threshold is capped at the capacity).
+            self.producer.set_start_threshold(usize::MAX);
+            return 0;
+        }
+        let factor = self.delivered_seconds / working.as_secs_f64();
+        store_f32(&self.status.delivery_factor_bits, factor as f32);
+        let queued_seconds = self.producer.buffered() as f64 / rate_hz;
+        let played_seconds = (self.delivered_seconds - queued_seconds).max(0.0);
+        let seconds = self.buffer_ahead.threshold_seconds(factor, played_seconds);
+        let samples = (seconds * rate_hz).ceil() as usize;
+        self.producer.set_start_threshold(samples);
+        samples
     }
 
     /// Switches to the newest resampler sent for a new output rate, retracting the audio

@@ -21,7 +21,7 @@ use musicgen_engine::codec::AudioEncoder;
 use musicgen_engine::playback::PlaybackConsumer;
 use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -60,7 +60,8 @@ pub struct Snapshot {
     pub error: Option<String>,
     pub provider: String,
     pub steps_per_second: f32,
-    pub realtime_factor: f32,
+    /// Waiting for a buffer that lasts, or playing with this margin on real time.
+    pub readiness: Option<Readiness>,
     pub seconds_buffered: f64,
     pub underruns: u64,
     pub delays: Vec<usize>,
@@ -488,6 +489,7 @@ impl Worker {
         config.seed = self.params.seed.value().max(0) as u64;
         config.window_seconds = f64::from(self.params.window.value());
         config.keep_seconds = f64::from(self.params.keep.value());
+        config.buffer_ahead_seconds = Some(f64::from(self.params.buffer_ahead.value()));
         config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
         config.output_rate_hz = self.output_rate_hz;
         config.provider = *self.params.provider.read();
@@ -522,7 +524,7 @@ impl Worker {
         let status = stream.status();
         snapshot.provider = stream.execution_provider().to_owned();
         snapshot.steps_per_second = status.steps_per_second();
-        snapshot.realtime_factor = status.realtime_factor();
+        snapshot.readiness = Some(stream.readiness());
         snapshot.seconds_buffered = stream.seconds_buffered();
         snapshot.underruns = stream.playback().underruns();
         status.recent_frames(&mut snapshot.recent_frames);

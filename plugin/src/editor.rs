@@ -9,6 +9,7 @@ use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
 use musicgen_engine::bundle::Bundle;
 use musicgen_engine::runtime::ExecutionProvider;
+use musicgen_engine::stream::Readiness;
 use nice_plug::context::gui::GuiContext;
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug_egui::widgets::ParamSlider;
@@ -120,6 +121,21 @@ impl NiceEguiApp for EditorApp {
     }
 }
 
+/// "ready in N s" while a slow stream fills the buffer it needs, otherwise the margin on
+/// real time.
+fn readiness_text(readiness: Option<Readiness>) -> String {
+    match readiness {
+        None | Some(Readiness::Waiting { ready_in_seconds: None }) => "measuring speed".to_owned(),
+        Some(Readiness::Waiting {
+            ready_in_seconds: Some(seconds),
+        }) => format!("slower than real time: ready in {:.0} s", seconds.ceil()),
+        Some(Readiness::Ready { delivery_factor }) if delivery_factor > 0.0 => {
+            format!("real-time x{delivery_factor:.2}")
+        }
+        Some(Readiness::Ready { .. }) => "real-time: measuring".to_owned(),
+    }
+}
+
 impl EditorApp {
     fn parameters(&self, ui: &mut egui::Ui) {
         let Some(gui) = &self.gui else {
@@ -163,6 +179,9 @@ impl EditorApp {
             ui.end_row();
             ui.label("Kept context");
             ui.add(ParamSlider::for_param(&p.keep, &setter));
+            ui.end_row();
+            ui.label("Buffer ahead");
+            ui.add(ParamSlider::for_param(&p.buffer_ahead, &setter));
             ui.end_row();
         });
     }
@@ -234,11 +253,11 @@ impl EditorApp {
     fn status(&self, ui: &mut egui::Ui) {
         let v = &self.view;
         ui.label(format!(
-            "{} | provider {} | {:.1} steps/s | real-time x{:.2} | buffer {:.2} s | underruns {}",
+            "{} | provider {} | {:.1} steps/s | {} | buffer {:.2} s | underruns {}",
             v.state,
             if v.provider.is_empty() { "-" } else { &v.provider },
             v.steps_per_second,
-            v.realtime_factor,
+            readiness_text(v.readiness),
             v.seconds_buffered,
             v.underruns
         ));

@@ -35,6 +35,10 @@ pub struct MusicGenParams {
     /// Seconds of the window the next window keeps (next stream).
     #[id = "keep"]
     pub keep: FloatParam,
+    /// Where generation is slower than real time, playback waits until this many seconds
+    /// can play without a gap (next stream).
+    #[id = "buffer_ahead"]
+    pub buffer_ahead: FloatParam,
     /// A new prompt takes over on the host's next bar line while the transport plays.
     #[id = "bar_sync"]
     pub bar_sync: BoolParam,
@@ -92,6 +96,10 @@ impl Default for MusicGenParams {
                 .non_automatable(),
             keep: FloatParam::new("Kept context", 4.0, FloatRange::Linear { min: 0.0, max: 15.0 })
                 .with_step_size(0.5)
+                .with_unit(" s")
+                .non_automatable(),
+            buffer_ahead: FloatParam::new("Buffer ahead", 10.0, FloatRange::Linear { min: 1.0, max: 60.0 })
+                .with_step_size(1.0)
                 .with_unit(" s")
                 .non_automatable(),
             bar_sync: BoolParam::new("Prompt on next bar", true),

@@ -32,6 +32,11 @@ pub fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
         if buffered >= block.len() || (finished && buffered > 0) {
             let got = consumer.pop(&mut block);
             audio.extend_from_slice(&block[..got]);
+            if got == 0 {
+                // Playback waits until the stream has buffered what it needs.
+                assert!(Instant::now() < deadline, "playback never started");
+                std::thread::sleep(Duration::from_millis(1));
+            }
         } else if finished {
             break;
         } else {
