@@ -179,6 +179,9 @@ pub enum Command {
 #[derive(Debug, Default)]
 pub struct StreamStatus {
     steps: AtomicU64,
+    prefilled_steps: AtomicU64,
+    prefill_us: AtomicU64,
+    generation_us: AtomicU64,
     frames: AtomicU64,
     steps_per_second_bits: AtomicU32,
     realtime_factor_bits: AtomicU32,
@@ -199,6 +202,21 @@ pub const RECENT_FRAMES: usize = 250;
 impl StreamStatus {
     pub fn steps(&self) -> u64 {
         self.steps.load(Ordering::Relaxed)
+    }
+
+    /// Steps run inside prefill calls: given frames and the next windows' contexts.
+    pub fn prefilled_steps(&self) -> u64 {
+        self.prefilled_steps.load(Ordering::Relaxed)
+    }
+
+    /// Time the prefill calls took, part of [`StreamStatus::generation_seconds`].
+    pub fn prefill_seconds(&self) -> f64 {
+        self.prefill_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Time spent generating (waits for the codec thread or the listener excluded).
+    pub fn generation_seconds(&self) -> f64 {
+        self.generation_us.load(Ordering::Relaxed) as f64 / 1e6
     }
 
     pub fn frames(&self) -> u64 {
@@ -685,6 +703,15 @@ impl GenerationLoop {
             let steps = self.generator.steps_done();
             let frames = self.generator.frames_done();
             self.status.steps.store(steps as u64, Ordering::Relaxed);
+            self.status
+                .prefilled_steps
+                .store(self.generator.prefilled_steps() as u64, Ordering::Relaxed);
+            self.status
+                .prefill_us
+                .store(self.generator.prefill_time().as_micros() as u64, Ordering::Relaxed);
+            self.status
+                .generation_us
+                .store(busy.as_micros() as u64, Ordering::Relaxed);
             self.status.frames.store(frames as u64, Ordering::Relaxed);
             self.status
                 .started_frames

@@ -37,10 +37,17 @@ pub struct BenchArgs {
     /// Frames to decode when timing the codec alone.
     #[arg(long, default_value_t = 250)]
     codec_frames: usize,
-    /// Decoder thread counts to time steps with (default: 1 and every core); the stream
-    /// then runs with the fastest at the middle context.
+    /// Decoder thread counts to time steps with (default: every core); the stream then
+    /// runs with the fastest at the middle context.
     #[arg(long, value_delimiter = ',')]
     decoder_threads: Vec<usize>,
+    /// A bundle (the float32 export of the same model) whose greedy stream this bundle's
+    /// greedy stream is compared with: the audio's signal-to-noise ratio.
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// Seconds of the greedy streams compared with the reference.
+    #[arg(long, default_value_t = 5.0)]
+    snr_seconds: f64,
     #[arg(long, default_value = "auto")]
     provider: ExecutionProvider,
     /// ONNX Runtime library to load instead of searching for one.
@@ -50,6 +57,9 @@ pub struct BenchArgs {
 
 /// Untimed steps before each timed run.
 const WARMUP_STEPS: usize = 3;
+
+/// Steps of a lane of the default live window (10 s: 500 frames and the delay pattern's 3).
+const DEFAULT_LANE_STEPS: usize = 504;
 
 #[derive(Serialize)]
 struct Report {
@@ -66,7 +76,10 @@ struct Report {
     codec_ms_per_frame: f64,
     /// Read bandwidth of this machine's memory, every core reading.
     read_bandwidth_gb_per_s: f64,
+    /// Peak resident memory after the timed stream (before any reference run).
     peak_resident_mb: Option<f64>,
+    /// This bundle's greedy stream against the reference bundle's, in dB.
+    snr_db_vs_reference: Option<f64>,
 }
 
 #[derive(Serialize)]
@@ -87,8 +100,15 @@ struct StreamTiming {
     /// Generation steps per second of generation time (waits for room excluded).
     generation_steps_per_second: f64,
     time_to_first_audio_ms: f64,
-    /// Decoder steps the stream ran, the next windows' prefill included.
+    /// Audio seconds delivered to the ring buffer per second, waits for room excluded.
+    delivery_factor: f64,
+    /// Single decoder steps the stream ran.
     steps: u64,
+    /// Steps run inside prefill calls (the next windows' kept context).
+    prefilled_steps: u64,
+    /// Time in prefill calls, and all generation time.
+    prefill_seconds: f64,
+    generation_seconds: f64,
     /// Steps one pattern over the whole audio takes (what a generation without a sliding
     /// window, such as transformers', runs for the same audio).
     pattern_steps: usize,
@@ -99,15 +119,18 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let runtime = Runtime::init(args.ort_library.as_deref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let thread_counts = if args.decoder_threads.is_empty() {
-        let mut counts = vec![1, cores];
-        counts.dedup();
-        counts
+        vec![cores]
     } else {
         args.decoder_threads.clone()
     };
     let manifest = bundle.manifest();
     let geometry = manifest.decoder;
-    let kv_cache_bytes_per_frame = (2 * geometry.num_layers * 2 * geometry.num_heads * geometry.head_dim * 4) as u64;
+    let kv_cache_bytes_per_frame = (2
+        * geometry.num_layers
+        * 2
+        * geometry.num_heads
+        * geometry.head_dim
+        * manifest.kv_cache.dtype.bytes_per_element()) as u64;
 
     let mut contexts = Vec::new();
     let mut provider = String::new();
@@ -138,6 +161,11 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     stream_config.sampling = SamplingSettings::default();
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
     let stream = time_stream(stream_config, args, bundle.pattern(frames).num_steps())?;
+    let peak_resident_mb = peak_resident_mb();
+    let snr_db_vs_reference = match &args.reference {
+        Some(reference) => Some(snr_against(args, reference)?),
+        None => None,
+    };
 
     print_json(&Report {
         model: args.model.display().to_string(),
@@ -149,7 +177,8 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         stream,
         codec_ms_per_frame,
         read_bandwidth_gb_per_s: read_bandwidth_gb_per_s(cores),
-        peak_resident_mb: peak_resident_mb(),
+        peak_resident_mb,
+        snr_db_vs_reference,
     })
 }
 
@@ -168,9 +197,11 @@ fn time_contexts(
     let mut conditioner = Conditioner::load(bundle, runtime, threads, args.provider)?;
     let cross = conditioner.encode(PROMPT)?;
     let mut decoder = Decoder::load(bundle, runtime, threads, args.provider)?;
-    let mut cache = decoder.new_cache(decoder.max_steps())?;
     let tokens = vec![i64::from(manifest.special_token_id); manifest.num_codebooks];
     for &context_frames in &args.contexts {
+        // A cache as a stream has it: a lane of the default window, or as long as the
+        // context asks.
+        let mut cache = decoder.new_cache((context_frames + 1).max(DEFAULT_LANE_STEPS))?;
         // The timed steps end at the context asked for, so that the longest one fits.
         let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
         cache.assume_context(start)?;
@@ -233,14 +264,16 @@ fn time_stream(config: StreamConfig, args: &BenchArgs, pattern_steps: usize) -> 
     loop {
         let finished = stream.status().is_finished();
         let n = consumer.buffered().min(block.len());
-        if n == 0 {
-            if finished {
+        let got = if n == 0 { 0 } else { consumer.pop(&mut block[..n]) };
+        if got == 0 {
+            // Empty, or holding until a slow stream has buffered what it needs.
+            if finished && n == 0 {
                 break;
             }
             std::thread::sleep(Duration::from_millis(1));
             continue;
         }
-        taken += consumer.pop(&mut block[..n]) as u64;
+        taken += got as u64;
         progress.set_position(taken.min(total));
         progress.set_message(format!("{:.1} steps/s", stream.status().steps_per_second()));
     }
@@ -260,7 +293,11 @@ fn time_stream(config: StreamConfig, args: &BenchArgs, pattern_steps: usize) -> 
             .context("the stream produced no audio")?
             .as_secs_f64()
             * 1000.0,
+        delivery_factor: f64::from(status.delivery_factor()),
         steps: status.steps(),
+        prefilled_steps: status.prefilled_steps(),
+        prefill_seconds: status.prefill_seconds(),
+        generation_seconds: status.generation_seconds(),
         pattern_steps,
     };
     eprintln!(
@@ -268,6 +305,53 @@ fn time_stream(config: StreamConfig, args: &BenchArgs, pattern_steps: usize) -> 
         args.stream_seconds, timing.realtime_factor, timing.time_to_first_audio_ms
     );
     Ok(timing)
+}
+
+/// Greedy streams of `snr_seconds` on this bundle and on `reference`, at the codec's own
+/// rate and without the DC blocker; the SNR of this one's audio against the reference's.
+fn snr_against(args: &BenchArgs, reference: &Path) -> Result<f64> {
+    eprintln!(
+        "  greedy streams of {} s against {}",
+        args.snr_seconds,
+        reference.display()
+    );
+    let greedy = |model: &Path| -> Result<Vec<f32>> {
+        let mut config = StreamConfig::new(model.to_path_buf(), PROMPT);
+        config.ort_library = args.ort_library.clone();
+        config.provider = args.provider;
+        config.seconds = Some(args.snr_seconds);
+        config.sampling = SamplingSettings::greedy();
+        config.output_rate_hz = Bundle::open(model)?.manifest().sample_rate_hz;
+        config.block_dc = false;
+        let (stream, mut consumer) = Stream::start(config)?;
+        let mut audio = Vec::new();
+        let mut block = vec![0.0f32; 4096];
+        loop {
+            let finished = stream.status().is_finished();
+            let got = consumer.pop(&mut block);
+            audio.extend_from_slice(&block[..got]);
+            if got == 0 {
+                if finished && consumer.buffered() == 0 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        if let Some(error) = stream.status().error() {
+            anyhow::bail!("{}: the stream stopped: {error}", model.display());
+        }
+        Ok(audio)
+    };
+    let ours = greedy(&args.model)?;
+    let theirs = greedy(reference)?;
+    let n = ours.len().min(theirs.len());
+    let signal: f64 = theirs[..n].iter().map(|&x| f64::from(x).powi(2)).sum();
+    let noise: f64 = ours[..n]
+        .iter()
+        .zip(&theirs[..n])
+        .map(|(&a, &b)| f64::from(a - b).powi(2))
+        .sum();
+    Ok(10.0 * (signal / noise.max(1e-30)).log10())
 }
 
 /// Bytes of a graph's file and its external weight files (`decoder.onnx`, `decoder.onnx.data`, ...).

@@ -72,9 +72,18 @@ struct RenderArgs {
     /// Write the generated codes [K, T] as JSON.
     #[arg(long)]
     codes_out: Option<PathBuf>,
-    /// Pull audio at real-time pace, as an audio device would, and count underruns.
+    /// Pull audio at real-time pace, as an audio device would, and count underruns; the
+    /// file then holds what a listener hears, waits for a slow stream's buffer included.
     #[arg(long)]
     realtime: bool,
+    /// Where generation is slower than real time, playback waits until this many seconds
+    /// can play without a gap (default: the whole render).
+    #[arg(long, value_name = "SECONDS")]
+    buffer_ahead: Option<f64>,
+    /// Extra milliseconds on every decoder step: hear how the instrument behaves on a
+    /// slower machine.
+    #[arg(long, default_value_t = 0.0, value_name = "MS")]
+    step_delay_ms: f64,
     /// Continue this WAV file (any rate, mixed to mono): it plays first, re-encoded, and
     /// the music carries on from its last --keep seconds. --seconds counts the new part.
     #[arg(long = "continue", value_name = "FILE.wav")]

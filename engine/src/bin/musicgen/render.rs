@@ -11,7 +11,7 @@ use musicgen_engine::resample::StreamResampler;
 use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::seam::measure_seams;
-use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
 
 use crate::RenderArgs;
 
@@ -54,6 +54,8 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     config.guidance_scale = args.cfg;
     config.seed = args.seed;
     config.seconds = Some(args.seconds);
+    config.buffer_ahead_seconds = args.buffer_ahead;
+    config.step_delay = Duration::from_secs_f64(args.step_delay_ms.max(0.0) / 1000.0);
     config.output_rate_hz = args.sample_rate.unwrap_or(manifest_rate);
     let rate_hz = config.output_rate_hz;
     let given_seconds = given_frames as f64 / manifest.frame_rate_hz;
@@ -75,7 +77,9 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     let mut block = [0.0f32; CALLBACK_FRAMES];
     let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / f64::from(rate_hz));
     let mut next_callback = Instant::now();
-    while audio.len() < total {
+    // At real-time pace the file records what a listener hears, waits included, to the
+    // stream's end; otherwise it takes the audio as fast as it comes.
+    while args.realtime || audio.len() < total {
         let finished = stream.status().is_finished();
         if finished && consumer.buffered() == 0 {
             break;
@@ -91,22 +95,37 @@ pub fn render(args: &RenderArgs) -> Result<()> {
             let n = consumer.buffered().min(CALLBACK_FRAMES);
             let got = consumer.pop(&mut block[..n]);
             audio.extend_from_slice(&block[..got]);
+            if got == 0 {
+                // Holding until a slow stream has buffered what it needs.
+                std::thread::sleep(Duration::from_millis(1));
+            }
         } else {
             std::thread::sleep(Duration::from_millis(1));
         }
         let status = stream.status();
         progress.set_position(audio.len().min(total) as u64);
-        progress.set_message(format!(
-            "{:.1} steps/s, real-time factor {:.2}",
-            status.steps_per_second(),
-            status.realtime_factor()
-        ));
+        progress.set_message(match stream.readiness() {
+            Readiness::Waiting {
+                ready_in_seconds: Some(seconds),
+            } => format!(
+                "{:.1} steps/s, slower than real time: playback ready in {:.0} s",
+                status.steps_per_second(),
+                seconds.ceil()
+            ),
+            _ => format!(
+                "{:.1} steps/s, real-time factor {:.2}",
+                status.steps_per_second(),
+                status.realtime_factor()
+            ),
+        });
     }
     progress.finish_and_clear();
     if let Some(error) = stream.status().error() {
         anyhow::bail!("generation failed: {error}");
     }
-    audio.truncate(total);
+    if !args.realtime {
+        audio.truncate(total);
+    }
     write_wav(&args.out, &audio, rate_hz)?;
 
     let status = stream.status();
