@@ -28,6 +28,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import codec_graphs
+from graph_facts import decoder_facts
 import stepper
 from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
 from torch import nn
@@ -738,10 +739,11 @@ def main() -> int:
             progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
             codec_graphs.quantize_lstm(staging / "codec_frontend.onnx")
         manifest = write_manifest(model, name, staging, graphs, args)
+        report = decoder_facts(staging / "decoder.onnx")
         if not args.skip_check:
-            report = check_bundle(model, staging, manifest, args, progress)
+            report.update(check_bundle(model, staging, manifest, args, progress))
             print(f"    self-check passed: {json.dumps(report)}")
-            (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.copy2(item, out / item.name)

@@ -50,12 +50,13 @@ pub struct CodecWindow {
 }
 
 /// Chunks of 10 frames: the upsampler decodes 14 frames for every 10 it emits (2 of
-/// context on each side), and a chunk adds 200 ms of latency.
+/// context on each side), and a chunk adds 200 ms of latency. The first chunk is one
+/// frame, so that the first audio waits for as few decoder steps as possible.
 impl Default for CodecWindow {
     fn default() -> Self {
         Self {
             chunk_frames: 10,
-            first_chunk_frames: 2,
+            first_chunk_frames: 1,
         }
     }
 }

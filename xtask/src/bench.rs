@@ -1,56 +1,190 @@
 //! `cargo xtask bench`: exports (once, cached under `target/bench/`) random bundles of
-//! musicgen-small's real shape in fp32, int8 and 4 bits, times each with `musicgen bench`
-//! (one process per bundle), times transformers' own `generate` on the same model as the
-//! anchor, and writes the table to BENCHMARKS.md.
+//! musicgen-small's real shape in each precision and cache type worth comparing, times
+//! each with `musicgen bench` (one process per bundle, so that peak memory is its own),
+//! times transformers' own `generate` on the same model as the anchor, and writes the
+//! tables to BENCHMARKS.md.
+//!
+//! The baseline rows are the engine and exporter as they were before the CPU work
+//! ([`BASELINE_COMMIT`]): a git worktree of that commit is built and runs its own bundles,
+//! in the same run on the same machine as today's.
 
-use std::fmt::Write as _;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
-use crate::{cargo, ort, python, system};
+use crate::bench_report::{self, Measured, RunFacts};
+use crate::{cargo, ort, python, run, system};
 
-/// Targets from the performance issue, shown beside the measured figures.
-const TARGET_STEPS_PER_S: f64 = 50.0;
-const TARGET_ANCHOR_RATIO: f64 = 8.0;
-const TARGET_FIRST_AUDIO_MS: f64 = 300.0;
-const TARGET_CODEC_MS_PER_FRAME: f64 = 2.0;
+/// The last commit before the decoder graph, cache, prefill and codec work.
+pub const BASELINE_COMMIT: &str = "037cb1f8b0cfa3b5cf76a7645596eca3ae190ad7";
 
-struct Variant {
-    name: &'static str,
-    export_args: &'static [&'static str],
+/// Which engine and exporter a row runs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Engine {
+    Current,
+    Baseline,
 }
 
-const VARIANTS: &[Variant] = &[
+pub struct Variant {
+    pub name: &'static str,
+    pub engine: Engine,
+    pub export_args: &'static [&'static str],
+    pub what: &'static str,
+}
+
+/// The bundle the README recommends for the CPU, and the one `--quick` measures.
+pub const RECOMMENDED: &str = "int4-kv8";
+/// The exact bundle the others' greedy streams are compared with.
+const REFERENCE: &str = "fp32";
+
+pub const VARIANTS: &[Variant] = &[
     Variant {
-        name: "fp32",
+        name: "baseline-fp32",
+        engine: Engine::Baseline,
         export_args: &[],
+        what: "before: torch-exported step graph, float32 cache fed whole, windowed codec",
     },
     Variant {
-        name: "int8",
+        name: "baseline-int8",
+        engine: Engine::Baseline,
         export_args: &["--quantize", "int8"],
+        what: "before: int8 MatMulInteger (dynamic)",
+    },
+    Variant {
+        name: "baseline-int4",
+        engine: Engine::Baseline,
+        export_args: &["--quantize", "int4"],
+        what: "before: 4-bit MatMulNBits, accuracy level 0",
+    },
+    Variant {
+        name: "fp32",
+        engine: Engine::Current,
+        export_args: &[],
+        what: "float32 weights and cache (exact)",
+    },
+    Variant {
+        name: "int8dyn-kv8",
+        engine: Engine::Current,
+        export_args: &["--quantize", "int8", "--quant-method", "dynamic", "--kv-cache", "int8"],
+        what: "int8 MatMulInteger, int8 cache",
+    },
+    Variant {
+        name: "int8-kv8",
+        engine: Engine::Current,
+        export_args: &["--quantize", "int8", "--kv-cache", "int8"],
+        what: "8-bit MatMulNBits (level 4), int8 cache",
     },
     Variant {
         name: "int4",
+        engine: Engine::Current,
         export_args: &["--quantize", "int4"],
+        what: "4-bit MatMulNBits (blocks of 32, level 4), float32 cache",
+    },
+    Variant {
+        name: RECOMMENDED,
+        engine: Engine::Current,
+        export_args: &["--quantize", "int4", "--kv-cache", "int8"],
+        what: "4-bit MatMulNBits (blocks of 32, level 4), int8 cache, int8 codec LSTM",
+    },
+    Variant {
+        name: "int4b128-kv8",
+        engine: Engine::Current,
+        export_args: &["--quantize", "int4", "--block-size", "128", "--kv-cache", "int8"],
+        what: "as int4-kv8 with blocks of 128",
+    },
+    Variant {
+        name: "int4-kv8-f32heads",
+        engine: Engine::Current,
+        export_args: &["--quantize", "int4", "--kv-cache", "int8", "--no-quantize-lm-heads"],
+        what: "as int4-kv8 with float32 LM heads",
+    },
+    Variant {
+        name: "int4-kv8-qemb",
+        engine: Engine::Current,
+        export_args: &["--quantize", "int4", "--kv-cache", "int8", "--quantize-embeddings"],
+        what: "as int4-kv8 with 4-bit codebook embeddings",
     },
 ];
 
-/// One bundle's outcome: its `musicgen bench` report, or why there is none.
-struct Measured {
-    variant: &'static str,
-    bundle_mb: f64,
-    export_seconds: Option<f64>,
-    report: Result<Value, String>,
+pub struct BenchOptions {
+    pub stream_seconds: f64,
+    pub quick: bool,
 }
 
-pub fn bench(root: &Path, stream_seconds: f64) -> Result<()> {
+pub fn bench(root: &Path, options: &BenchOptions) -> Result<()> {
     system::ensure_build_prerequisites()?;
     let library = ort::ensure(root, ort::Provider::Cpu)?;
+    let started = Instant::now();
+    let variants: Vec<&Variant> = VARIANTS
+        .iter()
+        .filter(|v| !options.quick || v.name == RECOMMENDED)
+        .collect();
+    let stream_seconds = if options.quick { 10.0 } else { options.stream_seconds };
+    let current = build_current(root)?;
+    let baseline = if variants.iter().any(|v| v.engine == Engine::Baseline) {
+        build_baseline(root).map_err(|e| format!("{e:#}"))
+    } else {
+        Err("not run".to_owned())
+    };
+    let reference = (!options.quick).then(|| bundle_dir(root, REFERENCE));
+    let total = variants.len() + 1;
+    let mut measured = Vec::new();
+    for (i, variant) in variants.iter().enumerate() {
+        println!("[{}/{total}] musicgen-small {}", i + 1, variant.name);
+        let engine = match variant.engine {
+            Engine::Current => Ok(Tools {
+                musicgen: current.clone(),
+                export_py: root.join("models").join("export.py"),
+            }),
+            Engine::Baseline => baseline.clone(),
+        };
+        measured.push(measure(
+            root,
+            variant,
+            engine,
+            &library,
+            stream_seconds,
+            options,
+            reference.as_deref(),
+        ));
+    }
+    let pattern_steps = measured
+        .iter()
+        .find_map(|m| m.report.as_ref().ok())
+        .and_then(|r| r["stream"]["pattern_steps"].as_u64())
+        .context("no bundle could be measured; see the errors above")?;
+    let anchor_steps = if options.quick { 60 } else { pattern_steps };
+    println!("[{total}/{total}] transformers generate, {anchor_steps} steps");
+    let anchor = run_anchor(root, anchor_steps)?;
+    let facts = RunFacts {
+        stream_seconds,
+        total_seconds: started.elapsed().as_secs_f64(),
+        quick: options.quick,
+    };
+    let markdown = bench_report::render(&measured, &anchor, &facts)?;
+    print!("{markdown}");
+    if options.quick {
+        println!("(--quick: BENCHMARKS.md left as it is)");
+        return Ok(());
+    }
+    let out = root.join("BENCHMARKS.md");
+    fs::write(&out, markdown).with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote {}", out.display());
+    Ok(())
+}
+
+/// A `musicgen` binary and the exporter that makes bundles for it.
+#[derive(Clone)]
+struct Tools {
+    musicgen: PathBuf,
+    export_py: PathBuf,
+}
+
+fn build_current(root: &Path) -> Result<PathBuf> {
     cargo(
         root,
         &[
@@ -63,80 +197,139 @@ pub fn bench(root: &Path, stream_seconds: f64) -> Result<()> {
             "musicgen",
         ],
     )?;
-    let musicgen = root.join("target").join("release").join("musicgen");
-    let started = Instant::now();
-    let mut measured = Vec::new();
-    for (i, variant) in VARIANTS.iter().enumerate() {
-        println!("[{}/{}] musicgen-small {}", i + 1, VARIANTS.len() + 1, variant.name);
-        let dir = root
-            .join("target")
-            .join("bench")
-            .join(format!("musicgen-small-{}", variant.name));
-        let export_seconds = match export_once(root, &dir, variant) {
-            Ok(seconds) => seconds,
-            Err(error) => {
-                measured.push(Measured {
-                    variant: variant.name,
-                    bundle_mb: 0.0,
-                    export_seconds: None,
-                    report: Err(format!("export failed: {error:#}")),
-                });
-                continue;
-            }
-        };
-        let report = run_json(
-            Command::new(&musicgen)
-                .args(["bench", "--stream-seconds", &stream_seconds.to_string(), "--model"])
-                .arg(&dir)
-                .arg("--ort-library")
-                .arg(&library),
-        )
-        .map_err(|e| format!("{e:#}"));
-        measured.push(Measured {
-            variant: variant.name,
-            bundle_mb: folder_bytes(&dir)? as f64 / 1e6,
-            export_seconds,
-            report,
-        });
-    }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let steps = measured
-        .iter()
-        .find_map(|m| m.report.as_ref().ok())
-        .and_then(|r| r["stream"]["pattern_steps"].as_u64())
-        .context("no bundle could be measured; see the errors above")?;
-    println!(
-        "[{0}/{0}] transformers generate, {steps} steps, {threads} threads",
-        VARIANTS.len() + 1
-    );
-    let python_bin = python::ensure_venv(root)?;
-    let anchor = run_json(
-        Command::new(python_bin)
-            .arg(root.join("models").join("bench_transformers.py"))
-            .args(["--random", "musicgen-small", "--steps", &steps.to_string()])
-            .args(["--threads", &threads.to_string()])
-            .current_dir(root.join("models")),
-    )?;
-    let markdown = render(&measured, &anchor, stream_seconds, started.elapsed().as_secs_f64())?;
-    print!("{markdown}");
-    let out = root.join("BENCHMARKS.md");
-    fs::write(&out, markdown).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
-    Ok(())
+    Ok(root.join("target").join("release").join("musicgen"))
 }
 
-/// Exports the variant unless `dir` already holds it; returns the export's time when it ran.
-fn export_once(root: &Path, dir: &Path, variant: &Variant) -> Result<Option<f64>> {
+/// Checks out [`BASELINE_COMMIT`] in a worktree under `target/bench/` (once) and builds
+/// its `musicgen` with a target folder of its own.
+fn build_baseline(root: &Path) -> Result<Tools> {
+    let source = root.join("target").join("bench").join("baseline-src");
+    if !source.join("Cargo.toml").is_file() {
+        println!(
+            "checking out the baseline {BASELINE_COMMIT} into {} ...",
+            source.display()
+        );
+        run(Command::new("git")
+            .args(["worktree", "add", "--force", "--detach"])
+            .arg(&source)
+            .arg(BASELINE_COMMIT)
+            .current_dir(root))
+        .context("the baseline rows need the repository's history (a clone, not an archive)")?;
+    }
+    println!("building the baseline engine (release) ...");
+    let target = root.join("target").join("bench").join("baseline-target");
+    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
+    run(Command::new(cargo_bin)
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "--package",
+            "musicgen-engine",
+            "--bin",
+            "musicgen",
+        ])
+        .env("CARGO_TARGET_DIR", &target)
+        .current_dir(&source))?;
+    Ok(Tools {
+        musicgen: target.join("release").join("musicgen"),
+        export_py: source.join("models").join("export.py"),
+    })
+}
+
+fn bundle_dir(root: &Path, name: &str) -> PathBuf {
+    root.join("target").join("bench").join(format!("musicgen-small-{name}"))
+}
+
+/// Exports (once) and times one bundle.
+fn measure(
+    root: &Path,
+    variant: &Variant,
+    tools: Result<Tools, String>,
+    library: &Path,
+    stream_seconds: f64,
+    options: &BenchOptions,
+    reference: Option<&Path>,
+) -> Measured {
+    let dir = bundle_dir(root, variant.name);
+    let failed = |why: String| Measured::failed(variant, why);
+    let tools = match tools {
+        Ok(tools) => tools,
+        Err(why) => return failed(format!("baseline unavailable: {why}")),
+    };
+    let export_seconds = match export_once(root, &dir, &tools.export_py, variant.export_args) {
+        Ok(seconds) => seconds,
+        Err(error) => return failed(format!("export failed: {error:#}")),
+    };
+    let mut command = Command::new(&tools.musicgen);
+    command
+        .args(["bench", "--stream-seconds", &stream_seconds.to_string(), "--model"])
+        .arg(&dir)
+        .arg("--ort-library")
+        .arg(library);
+    if options.quick {
+        command.args(["--steps", "10", "--codec-frames", "100"]);
+    }
+    if let Some(reference) = reference.filter(|_| variant.engine == Engine::Current && variant.name != REFERENCE) {
+        command.arg("--reference").arg(reference);
+    }
+    let report = match run_json(&mut command) {
+        Ok(report) => report,
+        Err(error) => return failed(format!("{error:#}")),
+    };
+    let export_report = fs::read_to_string(dir.join("export_report.json"))
+        .ok()
+        .and_then(|text| serde_json::from_str(&text).ok());
+    let graph = graph_facts(root, &dir).ok();
+    Measured {
+        variant: variant.name,
+        what: variant.what,
+        bundle_mb: folder_bytes(&dir).unwrap_or(0) as f64 / 1e6,
+        export_seconds,
+        report: Ok(report),
+        export_report,
+        graph,
+    }
+}
+
+/// Exports the bundle with `export_py` unless `dir` already holds it; returns the export's
+/// time when it ran.
+fn export_once(root: &Path, dir: &Path, export_py: &Path, export_args: &[&str]) -> Result<Option<f64>> {
     if dir.join("musicgen.json").is_file() {
         println!("    cached: {}", dir.display());
         return Ok(None);
     }
     let started = Instant::now();
-    let mut args: Vec<String> = ["--random", "musicgen-small", "--out"].map(str::to_owned).to_vec();
-    args.push(dir.to_string_lossy().into_owned());
-    args.extend(variant.export_args.iter().map(|a| (*a).to_owned()));
-    python::export(root, &args)?;
+    let python_bin = python::ensure_venv(root)?;
+    run(Command::new(python_bin)
+        .arg(export_py)
+        .args(["--random", "musicgen-small", "--out"])
+        .arg(dir)
+        .args(export_args)
+        .current_dir(root))?;
     Ok(Some(started.elapsed().as_secs_f64()))
+}
+
+/// The decoder graph's node count and the weight bytes a step reads.
+fn graph_facts(root: &Path, dir: &Path) -> Result<Value> {
+    let python_bin = python::ensure_venv(root)?;
+    run_json(
+        Command::new(python_bin)
+            .arg(root.join("models").join("graph_facts.py"))
+            .arg(dir.join("decoder.onnx")),
+    )
+}
+
+fn run_anchor(root: &Path, steps: u64) -> Result<Value> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let python_bin = python::ensure_venv(root)?;
+    run_json(
+        Command::new(python_bin)
+            .arg(root.join("models").join("bench_transformers.py"))
+            .args(["--random", "musicgen-small", "--steps", &steps.to_string()])
+            .args(["--threads", &threads.to_string()])
+            .current_dir(root.join("models")),
+    )
 }
 
 /// Runs a command whose stdout's last line is a JSON object; stderr (progress) passes through.
@@ -158,220 +351,4 @@ fn folder_bytes(dir: &Path) -> Result<u64> {
         bytes += entry?.metadata()?.len();
     }
     Ok(bytes)
-}
-
-fn shell_output(program: &str, args: &[&str]) -> String {
-    Command::new(program)
-        .args(args)
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn machine() -> String {
-    let cpu = fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|text| {
-            text.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split(':').nth(1))
-                .map(|s| s.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".to_owned());
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    let memory_gb = fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .next()
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<f64>().ok())
-        })
-        .map_or_else(String::new, |kb| format!(", {:.0} GiB", kb / 1024.0 / 1024.0));
-    format!("{cpu}, {cores} cores available{memory_gb}, no GPU")
-}
-
-fn f(value: &Value, digits: usize) -> String {
-    value
-        .as_f64()
-        .map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
-}
-
-fn render(measured: &[Measured], anchor: &Value, stream_seconds: f64, total_seconds: f64) -> Result<String> {
-    let mut md = String::new();
-    writeln!(md, "# Benchmarks\n")?;
-    writeln!(
-        md,
-        "Measured by `cargo xtask bench` on {} (UTC), {:.0} s in all.\n",
-        shell_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
-        total_seconds
-    )?;
-    writeln!(md, "- Machine: {}", machine())?;
-    writeln!(
-        md,
-        "- Model: a randomly initialised MusicGen of musicgen-small's shape (24 layers, 16 heads, width 1024, K = 4, cardinality 2048), exported by `models/export.py --random musicgen-small`; cost per step is that of the trained weights."
-    )?;
-    writeln!(
-        md,
-        "- Engine: `musicgen bench` (release build), CPU execution provider, guidance as one batch of 2 rows, output at 48 kHz."
-    )?;
-    writeln!(
-        md,
-        "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps (the stream's audio in one pattern) on the same random model; its final Encodec decode ({:.2} s) is left out.\n",
-        anchor["transformers"].as_str().unwrap_or("?"),
-        anchor["torch"].as_str().unwrap_or("?"),
-        anchor["threads"],
-        anchor["steps"],
-        anchor["decode_seconds"].as_f64().unwrap_or(0.0)
-    )?;
-    let anchor_rate = anchor["steps_per_second"]
-        .as_f64()
-        .context("the anchor reported no rate")?;
-
-    writeln!(md, "## Decoder steps per second (guidance, batch of 2)\n")?;
-    writeln!(
-        md,
-        "| bundle | size MB | threads | context 10 | context 500 | context 1500 | bound at 10 / 500 / 1500 |"
-    )?;
-    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: |")?;
-    for m in measured {
-        let Ok(r) = &m.report else { continue };
-        let contexts = r["contexts"].as_array().cloned().unwrap_or_default();
-        let mut thread_counts: Vec<u64> = contexts.iter().filter_map(|c| c["threads"].as_u64()).collect();
-        thread_counts.dedup();
-        let bandwidth = r["read_bandwidth_gb_per_s"].as_f64().unwrap_or(0.0) * 1e9;
-        let weights = r["decoder_weight_bytes"].as_f64().unwrap_or(0.0);
-        let kv = r["kv_cache_bytes_per_frame"].as_f64().unwrap_or(0.0);
-        let bound = [10.0, 500.0, 1500.0]
-            .map(|frames| format!("{:.0}", bandwidth / (weights + kv * frames)))
-            .join(" / ");
-        for threads in thread_counts {
-            let rate = |frames: u64| {
-                contexts
-                    .iter()
-                    .find(|c| c["threads"].as_u64() == Some(threads) && c["context_frames"].as_u64() == Some(frames))
-                    .map_or_else(|| "-".to_owned(), |c| f(&c["steps_per_second"], 1))
-            };
-            writeln!(
-                md,
-                "| musicgen-small {} | {:.0} | {threads} | {} | {} | {} | {bound} |",
-                m.variant,
-                m.bundle_mb,
-                rate(10),
-                rate(500),
-                rate(1500),
-            )?;
-        }
-    }
-    writeln!(
-        md,
-        "| transformers (anchor) | | {} | {:.1} over {} steps from an empty context | | | |",
-        anchor["threads"], anchor_rate, anchor["steps"]
-    )?;
-    writeln!(
-        md,
-        "\nThe bound is the memory's read bandwidth (measured with every core reading: {} GB/s) divided by the bytes a step must read: the decoder's weights once plus the self-attention cache at that context.\n",
-        measured
-            .iter()
-            .find_map(|m| m.report.as_ref().ok())
-            .map_or_else(|| "-".to_owned(), |r| f(&r["read_bandwidth_gb_per_s"], 1))
-    )?;
-
-    writeln!(md, "## The whole streaming path ({stream_seconds} s of audio)\n")?;
-    writeln!(
-        md,
-        "| bundle | decoder threads | steps/s | x transformers | real-time factor | first audio ms | codec ms/frame | peak RSS MB | export s |"
-    )?;
-    writeln!(md, "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")?;
-    for m in measured {
-        let export = m
-            .export_seconds
-            .map_or_else(|| "cached".to_owned(), |s| format!("{s:.0}"));
-        match &m.report {
-            Ok(r) => {
-                let s = &r["stream"];
-                let steps = s["generation_steps_per_second"].as_f64().unwrap_or(0.0);
-                writeln!(
-                    md,
-                    "| musicgen-small {} | {} | {:.1} | {:.2} | {} | {} | {} | {} | {} |",
-                    m.variant,
-                    r["decoder_threads"],
-                    steps,
-                    steps / anchor_rate,
-                    f(&s["realtime_factor"], 2),
-                    f(&s["time_to_first_audio_ms"], 0),
-                    f(&r["codec_ms_per_frame"], 2),
-                    f(&r["peak_resident_mb"], 0),
-                    export
-                )?;
-            }
-            Err(why) => writeln!(md, "| musicgen-small {} | {why} | | | | | | | |", m.variant)?,
-        }
-    }
-    writeln!(
-        md,
-        "\nsteps/s: decoder steps per second of generation time over the stream (the default live window of 10 s keeping 4 s slides the context, and the next window's prefill steps count too); x transformers: that rate over transformers' steps per second for the same audio without a sliding window; real-time factor: audio seconds per wall second from the start of the stream to its last sample (above 1 keeps up with playback).\n"
-    )?;
-
-    writeln!(md, "## Targets\n")?;
-    writeln!(md, "| target | best measured | met |")?;
-    writeln!(md, "| --- | --- | --- |")?;
-    let ok: Vec<&Value> = measured.iter().filter_map(|m| m.report.as_ref().ok()).collect();
-    let best = |pick: &dyn Fn(&Value) -> Option<f64>, max: bool| {
-        ok.iter().filter_map(|r| pick(r)).fold(None, |acc: Option<f64>, v| {
-            Some(acc.map_or(v, |a| if max { a.max(v) } else { a.min(v) }))
-        })
-    };
-    let at_500 = |r: &Value| {
-        r["contexts"]
-            .as_array()?
-            .iter()
-            .filter(|c| c["context_frames"].as_u64() == Some(500))
-            .filter_map(|c| c["steps_per_second"].as_f64())
-            .reduce(f64::max)
-    };
-    let rows: [(String, Option<f64>, bool); 4] = [
-        (
-            format!("{TARGET_STEPS_PER_S} steps/s at a 10 s context (500 frames)"),
-            best(&at_500, true),
-            true,
-        ),
-        (
-            format!("{TARGET_ANCHOR_RATIO} x transformers' steps/s"),
-            best(&|r| r["stream"]["generation_steps_per_second"].as_f64(), true).map(|v| v / anchor_rate),
-            true,
-        ),
-        (
-            format!("first audio within {TARGET_FIRST_AUDIO_MS} ms"),
-            best(&|r| r["stream"]["time_to_first_audio_ms"].as_f64(), false),
-            false,
-        ),
-        (
-            format!("codec at most {TARGET_CODEC_MS_PER_FRAME} ms per frame"),
-            best(&|r| r["codec_ms_per_frame"].as_f64(), false),
-            false,
-        ),
-    ];
-    let targets = [
-        TARGET_STEPS_PER_S,
-        TARGET_ANCHOR_RATIO,
-        TARGET_FIRST_AUDIO_MS,
-        TARGET_CODEC_MS_PER_FRAME,
-    ];
-    for ((name, value, higher_is_better), target) in rows.into_iter().zip(targets) {
-        let (shown, met) = match value {
-            Some(v) => (
-                format!("{v:.2}"),
-                if higher_is_better { v >= target } else { v <= target },
-            ),
-            None => ("-".to_owned(), false),
-        };
-        writeln!(md, "| {name} | {shown} | {} |", if met { "yes" } else { "no" })?;
-    }
-    writeln!(
-        md,
-        "\nReproduce: `cargo xtask bench` (bundles are exported once into `target/bench/`)."
-    )?;
-    Ok(md)
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask`: the project's tasks, so that a fresh machine needs only cargo.
 
 mod bench;
+mod bench_report;
 mod bundle;
 mod ort;
 mod python;
@@ -38,12 +39,17 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time musicgen-small's shape in fp32, int8 and 4 bits against transformers and the
-    /// memory bound; writes BENCHMARKS.md (bundles are exported once into target/bench/).
+    /// Time musicgen-small's shape in every precision and cache type worth comparing, and
+    /// the engine before this work, against transformers and the memory bound; writes
+    /// BENCHMARKS.md (bundles are exported once into target/bench/).
     Bench {
         /// Audio streamed through the whole path per bundle.
         #[arg(long, default_value_t = 30.0)]
         stream_seconds: f64,
+        /// Only the recommended bundle, a 10 s stream and a short anchor (a few minutes);
+        /// prints the tables without writing BENCHMARKS.md.
+        #[arg(long)]
+        quick: bool,
     },
     /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
     /// (and play it where there is an audio device).
@@ -59,7 +65,7 @@ fn main() -> Result<()> {
         Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
         Task::Export { args } => python::export(&root, &args),
         Task::Bundle { args } => bundle::bundle(&root, args),
-        Task::Bench { stream_seconds } => bench::bench(&root, stream_seconds),
+        Task::Bench { stream_seconds, quick } => bench::bench(&root, &bench::BenchOptions { stream_seconds, quick }),
         Task::Demo => demo(&root),
         Task::Test => test(&root),
     }

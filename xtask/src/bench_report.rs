@@ -1,0 +1,345 @@
+//! BENCHMARKS.md from one `cargo xtask bench` run: the decoder's steps per second against
+//! the memory bound, the whole streaming path, quality against float32, and the issue's
+//! targets.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+use serde_json::Value;
+
+use crate::bench::{BASELINE_COMMIT, RECOMMENDED, Variant};
+
+/// One bundle's outcome: its `musicgen bench` report, or why there is none.
+pub struct Measured {
+    pub variant: &'static str,
+    pub what: &'static str,
+    pub bundle_mb: f64,
+    pub export_seconds: Option<f64>,
+    pub report: Result<Value, String>,
+    /// The export's self-check (agreement with transformers), when it wrote one.
+    pub export_report: Option<Value>,
+    /// Node count and weight bytes per step of the decoder graph.
+    pub graph: Option<Value>,
+}
+
+impl Measured {
+    pub fn failed(variant: &Variant, why: String) -> Self {
+        Self {
+            variant: variant.name,
+            what: variant.what,
+            bundle_mb: 0.0,
+            export_seconds: None,
+            report: Err(why),
+            export_report: None,
+            graph: None,
+        }
+    }
+}
+
+pub struct RunFacts {
+    pub stream_seconds: f64,
+    pub total_seconds: f64,
+    pub quick: bool,
+}
+
+/// The targets.
+const TARGET_REALTIME_FACTOR: f64 = 1.3;
+const TARGET_X_BASELINE_INT8: f64 = 1.6;
+const TARGET_SLIDE_SHARE: f64 = 0.10;
+const TARGET_FIRST_AUDIO_MS: f64 = 250.0;
+const TARGET_CODEC_MS_PER_FRAME: f64 = 3.0;
+const TARGET_PEAK_RSS_MB: f64 = 1300.0;
+
+const CONTEXTS: [u64; 3] = [10, 500, 1500];
+
+pub fn render(measured: &[Measured], anchor: &Value, facts: &RunFacts) -> Result<String> {
+    let mut md = String::new();
+    header(&mut md, anchor, facts)?;
+    decoder_table(&mut md, measured)?;
+    stream_table(&mut md, measured, anchor, facts)?;
+    targets(&mut md, measured)?;
+    writeln!(
+        md,
+        "\nReproduce: `cargo xtask bench` (bundles are exported once into `target/bench/`; `--quick` times the recommended bundle alone on a short stream)."
+    )?;
+    Ok(md)
+}
+
+fn header(md: &mut String, anchor: &Value, facts: &RunFacts) -> Result<()> {
+    writeln!(md, "# Benchmarks\n")?;
+    writeln!(
+        md,
+        "Measured by `cargo xtask bench{}` on {} (UTC), {:.0} s in all, one run on one machine.\n",
+        if facts.quick { " --quick" } else { "" },
+        shell_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
+        facts.total_seconds
+    )?;
+    writeln!(md, "- Machine: {}", machine())?;
+    writeln!(
+        md,
+        "- Model: a randomly initialised MusicGen of musicgen-small's shape (24 layers, 16 heads, width 1024, K = 4, cardinality 2048), exported by `models/export.py --random musicgen-small`; the cost of a step is that of the trained weights."
+    )?;
+    writeln!(
+        md,
+        "- Engine: `musicgen bench` (release build), CPU execution provider, every core, guidance as one batch of 2 rows, output at 48 kHz. Baseline rows: the engine and exporter of commit `{}` (before this work), built from a worktree and run on their own bundles in the same run.",
+        &BASELINE_COMMIT[..7]
+    )?;
+    writeln!(
+        md,
+        "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps on the same random model: {:.2} steps/s (its final Encodec decode, {:.2} s, left out).\n",
+        anchor["transformers"].as_str().unwrap_or("?"),
+        anchor["torch"].as_str().unwrap_or("?"),
+        anchor["threads"],
+        anchor["steps"],
+        anchor["steps_per_second"].as_f64().unwrap_or(0.0),
+        anchor["decode_seconds"].as_f64().unwrap_or(0.0)
+    )?;
+    Ok(())
+}
+
+/// Steps per second of the fastest thread count at `frames` of context.
+fn steps_at(report: &Value, frames: u64) -> Option<f64> {
+    report["contexts"]
+        .as_array()?
+        .iter()
+        .filter(|c| c["context_frames"].as_u64() == Some(frames))
+        .filter_map(|c| c["steps_per_second"].as_f64())
+        .reduce(f64::max)
+}
+
+/// Steps per second the memory allows at `frames`: bandwidth over the weights a step
+/// reads and the cache at that context.
+fn bound_at(m: &Measured, report: &Value, frames: u64) -> Option<f64> {
+    let bandwidth = report["read_bandwidth_gb_per_s"].as_f64()? * 1e9;
+    let weights = m.graph.as_ref()?["decoder_weight_bytes_per_step"].as_f64()?;
+    let cache = report["kv_cache_bytes_per_frame"].as_f64()? * frames as f64;
+    Some(bandwidth / (weights + cache))
+}
+
+fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
+    writeln!(md, "## Decoder steps per second (guidance, batch of 2)\n")?;
+    writeln!(
+        md,
+        "| bundle | what | MB | nodes | 10 | 500 | 1500 | bound 10 / 500 / 1500 | share of bound at 500 | x baseline-int8 at 500 |"
+    )?;
+    writeln!(
+        md,
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    let baseline_500 = measured
+        .iter()
+        .find(|m| m.variant == "baseline-int8")
+        .and_then(|m| m.report.as_ref().ok())
+        .and_then(|r| steps_at(r, 500));
+    for m in measured {
+        let Ok(r) = &m.report else {
+            writeln!(
+                md,
+                "| {} | {} | | | {} | | | | | |",
+                m.variant,
+                m.what,
+                m.report.as_ref().err().map_or("", |e| e.as_str())
+            )?;
+            continue;
+        };
+        let rates = CONTEXTS.map(|frames| opt(steps_at(r, frames), 1));
+        let bounds = CONTEXTS.map(|frames| opt(bound_at(m, r, frames), 0)).join(" / ");
+        let share = steps_at(r, 500).zip(bound_at(m, r, 500)).map(|(s, b)| s / b);
+        let x_baseline = steps_at(r, 500).zip(baseline_500).map(|(s, b)| s / b);
+        writeln!(
+            md,
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {bounds} | {} | {} |",
+            m.variant,
+            m.what,
+            m.bundle_mb,
+            m.graph
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |g| g["decoder_nodes"].to_string()),
+            rates[0],
+            rates[1],
+            rates[2],
+            opt(share.map(|s| s * 100.0), 0) + "%",
+            opt(x_baseline, 2),
+        )?;
+    }
+    writeln!(
+        md,
+        "\nContexts in frames of 20 ms. The bound is the memory's read bandwidth (every core reading, measured in each bundle's run: {} GB/s in the first) over the bytes a step reads: the decoder's weights (all but the embedding tables) and the self-attention cache at that context.\n",
+        measured
+            .iter()
+            .find_map(|m| m.report.as_ref().ok())
+            .map_or_else(|| "-".to_owned(), |r| f(&r["read_bandwidth_gb_per_s"], 1))
+    )?;
+    Ok(())
+}
+
+fn stream_table(md: &mut String, measured: &[Measured], anchor: &Value, facts: &RunFacts) -> Result<()> {
+    let anchor_rate = anchor["steps_per_second"]
+        .as_f64()
+        .context("the anchor reported no rate")?;
+    writeln!(
+        md,
+        "## The whole streaming path ({} s of audio, live window 10 s keeping 4 s)\n",
+        facts.stream_seconds
+    )?;
+    writeln!(
+        md,
+        "| bundle | real-time factor | delivery x real time | steps per pattern step | slide share of decoder time | first audio ms | codec ms/frame | peak RSS MB | code agreement | SNR vs fp32 dB | pattern steps/s | x transformers | export s |"
+    )?;
+    writeln!(
+        md,
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+    )?;
+    for m in measured {
+        let Ok(r) = &m.report else { continue };
+        let s = &r["stream"];
+        let pattern_steps = s["pattern_steps"].as_f64().unwrap_or(0.0);
+        let steps = s["steps"].as_f64().unwrap_or(0.0);
+        // Pattern steps per second of generation time: the same audio's worth of work as
+        // transformers' steps, whatever the stream ran to make it.
+        let generation_seconds = s["generation_seconds"]
+            .as_f64()
+            .or_else(|| Some(steps / s["generation_steps_per_second"].as_f64()?));
+        let pattern_rate = generation_seconds.map(|g| pattern_steps / g);
+        let slide_share = s["prefill_seconds"]
+            .as_f64()
+            .zip(generation_seconds)
+            .map(|(p, g)| p / g * 100.0);
+        writeln!(
+            md,
+            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            m.variant,
+            f(&s["realtime_factor"], 2),
+            f(&s["delivery_factor"], 2),
+            steps / pattern_steps.max(1.0),
+            opt(slide_share, 1) + "%",
+            f(&s["time_to_first_audio_ms"], 0),
+            f(&r["codec_ms_per_frame"], 2),
+            f(&r["peak_resident_mb"], 0),
+            m.export_report
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), |e| f(&e["code_agreement"], 2)),
+            f(&r["snr_db_vs_reference"], 1),
+            opt(pattern_rate, 1),
+            opt(pattern_rate.map(|p| p / anchor_rate), 2),
+            m.export_seconds
+                .map_or_else(|| "cached".to_owned(), |s| format!("{s:.0}")),
+        )?;
+    }
+    writeln!(
+        md,
+        "\nreal-time factor: audio seconds per wall second from the start of the stream to its last sample, taken as fast as it comes (above 1 keeps up with playback); delivery: the same at the ring buffer's input, waits for room excluded, as the engine measures it to decide how long playback waits; steps per pattern step: single decoder steps over the steps of one pattern over the whole audio (the sliding window's kept context is prefilled in one call per slide, not stepped); slide share: the time of those prefill calls over all decoder time; code agreement: greedy codes equal to fp32 transformers' over 61 frames (the export's self-check; baseline exports did not record it); SNR vs fp32: this bundle's greedy stream against the fp32 bundle's, 5 s (codes that differ make different audio, so it follows the agreement); pattern steps/s: the audio's pattern steps over generation time, and its ratio to transformers' steps/s.\n"
+    )?;
+    Ok(())
+}
+
+fn targets(md: &mut String, measured: &[Measured]) -> Result<()> {
+    writeln!(md, "## Targets (recommended CPU bundle: {RECOMMENDED})\n")?;
+    writeln!(md, "| target | measured | met |")?;
+    writeln!(md, "| --- | ---: | --- |")?;
+    let report = |name: &str| {
+        measured
+            .iter()
+            .find(|m| m.variant == name)
+            .and_then(|m| m.report.as_ref().ok())
+    };
+    let recommended = report(RECOMMENDED);
+    let stream = |key: &str| recommended.and_then(|r| r["stream"][key].as_f64());
+    let slide = stream("prefill_seconds")
+        .zip(stream("generation_seconds"))
+        .map(|(p, g)| p / g);
+    let x_baseline = recommended
+        .and_then(|r| steps_at(r, 500))
+        .zip(report("baseline-int8").and_then(|r| steps_at(r, 500)))
+        .map(|(a, b)| a / b);
+    let rows = [
+        (
+            "whole path real-time factor >= 1.3",
+            stream("realtime_factor"),
+            TARGET_REALTIME_FACTOR,
+            true,
+        ),
+        (
+            "decoder at 500 frames >= 1.6 x baseline-int8",
+            x_baseline,
+            TARGET_X_BASELINE_INT8,
+            true,
+        ),
+        (
+            "slide overhead <= 10% of decoder time",
+            slide,
+            TARGET_SLIDE_SHARE,
+            false,
+        ),
+        (
+            "first audio <= 250 ms",
+            stream("time_to_first_audio_ms"),
+            TARGET_FIRST_AUDIO_MS,
+            false,
+        ),
+        (
+            "codec <= 3 ms per frame",
+            recommended.and_then(|r| r["codec_ms_per_frame"].as_f64()),
+            TARGET_CODEC_MS_PER_FRAME,
+            false,
+        ),
+        (
+            "peak RSS <= 1.3 GB",
+            recommended.and_then(|r| r["peak_resident_mb"].as_f64()),
+            TARGET_PEAK_RSS_MB,
+            false,
+        ),
+    ];
+    for (name, value, target, higher_is_better) in rows {
+        let met = value.is_some_and(|v| if higher_is_better { v >= target } else { v <= target });
+        writeln!(
+            md,
+            "| {name} | {} | {} |",
+            opt(value, 2),
+            if met { "yes" } else { "no" }
+        )?;
+    }
+    Ok(())
+}
+
+fn opt(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| format!("{v:.digits$}"))
+}
+
+fn f(value: &Value, digits: usize) -> String {
+    opt(value.as_f64(), digits)
+}
+
+fn shell_output(program: &str, args: &[&str]) -> String {
+    Command::new(program)
+        .args(args)
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn machine() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|s| s.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let memory_gb = fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<f64>().ok())
+        })
+        .map_or_else(String::new, |kb| format!(", {:.0} GiB", kb / 1024.0 / 1024.0));
+    format!("{cpu}, {cores} cores available{memory_gb}, no GPU")
+}
