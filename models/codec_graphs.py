@@ -17,6 +17,7 @@ settle. Split at the LSTM, a stream decodes exactly and overlaps little:
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
@@ -113,6 +114,58 @@ def quantize_lstm(path) -> None:
     tmp = path.with_suffix(".int8.onnx")
     quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8, op_types_to_quantize=["LSTM"])
     tmp.replace(path)
+
+
+def quantize_upsampler(out, model, windows: int = 24, frames: int = 14) -> None:
+    """Rewrites the upsampler with int8 convolutions (static QDQ, per-channel weights),
+    calibrated on the features the front end makes of random codes. The last upsampling
+    stage and the output convolution stay float32: at the audio rate, int8 there costs
+    most of the signal-to-noise ratio (musicgen-small's shape: 39 dB with them in float32,
+    19 dB without) for a quarter of the time saved."""
+    import onnxruntime as ort
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    k = model.decoder.config.num_codebooks
+    layers, width = lstm_shape(model)
+    context = conv_context_frames(model)
+    frontend = ort.InferenceSession(str(out / "codec_frontend.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    state = np.zeros((layers, 1, width), np.float32)
+    samples = []
+    for _ in range(windows):
+        codes = rng.integers(0, model.decoder.config.vocab_size, (1, k, frames + 2 * context), dtype=np.int64)
+        features, _, _ = frontend.run(None, {"audio_codes": codes, "lstm_h": state, "lstm_c": state})
+        samples.append({"features": features})
+
+    class Features(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(samples)
+
+        def get_next(self):
+            return next(self.items, None)
+
+    path = out / "codec_upsampler.onnx"
+    graph = onnx.load(str(path)).graph
+    last_stage = max(layer_index(n.name) for n in graph.node if n.name.endswith("/conv/conv/Conv"))
+    audio_rate = [n.name for n in graph.node if n.op_type == "Conv" and layer_index(n.name) >= last_stage]
+    tmp = path.with_suffix(".int8.onnx")
+    quantize_static(
+        str(path),
+        str(tmp),
+        Features(),
+        quant_format=QuantFormat.QDQ,
+        op_types_to_quantize=["Conv"],
+        nodes_to_exclude=audio_rate,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+    )
+    tmp.replace(path)
+
+
+def layer_index(node_name: str) -> int:
+    """`n` of an exported node named `/layers.n/...` (the upsampler's layer list)."""
+    return int(node_name.split("/")[1].split(".")[1])
 
 
 def conv_context_frames(model) -> int:

@@ -562,11 +562,11 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
     report["codec_max_abs_error"] = max_error
     report["codec_snr_db"] = snr_db
     print(f"    codec max abs error: {max_error:.3e}, SNR {snr_db:.1f} dB")
-    if codec["lstm_weights"] == "float32":
+    if codec["lstm_weights"] == "float32" and codec["upsampler_weights"] == "float32":
         assert max_error <= 1e-4, f"codec graphs differ from transformers' decode by {max_error}"
     else:
-        # An int8 LSTM is kept only while its audio stays this close to float32's.
-        assert snr_db >= 30.0, f"the int8 codec LSTM's audio is {snr_db:.1f} dB from float32's"
+        # An int8 codec is kept only while its audio stays this close to float32's.
+        assert snr_db >= 30.0, f"the int8 codec's audio is {snr_db:.1f} dB from float32's"
 
     if args.golden:
         write_golden(out, prompt_ids, reference_codes, reference_audio, manifest)
@@ -647,6 +647,7 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
             "lstm_layers": codec_graphs.lstm_shape(model)[0],
             "lstm_width": codec_graphs.lstm_shape(model)[1],
             "lstm_weights": codec_lstm(args),
+            "upsampler_weights": codec_upsampler(args),
         },
         "quantization": quantization_spec(args),
         "kv_cache": {"dtype": kv_cache or args.kv_cache},
@@ -664,6 +665,13 @@ def codec_lstm(args) -> str:
     if args.codec_lstm == "auto":
         return "int8" if args.quantize != "none" else "float32"
     return args.codec_lstm
+
+
+def codec_upsampler(args) -> str:
+    """The codec upsampler's convolutions: `auto` is int8 for bundles with quantized weights."""
+    if args.codec_upsampler == "auto":
+        return "int8" if args.quantize != "none" else "float32"
+    return args.codec_upsampler
 
 
 def quantization_spec(args) -> dict:
@@ -711,10 +719,17 @@ def main() -> int:
         default="auto",
         help="codec LSTM weights (auto: int8 when --quantize is set)",
     )
+    parser.add_argument(
+        "--codec-upsampler",
+        choices=["auto", "float32", "int8"],
+        default="auto",
+        help="codec upsampler convolutions but the last stage (auto: int8 when --quantize is set)",
+    )
     parser.add_argument("--golden", action="store_true", help="also write golden.json and golden.wav")
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
-    if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or codec_lstm(args) != "float32"):
+    exact_codec = codec_lstm(args) == "float32" and codec_upsampler(args) == "float32"
+    if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or not exact_codec):
         parser.error("--golden needs an exact bundle: float32 weights, cache and codec")
 
     progress = Progress()
@@ -738,6 +753,9 @@ def main() -> int:
         if codec_lstm(args) == "int8":
             progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
             codec_graphs.quantize_lstm(staging / "codec_frontend.onnx")
+        if codec_upsampler(args) == "int8":
+            progress.stage("quantizing codec_upsampler.onnx's convolutions to int8 (static, calibrated)")
+            codec_graphs.quantize_upsampler(staging, model)
         manifest = write_manifest(model, name, staging, graphs, args)
         report = decoder_facts(staging / "decoder.onnx")
         if not args.skip_check:

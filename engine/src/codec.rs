@@ -138,6 +138,18 @@ impl StreamingCodec {
         self.window
     }
 
+    /// Runs both graphs once on a frame of code 0, leaving this stream's state as it is,
+    /// so that the first real chunk does not pay for ONNX Runtime's first-run work.
+    pub fn warm_up(&self) -> Result<(), CodecError> {
+        let mut scratch = self.fork();
+        let zeros = vec![0u32; self.num_codebooks];
+        for _ in 0..=self.geometry.conv_context_frames {
+            scratch.push_frame(&zeros);
+        }
+        let mut audio = Vec::new();
+        scratch.finish(&mut audio)
+    }
+
     /// A copy of this stream's state on the same sessions: the same frames so far, decoded
     /// on from here independently (to crossfade two continuations of one stream).
     pub fn fork(&self) -> Self {

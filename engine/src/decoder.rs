@@ -213,6 +213,14 @@ impl Decoder {
         &logits[start..start + v]
     }
 
+    /// Runs one step on a scratch cache, so that the first real step does not pay for
+    /// ONNX Runtime's first-run work.
+    pub fn warm_up(&mut self, cross: &CrossAttention) -> Result<(), DecoderError> {
+        let mut cache = self.new_cache(1)?;
+        let column = vec![self.cardinality as i64; self.num_codebooks];
+        self.step(&mut cache, &column, cross)
+    }
+
     /// Runs one step of `cache`'s context on `column` (the step's K tokens, the same for
     /// both rows), appends its keys and values to `cache`, and keeps the logits.
     pub fn step(&mut self, cache: &mut KvCache, column: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {

