@@ -234,7 +234,7 @@ impl EditorApp {
                     }
                 });
             *self.params.provider.write() = provider;
-            ui.label("(this, the context window and the kept context apply to the next stream)");
+            ui.label("(this, the context window, the kept context and the buffer ahead apply to the next stream)");
         });
     }
 

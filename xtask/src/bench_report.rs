@@ -249,7 +249,7 @@ fn targets(md: &mut String, measured: &[Measured]) -> Result<()> {
     let stream = |key: &str| recommended.and_then(|r| r["stream"][key].as_f64());
     let slide = stream("prefill_seconds")
         .zip(stream("generation_seconds"))
-        .map(|(p, g)| p / g);
+        .map(|(p, g)| p / g * 100.0);
     let x_baseline = recommended
         .and_then(|r| steps_at(r, 500))
         .zip(report("baseline-int8").and_then(|r| steps_at(r, 500)))
