@@ -61,15 +61,39 @@ impl Default for CodecWindow {
     }
 }
 
-/// The two codec graphs, shared by the forks of one stream (one codec thread uses them in
-/// turn).
-struct CodecSessions {
+/// The two codec graphs of a loaded model, shared by every stream and fork that decodes
+/// with it (each call takes the graph's session in turn).
+pub struct CodecGraphs {
     frontend: Mutex<Session>,
     upsampler: Mutex<Session>,
+    geometry: CodecGeometry,
+    num_codebooks: usize,
+    samples_per_frame: usize,
 }
 
+impl CodecGraphs {
+    pub fn load(
+        bundle: &Bundle,
+        runtime: &Runtime,
+        threads: usize,
+        provider: ExecutionProvider,
+    ) -> Result<Self, CodecError> {
+        let manifest = bundle.manifest();
+        let (frontend, _) = bundle.session_on(runtime, Graph::CodecFrontend, threads, provider)?;
+        let (upsampler, _) = bundle.session_on(runtime, Graph::CodecUpsampler, threads, provider)?;
+        Ok(Self {
+            frontend: Mutex::new(frontend),
+            upsampler: Mutex::new(upsampler),
+            geometry: manifest.codec,
+            num_codebooks: manifest.num_codebooks,
+            samples_per_frame: manifest.samples_per_frame,
+        })
+    }
+}
+
+/// One stream's decoding state on a model's [`CodecGraphs`].
 pub struct StreamingCodec {
-    sessions: Arc<CodecSessions>,
+    graphs: Arc<CodecGraphs>,
     window: CodecWindow,
     geometry: CodecGeometry,
     num_codebooks: usize,
@@ -95,31 +119,20 @@ pub struct StreamingCodec {
 }
 
 impl StreamingCodec {
-    pub fn load(
-        bundle: &Bundle,
-        runtime: &Runtime,
-        threads: usize,
-        provider: ExecutionProvider,
-        window: CodecWindow,
-    ) -> Result<Self, CodecError> {
-        let manifest = bundle.manifest();
-        let (frontend, _) = bundle.session_on(runtime, Graph::CodecFrontend, threads, provider)?;
-        let (upsampler, _) = bundle.session_on(runtime, Graph::CodecUpsampler, threads, provider)?;
-        let geometry = manifest.codec;
+    pub fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
+        let geometry = graphs.geometry;
+        let (num_codebooks, samples_per_frame) = (graphs.num_codebooks, graphs.samples_per_frame);
         let state = vec![0.0; geometry.lstm_layers * geometry.lstm_width];
-        Ok(Self {
-            sessions: Arc::new(CodecSessions {
-                frontend: Mutex::new(frontend),
-                upsampler: Mutex::new(upsampler),
-            }),
+        Self {
+            graphs,
             window: CodecWindow {
                 chunk_frames: window.chunk_frames.max(1),
                 first_chunk_frames: window.first_chunk_frames.clamp(1, window.chunk_frames.max(1)),
             },
             geometry,
-            num_codebooks: manifest.num_codebooks,
-            samples_per_frame: manifest.samples_per_frame,
-            codes: vec![Vec::new(); manifest.num_codebooks],
+            num_codebooks,
+            samples_per_frame,
+            codes: vec![Vec::new(); num_codebooks],
             codes_start: 0,
             frames_received: 0,
             lstm_h: state.clone(),
@@ -131,7 +144,7 @@ impl StreamingCodec {
             context_frames: 0,
             window_codes: Vec::new(),
             window_features: Vec::new(),
-        })
+        }
     }
 
     pub fn window(&self) -> CodecWindow {
@@ -154,7 +167,7 @@ impl StreamingCodec {
     /// on from here independently (to crossfade two continuations of one stream).
     pub fn fork(&self) -> Self {
         Self {
-            sessions: Arc::clone(&self.sessions),
+            graphs: Arc::clone(&self.graphs),
             window: self.window,
             geometry: self.geometry,
             num_codebooks: self.num_codebooks,
@@ -282,7 +295,7 @@ impl StreamingCodec {
         let run_error = |source| CodecError::Run { first, end, source };
         let (layers, lstm_width) = (self.geometry.lstm_layers, self.geometry.lstm_width);
         let state_shape = [layers, 1, lstm_width];
-        let mut session = self.sessions.frontend.lock();
+        let mut session = self.graphs.frontend.lock();
         let outputs = session
             .run(ort::inputs![
                 "audio_codes" => TensorRef::from_array_view(([1usize, self.num_codebooks, width], &self.window_codes[..])).map_err(run_error)?,
@@ -324,7 +337,7 @@ impl StreamingCodec {
         let run_error = |source| CodecError::Run { first, end, source };
         let features =
             TensorRef::from_array_view(([1usize, lstm_width, frames], &self.window_features[..])).map_err(run_error)?;
-        let mut session = self.sessions.upsampler.lock();
+        let mut session = self.graphs.upsampler.lock();
         let outputs = session.run(ort::inputs!["features" => features]).map_err(run_error)?;
         let (_, audio) = outputs["audio_values"].try_extract_tensor::<f32>().map_err(run_error)?;
         let spf = self.samples_per_frame;

@@ -12,13 +12,17 @@
 //! once (a *prefill*, which must start from an empty cache). Only the last step's logits
 //! come back.
 //!
-//! The [`Decoder`] (the session) and the caches are apart, so that one loaded graph can
-//! step several independent contexts: a stream that slides its window prefills the next
-//! window's cache while it still plays from the current one.
+//! The [`DecoderGraph`] (the session, one per loaded model), each stream's [`Decoder`]
+//! (its logits) and the caches are apart, so that one loaded graph steps several
+//! independent contexts: a stream that slides its window prefills the next window's cache
+//! while it still plays from the current one, and several streams share one model.
+
+use std::sync::Arc;
 
 use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
 use ort::value::{DynTensor, Tensor, TensorElementType};
+use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, CacheType, DecoderGeometry, Graph};
 use crate::conditioning::CrossAttention;
@@ -118,9 +122,11 @@ impl KvCache {
     }
 }
 
-/// The decoder graph and the logits of its last step.
-pub struct Decoder {
-    session: Session,
+/// The loaded decoder graph, shared by every stream of a model. ONNX Runtime runs one
+/// call at a time per session here: streams of one model take turns step by step, which
+/// on a CPU is what their threads would do anyway.
+pub struct DecoderGraph {
+    session: Mutex<Session>,
     provider_in_use: String,
     geometry: DecoderGeometry,
     cache_type: CacheType,
@@ -129,11 +135,9 @@ pub struct Decoder {
     max_steps: usize,
     /// Per layer: past key, past value inputs; present key, present value outputs.
     layer_names: Vec<[String; 4]>,
-    /// `[2, K, V]`, bound as the graph's output: the last step's logits.
-    logits: Tensor<f32>,
 }
 
-impl Decoder {
+impl DecoderGraph {
     pub fn load(
         bundle: &Bundle,
         runtime: &Runtime,
@@ -153,13 +157,8 @@ impl Decoder {
                 ]
             })
             .collect();
-        let logits = Tensor::new(
-            &Allocator::default(),
-            [2usize, manifest.num_codebooks, manifest.cardinality],
-        )
-        .map_err(|source| DecoderError::Run { step: 0, source })?;
         Ok(Self {
-            session,
+            session: Mutex::new(session),
             provider_in_use,
             geometry,
             cache_type: manifest.kv_cache.dtype,
@@ -168,16 +167,36 @@ impl Decoder {
             // A delay pattern adds up to K - 1 steps to the frames, and step 0 comes first.
             max_steps: manifest.max_frames + manifest.num_codebooks,
             layer_names,
-            logits,
         })
+    }
+
+    /// The execution provider the decoder runs on, with the reason for any fallback.
+    pub fn provider_in_use(&self) -> &str {
+        &self.provider_in_use
+    }
+}
+
+/// One user of a [`DecoderGraph`] (a stream) with the logits of its last step.
+pub struct Decoder {
+    graph: Arc<DecoderGraph>,
+    /// `[2, K, V]`, bound as the graph's output: the last step's logits.
+    logits: Tensor<f32>,
+}
+
+impl Decoder {
+    pub fn new(graph: Arc<DecoderGraph>) -> Result<Self, DecoderError> {
+        let logits = Tensor::new(&Allocator::default(), [2usize, graph.num_codebooks, graph.cardinality])
+            .map_err(|source| DecoderError::Run { step: 0, source })?;
+        Ok(Self { graph, logits })
     }
 
     /// An empty cache of `capacity` steps (at most the model's position limit) for this
     /// graph's geometry and cache type.
     pub fn new_cache(&self, capacity: usize) -> Result<KvCache, DecoderError> {
-        let capacity = capacity.min(self.max_steps);
-        let (heads, d) = (self.geometry.num_heads, self.geometry.head_dim);
-        let element = match self.cache_type {
+        let graph = &self.graph;
+        let capacity = capacity.min(graph.max_steps);
+        let (heads, d) = (graph.geometry.num_heads, graph.geometry.head_dim);
+        let element = match graph.cache_type {
             CacheType::Float32 => TensorElementType::Float32,
             CacheType::Int8 => TensorElementType::Int8,
         };
@@ -185,7 +204,7 @@ impl Decoder {
             DynTensor::new(&Allocator::default(), element, [2usize, heads, capacity, d])
                 .map_err(|source| DecoderError::Run { step: 0, source })
         };
-        let layers = (0..self.geometry.num_layers)
+        let layers = (0..graph.geometry.num_layers)
             .map(|_| Ok([allocate()?, allocate()?]))
             .collect::<Result<_, DecoderError>>()?;
         Ok(KvCache {
@@ -195,20 +214,10 @@ impl Decoder {
         })
     }
 
-    /// Steps one context holds at most (the model's position limit).
-    pub fn max_steps(&self) -> usize {
-        self.max_steps
-    }
-
-    /// The execution provider the decoder runs on, with the reason for any fallback.
-    pub fn provider_in_use(&self) -> &str {
-        &self.provider_in_use
-    }
-
     /// Logits of codebook `k` for row `row` from the last step.
     pub fn logits_of(&self, row: usize, k: usize) -> &[f32] {
-        let v = self.cardinality;
-        let start = (row * self.num_codebooks + k) * v;
+        let v = self.graph.cardinality;
+        let start = (row * self.graph.num_codebooks + k) * v;
         let (_, logits) = self.logits.extract_tensor();
         &logits[start..start + v]
     }
@@ -217,7 +226,7 @@ impl Decoder {
     /// ONNX Runtime's first-run work.
     pub fn warm_up(&mut self, cross: &CrossAttention) -> Result<(), DecoderError> {
         let mut cache = self.new_cache(1)?;
-        let column = vec![self.cardinality as i64; self.num_codebooks];
+        let column = vec![self.graph.cardinality as i64; self.graph.num_codebooks];
         self.step(&mut cache, &column, cross)
     }
 
@@ -235,7 +244,7 @@ impl Decoder {
         columns: &[i64],
         cross: &CrossAttention,
     ) -> Result<(), DecoderError> {
-        let steps = columns.len() / self.num_codebooks;
+        let steps = columns.len() / self.graph.num_codebooks;
         if !cache.is_empty() && steps > 1 {
             return Err(DecoderError::PrefillAfterSteps { steps, len: cache.len });
         }
@@ -243,13 +252,14 @@ impl Decoder {
     }
 
     fn run(&mut self, cache: &mut KvCache, columns: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
-        let k_count = self.num_codebooks;
+        let graph = &*self.graph;
+        let k_count = graph.num_codebooks;
         debug_assert_eq!(columns.len() % k_count, 0, "whole columns of K tokens");
         let steps = columns.len() / k_count;
         let first_step = cache.len;
-        if first_step + steps > self.max_steps {
+        if first_step + steps > graph.max_steps {
             return Err(DecoderError::ContextFull {
-                max_frames: self.max_steps,
+                max_frames: graph.max_steps,
             });
         }
         if first_step + steps > cache.capacity {
@@ -269,7 +279,8 @@ impl Decoder {
         let input_ids = Tensor::from_array(([2usize, steps, k_count], both_rows)).map_err(run_error)?;
         let past_len = Tensor::from_array(([1usize], vec![first_step as i64])).map_err(run_error)?;
 
-        let mut binding: IoBinding = self.session.create_binding().map_err(run_error)?;
+        let mut session = graph.session.lock();
+        let mut binding: IoBinding = session.create_binding().map_err(run_error)?;
         binding.bind_input("input_ids", &input_ids).map_err(run_error)?;
         binding.bind_input("past_len", &past_len).map_err(run_error)?;
         binding
@@ -278,7 +289,7 @@ impl Decoder {
         for (name, value) in &cross.keys_values {
             binding.bind_input(name.as_str(), value).map_err(run_error)?;
         }
-        for (pair, names) in cache.layers.iter_mut().zip(&self.layer_names) {
+        for (pair, names) in cache.layers.iter_mut().zip(&graph.layer_names) {
             let [keys, values] = pair;
             binding.bind_input(names[0].as_str(), &*keys).map_err(run_error)?;
             binding.bind_input(names[1].as_str(), &*values).map_err(run_error)?;
@@ -287,7 +298,7 @@ impl Decoder {
             binding.bind_output(names[3].as_str(), values).map_err(run_error)?;
         }
         binding.bind_output("logits", &mut self.logits).map_err(run_error)?;
-        let outputs = self.session.run_binding(&binding).map_err(run_error)?;
+        let outputs = session.run_binding(&binding).map_err(run_error)?;
         drop(outputs);
         drop(binding);
         cache.len += steps;

@@ -13,6 +13,7 @@ pub mod conditioning;
 pub mod dc_blocker;
 pub mod decoder;
 pub mod generator;
+pub mod model;
 pub mod pattern;
 pub mod playback;
 pub mod resample;

@@ -26,7 +26,7 @@ pub const DEVELOPMENT_PROVIDERS: [&str; 3] = ["cuda", "directml", "cpu"];
 /// Where the graphs run. `Auto` takes the first accelerator that starts and falls back to
 /// the CPU; an explicit accelerator also falls back to the CPU when it cannot start, and
 /// says why.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 pub enum ExecutionProvider {
     #[default]
     Auto,

@@ -13,7 +13,6 @@
 //! thread may read without blocking the producers.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
@@ -22,24 +21,19 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError, bounded, unbounded};
 use parking_lot::Mutex;
 
-use crate::bundle::{Bundle, BundleError};
 use crate::codec::{CodecError, CodecWindow, StreamingCodec};
-use crate::conditioning::{Conditioner, ConditioningError, CrossAttention};
+use crate::conditioning::{ConditioningError, CrossAttention};
 use crate::dc_blocker::DcBlocker;
 use crate::decoder::{Decoder, DecoderError};
+use crate::model::Model;
 use crate::pattern::{CodeGrid, PatternError};
 use crate::playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
 use crate::resample::{ResampleError, StreamResampler};
-use crate::runtime::{ExecutionProvider, Runtime, RuntimeError};
 use crate::sampler::{Sampler, SamplingError, SamplingSettings};
 use crate::window::{SlidingGenerator, WindowSpec};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StreamError {
-    #[error(transparent)]
-    Runtime(#[from] RuntimeError),
-    #[error(transparent)]
-    Bundle(#[from] BundleError),
     #[error(transparent)]
     Conditioning(#[from] ConditioningError),
     #[error(transparent)]
@@ -64,8 +58,6 @@ pub enum StreamError {
 /// What to generate and where the audio goes.
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
-    pub model_dir: PathBuf,
-    pub ort_library: Option<PathBuf>,
     pub prompt: String,
     pub sampling: SamplingSettings,
     pub guidance_scale: f32,
@@ -105,17 +97,11 @@ pub struct StreamConfig {
     /// machine (tests, and trying the wait before playback on a fast machine).
     pub step_delay: Duration,
     pub codec_window: CodecWindow,
-    pub decoder_threads: usize,
-    pub codec_threads: usize,
-    pub provider: ExecutionProvider,
 }
 
 impl StreamConfig {
-    pub fn new(model_dir: PathBuf, prompt: impl Into<String>) -> Self {
-        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    pub fn new(prompt: impl Into<String>) -> Self {
         Self {
-            model_dir,
-            ort_library: None,
             prompt: prompt.into(),
             sampling: SamplingSettings::default(),
             guidance_scale: 3.0,
@@ -132,11 +118,6 @@ impl StreamConfig {
             buffer_ahead_seconds: None,
             step_delay: Duration::ZERO,
             codec_window: CodecWindow::default(),
-            // Every core: on 2 cores, 2 decoder threads beside the codec thread stream
-            // faster than 1 (`musicgen bench`, see BENCHMARKS.md), though they share a core.
-            decoder_threads: cores,
-            codec_threads: 1,
-            provider: ExecutionProvider::Auto,
         }
     }
 }
@@ -305,19 +286,17 @@ pub struct Stream {
     /// The frame the consumer's first sample belongs to (given frames that do not play
     /// come before it).
     first_played_frame: usize,
-    execution_provider: String,
+    model: Arc<Model>,
     codes: Arc<Mutex<Option<CodeGrid>>>,
     stop: Arc<AtomicBool>,
     threads: Vec<JoinHandle<()>>,
 }
 
 impl Stream {
-    /// Loads the model, encodes the prompt and starts generating. Returns the stream and
-    /// the consumer that the audio callback reads.
-    pub fn start(config: StreamConfig) -> Result<(Stream, PlaybackConsumer), StreamError> {
-        let runtime = Runtime::init(config.ort_library.as_deref())?;
-        let bundle = Bundle::open(&config.model_dir)?;
-        let manifest = bundle.manifest().clone();
+    /// Encodes the prompt and starts generating on `model`. Returns the stream and the
+    /// consumer that the audio callback reads.
+    pub fn start(model: &Arc<Model>, config: StreamConfig) -> Result<(Stream, PlaybackConsumer), StreamError> {
+        let manifest = model.manifest();
         let frame_rate_hz = manifest.frame_rate_hz;
         let total_frames = config.seconds.map(|seconds| (seconds * frame_rate_hz).ceil() as usize);
         let window = window_spec(&config, frame_rate_hz, manifest.max_frames)?;
@@ -332,28 +311,15 @@ impl Stream {
             Some(codes) => codes,
             None => CodeGrid::new(k_count, 0, Vec::new()).expect("an empty grid"),
         };
-        let pattern = bundle.pattern(window.window_frames);
+        let pattern = model.pattern(window.window_frames);
         pattern.require_streamable()?;
         let sampler = Sampler::new(config.sampling, config.seed)?;
-        let mut conditioner = Conditioner::load(&bundle, runtime, config.decoder_threads, config.provider)?;
-        let mut decoder = Decoder::load(&bundle, runtime, config.decoder_threads, config.provider)?;
-        let execution_provider = decoder.provider_in_use().to_owned();
-        let codec = StreamingCodec::load(
-            &bundle,
-            runtime,
-            config.codec_threads,
-            config.provider,
-            config.codec_window,
-        )?;
-        // A first run of each graph pages its weights in and sizes ONNX Runtime's buffers;
-        // that is part of loading, and a stream should start at full speed.
-        let warm_up = conditioner.encode(&config.prompt)?;
-        decoder.warm_up(&warm_up)?;
-        codec.warm_up()?;
+        let decoder = model.decoder()?;
+        let codec = model.streaming_codec(config.codec_window);
         // Time to first audio counts from here: the prompt's encoding is part of it, the
-        // one-off loading of the graphs is not.
+        // one-off loading of the model is not.
         let started = Instant::now();
-        let cross = conditioner.encode(&config.prompt)?;
+        let cross = model.condition(&config.prompt)?;
         let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
 
         let buffer_ahead = BufferAhead {
@@ -377,7 +343,7 @@ impl Stream {
         let latency_samples = latency.samples(config.output_rate_hz, resampler.delay_frames());
 
         let generator = SlidingGenerator::new(
-            bundle.pattern_kind().clone(),
+            model.pattern_kind().clone(),
             &given,
             manifest.special_token_id,
             sampler,
@@ -397,7 +363,7 @@ impl Stream {
             generator,
             play_given: config.play_continued,
             decoder,
-            conditioner,
+            model: Arc::clone(model),
             cross,
             commands: command_rx,
             frames: frame_tx,
@@ -445,7 +411,7 @@ impl Stream {
                 latency_samples: AtomicU32::new(latency_samples),
                 frame_rate_hz,
                 first_played_frame,
-                execution_provider,
+                model: Arc::clone(model),
                 codes,
                 stop,
                 threads,
@@ -522,9 +488,9 @@ impl Stream {
         self.playback.samples_queued() as f64 / f64::from(self.sample_rate_hz())
     }
 
-    /// The execution provider the decoder runs on (and why, after a fallback).
-    pub fn execution_provider(&self) -> &str {
-        &self.execution_provider
+    /// The model this stream plays.
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
     }
 
     /// The generated codes `[K, T]`, once generation has ended.
@@ -629,7 +595,7 @@ fn store_f32(cell: &AtomicU32, value: f32) {
 struct GenerationLoop {
     generator: SlidingGenerator,
     decoder: Decoder,
-    conditioner: Conditioner,
+    model: Arc<Model>,
     cross: CrossAttention,
     commands: Receiver<Command>,
     frames: Sender<CodecInput>,
@@ -765,7 +731,7 @@ impl GenerationLoop {
     /// Conditions generation on `prompt` from the next step; with a crossfade set, the old
     /// prompt's music goes on beside it for the fade.
     fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
-        let cross = self.conditioner.encode(prompt)?;
+        let cross = self.model.condition(prompt)?;
         let old = std::mem::replace(&mut self.cross, cross);
         if self.crossfade_frames > 0 && self.fading.is_none() {
             self.fading = Some(Fading {

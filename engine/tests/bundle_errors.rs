@@ -1,10 +1,10 @@
 //! Broken bundles give errors that name the file, the tensor and the fix.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use musicgen_engine::bundle::{Bundle, Graph};
+use musicgen_engine::model::{Model, ModelOptions};
 use musicgen_engine::runtime::Runtime;
-use musicgen_engine::stream::{Stream, StreamConfig};
 use serde_json::Value;
 
 fn copy_of_tiny() -> tempfile::TempDir {
@@ -24,23 +24,25 @@ fn edit_manifest(dir: &Path, edit: impl FnOnce(&mut Value)) {
     std::fs::write(path, serde_json::to_string_pretty(&manifest).unwrap()).unwrap();
 }
 
-fn start_error(dir: &Path) -> String {
-    let config = StreamConfig::new(PathBuf::from(dir), "piano");
-    Stream::start(config).err().expect("the bundle is broken").to_string()
+fn load_error(dir: &Path) -> String {
+    Model::load(ModelOptions::new(dir))
+        .err()
+        .expect("the bundle is broken")
+        .to_string()
 }
 
 #[test]
 fn a_missing_graph_file_is_named() {
     let dir = copy_of_tiny();
     std::fs::remove_file(dir.path().join("decoder.onnx")).unwrap();
-    let err = start_error(dir.path());
+    let err = load_error(dir.path());
     assert!(err.contains("decoder.onnx") && err.contains("missing"), "{err}");
 }
 
 #[test]
 fn a_missing_manifest_says_how_to_make_a_bundle() {
     let dir = tempfile::tempdir().unwrap();
-    let err = start_error(dir.path());
+    let err = load_error(dir.path());
     assert!(
         err.contains("musicgen.json") && err.contains("cargo xtask export"),
         "{err}"
@@ -68,7 +70,7 @@ fn a_wrong_codebook_count_is_refused_with_the_tensor_and_axis() {
         m["num_codebooks"] = Value::from(3);
         m["pattern"]["delays"] = Value::from(vec![0, 1, 2]);
     });
-    let err = start_error(dir.path());
+    let err = load_error(dir.path());
     assert!(
         err.contains(".onnx") && err.contains(" is 4 but the manifest's geometry says 3"),
         "{err}"
@@ -92,7 +94,7 @@ fn a_cache_type_the_graph_does_not_have_is_refused() {
 fn a_bundle_of_an_older_format_is_refused_with_the_fix() {
     let dir = copy_of_tiny();
     edit_manifest(dir.path(), |m| m["format_version"] = Value::from(1));
-    let err = start_error(dir.path());
+    let err = load_error(dir.path());
     assert!(err.contains("format version 1") && err.contains("re-export"), "{err}");
 }
 
@@ -100,7 +102,7 @@ fn a_bundle_of_an_older_format_is_refused_with_the_fix() {
 fn a_corrupt_manifest_is_refused_with_its_path() {
     let dir = copy_of_tiny();
     std::fs::write(dir.path().join("musicgen.json"), "{ not json").unwrap();
-    let err = start_error(dir.path());
+    let err = load_error(dir.path());
     assert!(
         err.contains("musicgen.json") && err.contains("not a valid bundle manifest"),
         "{err}"

@@ -9,10 +9,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::tiny;
+use common::start;
 use musicgen_engine::resample::StreamResampler;
 use musicgen_engine::seam::measure_seams;
-use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, StreamConfig};
 
 const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
@@ -27,13 +27,13 @@ const PROMPTS: [&str; 4] = [
 
 #[test]
 fn two_minutes_at_real_time_pace_with_a_new_prompt_every_15_s_never_underrun() {
-    let mut config = StreamConfig::new(tiny(), PROMPTS[0]);
+    let mut config = StreamConfig::new(PROMPTS[0]);
     config.seconds = Some(SECONDS);
     config.output_rate_hz = RATE_HZ;
     config.window_seconds = 10.0;
     config.keep_seconds = 4.0;
     let buffer_samples = (config.buffer_seconds * f64::from(RATE_HZ)) as usize;
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
 
     // The first fill, as the plugin has it before the first note.
     let deadline = Instant::now() + Duration::from_secs(60);

@@ -3,13 +3,13 @@
 
 mod common;
 
-use common::{codes_of, config, drain, read_wav, tiny};
+use common::{codes_of, config, drain, read_wav, start, tiny};
 use musicgen_engine::bundle::Bundle;
 use musicgen_engine::codec::AudioEncoder;
 use musicgen_engine::pattern::CodeGrid;
 use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, StreamConfig};
 
 const PROMPT: &str = "warm lo-fi piano";
 
@@ -33,7 +33,7 @@ fn frames(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> Vec<Vec<u32>> {
 
 /// Runs a stream to its end: its codes `[K][T]` and its audio.
 fn run_to_end(config: StreamConfig) -> (Vec<Vec<u32>>, Vec<f32>) {
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
     let audio = drain(&stream, &mut consumer);
     (codes_of(&stream), audio)
 }
@@ -44,7 +44,7 @@ fn after_a_slide_the_music_goes_on_exactly_as_a_fresh_continuation_of_the_kept_f
     let mut sliding = greedy(config(PROMPT, 150));
     sliding.window_seconds = 2.0;
     sliding.keep_seconds = 1.0;
-    let (stream, mut consumer) = Stream::start(sliding.clone()).unwrap();
+    let (stream, mut consumer) = start(sliding.clone()).unwrap();
     let audio = drain(&stream, &mut consumer);
     let codes = codes_of(&stream);
     assert_eq!(stream.status().seams(), [100]);
@@ -75,7 +75,7 @@ fn seeded_sampling_is_reproducible_across_slides() {
         sliding.window_seconds = 2.0;
         sliding.keep_seconds = 0.8;
         sliding.seed = 11;
-        let (stream, mut consumer) = Stream::start(sliding).unwrap();
+        let (stream, mut consumer) = start(sliding).unwrap();
         drain(&stream, &mut consumer);
         assert_eq!(stream.status().seams(), [100, 160, 220]);
         codes_of(&stream)
@@ -90,7 +90,7 @@ fn a_window_that_keeps_nothing_starts_afresh_and_goes_on() {
     let mut config = config(PROMPT, 120);
     config.window_seconds = 1.0;
     config.keep_seconds = 0.0;
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(stream.status().seams(), [50, 100]);
     assert_eq!(codes_of(&stream)[0].len(), 120);
@@ -100,7 +100,7 @@ fn a_window_that_keeps_nothing_starts_afresh_and_goes_on() {
 #[test]
 fn a_prompt_set_for_a_frame_changes_nothing_before_it() {
     let run = |change: Option<usize>| {
-        let (stream, mut consumer) = Stream::start(greedy(config(PROMPT, 120))).unwrap();
+        let (stream, mut consumer) = start(greedy(config(PROMPT, 120))).unwrap();
         if let Some(frame) = change {
             stream.send(Command::SetPromptAt {
                 prompt: "fast techno with heavy bass".into(),
@@ -127,7 +127,7 @@ fn a_crossfaded_prompt_change_mixes_the_old_and_the_new_continuation() {
         config.prompt_crossfade_seconds = crossfade_seconds;
         // Compared sample for sample: no filter memory across the fade.
         config.block_dc = false;
-        let (stream, mut consumer) = Stream::start(config).unwrap();
+        let (stream, mut consumer) = start(config).unwrap();
         stream.send(Command::SetPromptAt {
             prompt: "fast techno with heavy bass".into(),
             frame: 60,
@@ -177,7 +177,7 @@ fn a_live_continuation_plays_only_the_new_music() {
     let mut continued = config(PROMPT, 50);
     continued.continue_from = Some(grid(&given, 0..60));
     continued.play_continued = false;
-    let (stream, mut consumer) = Stream::start(continued).unwrap();
+    let (stream, mut consumer) = start(continued).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(frames(&codes_of(&stream), 0..60), given);
     assert_eq!(
@@ -215,10 +215,10 @@ fn audio_is_encoded_to_codes_that_a_stream_continues() {
 fn a_window_that_cannot_be_is_refused_with_its_values() {
     let mut bad = config(PROMPT, 10);
     bad.window_seconds = 0.0;
-    let err = Stream::start(bad).err().unwrap().to_string();
+    let err = start(bad).err().unwrap().to_string();
     assert!(err.contains("window of 0 s"), "{err}");
     let mut wrong_k = config(PROMPT, 10);
     wrong_k.continue_from = Some(CodeGrid::new(2, 1, vec![0, 0]).unwrap());
-    let err = Stream::start(wrong_k).err().unwrap().to_string();
+    let err = start(wrong_k).err().unwrap().to_string();
     assert!(err.contains("2 codebooks") && err.contains("has 4"), "{err}");
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::tiny;
+use common::start;
 use musicgen_engine::stream::{Readiness, Stream, StreamConfig};
 
 const RATE_HZ: u32 = 32_000;
@@ -19,10 +19,9 @@ const BLOCK: usize = 320;
 const STEP_DELAY: Duration = Duration::from_millis(40);
 
 fn slow_config(seconds: Option<f64>) -> StreamConfig {
-    let mut config = StreamConfig::new(tiny(), "warm lo-fi piano");
+    let mut config = StreamConfig::new("warm lo-fi piano");
     config.seconds = seconds;
     config.output_rate_hz = RATE_HZ;
-    config.decoder_threads = 1;
     config.step_delay = STEP_DELAY;
     config
 }
@@ -73,7 +72,7 @@ fn pull_in_real_time(
 
 #[test]
 fn a_finite_slow_stream_waits_then_plays_to_its_end_without_a_gap() {
-    let (stream, mut consumer) = Stream::start(slow_config(Some(3.0))).unwrap();
+    let (stream, mut consumer) = start(slow_config(Some(3.0))).unwrap();
     let blocks = pull_in_real_time(&stream, &mut consumer, 20.0);
     let first = blocks.iter().position(|b| b.got > 0).expect("playback started");
     assert!(
@@ -99,7 +98,7 @@ fn a_finite_slow_stream_waits_then_plays_to_its_end_without_a_gap() {
 fn an_endless_slow_stream_plays_in_stretches_of_its_buffer_ahead_never_chattering() {
     let mut config = slow_config(None);
     config.buffer_ahead_seconds = Some(1.5);
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
     let blocks = pull_in_real_time(&stream, &mut consumer, 10.0);
     // Stretches of uninterrupted audio, the last one cut by the end of the test.
     let mut stretches = Vec::new();

@@ -5,9 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{codes_of, config, drain, read_wav, tiny};
+use common::{codes_of, config, drain, read_wav, start, tiny};
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, Stream};
+use musicgen_engine::stream::Command;
 use serde_json::Value;
 
 struct Golden {
@@ -46,7 +46,7 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
     config.guidance_scale = golden.guidance_scale;
     // Sample for sample against the offline decode: no offset removal.
     config.block_dc = false;
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(
         codes_of(&stream),
@@ -54,7 +54,7 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
         "greedy codes differ from transformers' generate"
     );
     assert_eq!(stream.seconds_buffered(), 0.0, "everything pushed was played");
-    let provider = stream.execution_provider();
+    let provider = stream.model().execution_provider();
     assert!(provider == "cpu" || provider == "cuda", "{provider}");
 
     let (rate_hz, reference) = read_wav(&tiny().join("golden.wav"));
@@ -76,7 +76,7 @@ fn seeded_sampling_is_reproducible() {
     let run = |seed| {
         let mut config = config("warm lo-fi piano", 40);
         config.seed = seed;
-        let (stream, mut consumer) = Stream::start(config).unwrap();
+        let (stream, mut consumer) = start(config).unwrap();
         drain(&stream, &mut consumer);
         codes_of(&stream)
     };
@@ -89,7 +89,7 @@ fn seeded_sampling_is_reproducible() {
 #[test]
 fn a_prompt_change_mid_stream_keeps_the_audio_going() {
     let frames = 150;
-    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", frames)).unwrap();
+    let (stream, mut consumer) = start(config("warm lo-fi piano", frames)).unwrap();
     while stream.status().frames() < 50 {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -106,13 +106,13 @@ fn a_prompt_change_mid_stream_keeps_the_audio_going() {
 
 #[test]
 fn a_prompt_with_unknown_pieces_is_refused_by_name() {
-    let err = Stream::start(config("piano \u{2603}", 10)).err().unwrap().to_string();
+    let err = start(config("piano \u{2603}", 10)).err().unwrap().to_string();
     assert!(err.contains('\u{2603}'), "{err}");
 }
 
 #[test]
 fn a_stream_shorter_than_a_codec_window_still_decodes() {
-    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", 3)).unwrap();
+    let (stream, mut consumer) = start(config("warm lo-fi piano", 3)).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(audio.len(), 3 * 640);
     assert!(audio.iter().any(|&s| s != 0.0));
@@ -125,7 +125,7 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
     // the stream is still to be resampled when the rate changes.
     let mut config = config("warm lo-fi piano", frames);
     config.buffer_seconds = 0.01;
-    let (stream, mut consumer) = Stream::start(config).unwrap();
+    let (stream, mut consumer) = start(config).unwrap();
     while stream.status().frames() < 20 {
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -163,14 +163,14 @@ fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
 #[test]
 fn the_stream_has_no_constant_offset() {
     // The tiny bundle's random codec decodes around +0.32; the stream removes it.
-    let (stream, mut consumer) = Stream::start(config("warm lo-fi piano", 100)).unwrap();
+    let (stream, mut consumer) = start(config("warm lo-fi piano", 100)).unwrap();
     let audio = drain(&stream, &mut consumer);
     let settled = &audio[16_000..];
     let mean = settled.iter().sum::<f32>() / settled.len() as f32;
     assert!(mean.abs() < 0.01, "offset {mean}");
     let mut raw = config("warm lo-fi piano", 100);
     raw.block_dc = false;
-    let (stream, mut consumer) = Stream::start(raw).unwrap();
+    let (stream, mut consumer) = start(raw).unwrap();
     let raw = drain(&stream, &mut consumer);
     let raw_mean = raw[16_000..].iter().sum::<f32>() / (raw.len() - 16_000) as f32;
     assert!(

@@ -1,7 +1,8 @@
-//! The plugin's control thread: owns the engine's [`Stream`], starts it in the background
-//! when a note or the editor asks, hands its playback consumer to the audio thread
-//! through a lock-free queue, forwards parameter changes, and publishes a status snapshot
-//! for the editor.
+//! The plugin's control thread: gets the chosen model (from the process-wide
+//! [`model_cache`](crate::model_cache), loading it on a thread of its own while the old one
+//! plays), owns the engine's [`Stream`], starts it when a note or the editor asks, hands
+//! its playback consumer to the audio thread through a lock-free queue, forwards parameter
+//! changes, and publishes a status snapshot for the editor.
 //!
 //! The audio thread talks to this thread only through SPSC ring buffers (`ringbuf`) and
 //! an atomic: it pushes [`AudioRequest`]s and retired consumers, pops new streams'
@@ -15,17 +16,16 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, unbounded};
-use musicgen_engine::bundle::Bundle;
-use musicgen_engine::codec::AudioEncoder;
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
+use musicgen_engine::model::{Model, ModelError, ModelOptions};
 use musicgen_engine::playback::PlaybackConsumer;
-use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
+use crate::model_cache::shared_model;
 use crate::params::MusicGenParams;
 use crate::transport::HostTransport;
 
@@ -118,7 +118,10 @@ impl Controller {
             transport: Arc::clone(&transport),
             sidechain: sidechain_rx,
             sidechain_history: VecDeque::new(),
-            encoder: None,
+            model: None,
+            loading: None,
+            failed_load: None,
+            start_when_loaded: false,
             pending: None,
             applied_prompt: String::new(),
             stream: None,
@@ -179,6 +182,14 @@ struct Applied {
     prompt_crossfade_s: f32,
 }
 
+/// A model loading on a thread of its own, so that the controller keeps serving the
+/// audio thread and the editor (and the old model keeps playing) meanwhile.
+struct ModelLoad {
+    options: ModelOptions,
+    result: Receiver<Result<Arc<Model>, ModelError>>,
+    thread: JoinHandle<()>,
+}
+
 struct Worker {
     params: Arc<MusicGenParams>,
     requests: Receiver<Request>,
@@ -192,8 +203,15 @@ struct Worker {
     sidechain: HeapCons<f32>,
     /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate.
     sidechain_history: VecDeque<f32>,
-    /// The codec encoder of the model in use, loaded on the first continuation.
-    encoder: Option<(PathBuf, AudioEncoder)>,
+    /// The model new streams play, with the options it was asked for under.
+    model: Option<(ModelOptions, Arc<Model>)>,
+    /// A model loading in the background.
+    loading: Option<ModelLoad>,
+    /// Options whose model did not load: not tried again until they change or Generate
+    /// is pressed.
+    failed_load: Option<ModelOptions>,
+    /// A stream starts as soon as the model has loaded.
+    start_when_loaded: bool,
     /// A stream that continues the sidechain, with its prompt, filling its buffer before
     /// it takes over.
     pending: Option<(Stream, PlaybackConsumer, String)>,
@@ -244,6 +262,7 @@ impl Worker {
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
             self.keep_sidechain();
+            self.follow_model();
             self.take_over_when_ready();
             self.follow_prompt();
             if let Some(stream) = &self.stream {
@@ -258,7 +277,11 @@ impl Worker {
                 self.last_snapshot = Instant::now();
             }
         }
+        self.pending = None;
         self.stream = None;
+        if let Some(load) = self.loading.take() {
+            let _ = load.thread.join();
+        }
     }
 
     fn settings(&self) -> Applied {
@@ -346,20 +369,99 @@ impl Worker {
             self.send_prompt(prompt);
             return;
         }
-        let model_dir = self.model_dir();
-        self.set_state(format!("loading {} ...", model_dir.display()), None);
-        self.publish();
-        let config = self.stream_config(prompt.clone());
-        let delays = Bundle::open(&model_dir)
-            .ok()
-            .map(|b| b.manifest().pattern.delays.clone())
-            .unwrap_or_default();
-        match Stream::start(config) {
-            Ok((stream, consumer)) => {
-                self.snapshot.lock().delays = delays;
-                self.install(stream, consumer, prompt, "generating");
+        let wanted = self.model_options();
+        let model = match &self.model {
+            Some((options, model)) if *options == wanted => Arc::clone(model),
+            _ => {
+                // Starts once the chosen model has loaded; pressing Generate again after a
+                // failed load tries again.
+                self.start_when_loaded = true;
+                if self.failed_load.as_ref() == Some(&wanted) {
+                    self.failed_load = None;
+                }
+                self.follow_model();
+                return;
             }
+        };
+        let config = self.stream_config(prompt.clone());
+        match Stream::start(&model, config) {
+            Ok((stream, consumer)) => self.install(stream, consumer, prompt, "generating"),
             Err(error) => self.set_state("stopped".into(), Some(error.to_string())),
+        }
+    }
+
+    /// Loads the chosen model (folder and provider) in the background when it is not the
+    /// one in use, and puts it in use once loaded: a waiting Generate starts on it, and a
+    /// playing stream hands over to a new stream on it once that has audio buffered.
+    /// Nothing loads before the instance first plays (hosts open plugins to scan them).
+    fn follow_model(&mut self) {
+        if let Some(load) = &self.loading
+            && let Ok(result) = load.result.try_recv()
+        {
+            let load = self.loading.take().expect("checked above");
+            let _ = load.thread.join();
+            match result {
+                Ok(model) => self.use_model(load.options, model),
+                Err(error) => {
+                    let still = match &self.model {
+                        Some((_, model)) => format!("; still playing {}", model.dir().display()),
+                        None => String::new(),
+                    };
+                    self.set_state(
+                        format!("{} did not load{still}", load.options.model_dir.display()),
+                        Some(error.to_string()),
+                    );
+                    self.start_when_loaded = false;
+                    self.failed_load = Some(load.options);
+                }
+            }
+        }
+        if self.loading.is_some() || (self.model.is_none() && !self.start_when_loaded) {
+            return;
+        }
+        let wanted = self.model_options();
+        let in_use = self.model.as_ref().is_some_and(|(options, _)| *options == wanted);
+        if in_use || self.failed_load.as_ref() == Some(&wanted) {
+            return;
+        }
+        self.set_state(format!("loading {} ...", wanted.model_dir.display()), None);
+        let (result_tx, result) = bounded(1);
+        let options = wanted.clone();
+        let thread = std::thread::Builder::new()
+            .name("musicgen-model-load".into())
+            .spawn(move || {
+                let _ = result_tx.send(shared_model(&options));
+            })
+            .expect("the OS can start a thread");
+        self.loading = Some(ModelLoad {
+            options: wanted,
+            result,
+            thread,
+        });
+    }
+
+    fn use_model(&mut self, options: ModelOptions, model: Arc<Model>) {
+        self.model = Some((options, Arc::clone(&model)));
+        self.failed_load = None;
+        if std::mem::take(&mut self.start_when_loaded) && !self.is_running() {
+            self.generate();
+            return;
+        }
+        if !self.is_running() {
+            self.set_state(
+                format!("{} loaded: play a note or press Generate", model.dir().display()),
+                None,
+            );
+            return;
+        }
+        let prompt = self.effective_prompt();
+        let started = Stream::start(&model, self.stream_config(prompt.clone()));
+        match started {
+            Ok((stream, consumer)) => {
+                self.pending = Some((stream, consumer, prompt));
+                self.set_state(format!("switching to {} ...", model.dir().display()), None);
+            }
+            Err(error) => self.set_state("the new model did not start".into(), Some(error.to_string())),
         }
     }
 
@@ -372,6 +474,7 @@ impl Worker {
         }
         self.applied = Some(self.settings());
         self.applied_prompt = prompt;
+        self.snapshot.lock().delays = stream.model().manifest().pattern.delays.clone();
         self.stream = Some(stream);
         self.set_state(state.into(), None);
     }
@@ -415,20 +518,16 @@ impl Worker {
                 audio.len() as f64 / f64::from(rate_hz)
             ));
         }
-        let model_dir = self.model_dir();
-        if self.encoder.as_ref().is_none_or(|(dir, _)| *dir != model_dir) {
-            let runtime = Runtime::init(self.ort_library().as_deref()).map_err(|e| e.to_string())?;
-            let bundle = Bundle::open(&model_dir).map_err(|e| e.to_string())?;
-            let encoder = AudioEncoder::load(&bundle, runtime, 1).map_err(|e| e.to_string())?;
-            self.encoder = Some((model_dir, encoder));
-        }
-        let (_, encoder) = self.encoder.as_mut().expect("loaded above");
-        let codes = encoder.encode_at(&audio, rate_hz).map_err(|e| e.to_string())?;
+        let Some((_, model)) = &self.model else {
+            return Err("no model is loaded yet: play a note or press Generate first".into());
+        };
+        let model = Arc::clone(model);
+        let codes = model.encode_audio(&audio, rate_hz).map_err(|e| e.to_string())?;
         let prompt = self.effective_prompt();
         let mut config = self.stream_config(prompt.clone());
         config.continue_from = Some(codes);
         config.play_continued = false;
-        let (stream, consumer) = Stream::start(config).map_err(|e| e.to_string())?;
+        let (stream, consumer) = Stream::start(&model, config).map_err(|e| e.to_string())?;
         self.pending = Some((stream, consumer, prompt));
         Ok(())
     }
@@ -480,10 +579,18 @@ impl Worker {
         }
     }
 
-    /// A stream on the chosen model with the current parameters.
+    /// The model the parameters choose.
+    fn model_options(&self) -> ModelOptions {
+        let mut options = ModelOptions::new(self.model_dir());
+        options.provider = *self.params.provider.read();
+        options.ort_library = self.ort_library();
+        options
+    }
+
+    /// A stream with the current parameters.
     fn stream_config(&self, prompt: String) -> StreamConfig {
         let settings = self.settings();
-        let mut config = StreamConfig::new(self.model_dir(), prompt);
+        let mut config = StreamConfig::new(prompt);
         config.sampling = settings.sampling;
         config.guidance_scale = settings.guidance_scale;
         config.seed = self.params.seed.value().max(0) as u64;
@@ -492,8 +599,6 @@ impl Worker {
         config.buffer_ahead_seconds = Some(f64::from(self.params.buffer_ahead.value()));
         config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
         config.output_rate_hz = self.output_rate_hz;
-        config.provider = *self.params.provider.read();
-        config.ort_library = self.ort_library();
         config
     }
 
@@ -522,7 +627,7 @@ impl Worker {
             return;
         };
         let status = stream.status();
-        snapshot.provider = stream.execution_provider().to_owned();
+        snapshot.provider = stream.model().execution_provider().to_owned();
         snapshot.steps_per_second = status.steps_per_second();
         snapshot.readiness = Some(stream.readiness());
         snapshot.seconds_buffered = stream.seconds_buffered();

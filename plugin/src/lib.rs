@@ -7,6 +7,7 @@
 
 mod controller;
 mod editor;
+mod model_cache;
 mod params;
 mod transport;
 

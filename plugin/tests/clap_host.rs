@@ -416,3 +416,62 @@ fn a_prompt_loaded_while_playing_takes_over_without_a_gap() {
         "a 20 ms window at RMS {quietest} while the note is held across the prompt change"
     );
 }
+
+/// This process's resident memory in MB, where the system tells it (Linux).
+fn resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// Four instances in one host, each activated and played at once: every one sounds, and
+/// the later ones start on the model the first loaded. Prints, per instance, the time from
+/// its activation (with a note at once) to its first sound and the process's resident
+/// memory. `MUSICGEN_MEASURE_MODEL=DIR` plays another bundle for those figures.
+#[test]
+fn four_instances_in_one_host_all_play() {
+    let model_dir = std::env::var("MUSICGEN_MEASURE_MODEL").ok();
+    let held_s = if model_dir.is_some() { 20.0 } else { 3.0 };
+    let (rate_hz, block) = (48_000, 512);
+    let config = PluginAudioConfiguration {
+        sample_rate: f64::from(rate_hz),
+        min_frames_count: 1,
+        max_frames_count: block as u32,
+    };
+    let timing = Timing {
+        before_s: 0.0,
+        held_s,
+        after_s: 0.0,
+    };
+    let mut playing = Vec::new();
+    for i in 1..=4 {
+        let Loaded { mut instance, _entry } = load();
+        if let Some(dir) = &model_dir {
+            let mut state = save(&mut instance);
+            state["fields"]["model_dir"] = serde_json::to_string(dir).unwrap().into();
+            restore(&mut instance, &state);
+        }
+        let processor = instance.activate(|_, _| (), config).unwrap();
+        let (processor, played) = play_note(&mut instance, processor, rate_hz, block, &timing, None);
+        let first_sound = played.channels[0].iter().position(|s| s.abs() > 1e-6);
+        // A model slower than real time waits for its buffer (tested in the engine); four
+        // of them on one machine may wait longer than the note.
+        assert!(
+            first_sound.is_some() || model_dir.is_some(),
+            "instance {i}: no sound within {held_s} s of its activation"
+        );
+        eprintln!(
+            "instance {i}: first sound {} after its activation; resident memory {:.0} MB",
+            first_sound.map_or(format!("not within {held_s} s"), |at| format!(
+                "{:.0} ms",
+                at as f64 * 1000.0 / f64::from(rate_hz)
+            )),
+            resident_mb().unwrap_or(f64::NAN)
+        );
+        playing.push((instance, processor, _entry));
+    }
+    for (mut instance, processor, _entry) in playing {
+        instance.deactivate(processor);
+    }
+}

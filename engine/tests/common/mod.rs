@@ -3,21 +3,38 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use musicgen_engine::model::{Model, ModelOptions};
 use musicgen_engine::playback::PlaybackConsumer;
-use musicgen_engine::stream::{Stream, StreamConfig};
+use musicgen_engine::stream::{Stream, StreamConfig, StreamError};
 
 pub fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
 }
 
+/// The tiny model, loaded once for every test of a binary, as the plugin shares one.
+pub fn tiny_model() -> Arc<Model> {
+    static MODEL: OnceLock<Arc<Model>> = OnceLock::new();
+    let model = MODEL.get_or_init(|| {
+        let mut options = ModelOptions::new(tiny());
+        options.decoder_threads = 1;
+        Arc::new(Model::load(options).expect("the tiny model loads (run `cargo xtask ort` first)"))
+    });
+    Arc::clone(model)
+}
+
+/// Starts `config` on the tiny model.
+pub fn start(config: StreamConfig) -> Result<(Stream, PlaybackConsumer), StreamError> {
+    Stream::start(&tiny_model(), config)
+}
+
 /// A stream of `frames` frames on the tiny bundle at its own 32 kHz.
 pub fn config(prompt: &str, frames: usize) -> StreamConfig {
-    let mut config = StreamConfig::new(tiny(), prompt);
+    let mut config = StreamConfig::new(prompt);
     config.seconds = Some(frames as f64 / 50.0);
     config.output_rate_hz = 32_000;
-    config.decoder_threads = 1;
     config
 }
 

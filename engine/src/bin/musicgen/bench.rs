@@ -3,14 +3,14 @@
 //! and turns the objects into the table in BENCHMARKS.md.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use musicgen_engine::bundle::Bundle;
-use musicgen_engine::codec::{CodecWindow, StreamingCodec};
-use musicgen_engine::conditioning::Conditioner;
-use musicgen_engine::decoder::Decoder;
-use musicgen_engine::runtime::{ExecutionProvider, Runtime};
+use musicgen_engine::codec::CodecWindow;
+use musicgen_engine::model::{Model, ModelOptions};
+use musicgen_engine::runtime::ExecutionProvider;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::stream::{Stream, StreamConfig};
 use serde::Serialize;
@@ -116,7 +116,6 @@ struct StreamTiming {
 
 pub fn bench(args: &BenchArgs) -> Result<()> {
     let bundle = Bundle::open(&args.model)?;
-    let runtime = Runtime::init(args.ort_library.as_deref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let thread_counts = if args.decoder_threads.is_empty() {
         vec![cores]
@@ -140,7 +139,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
             args.model.display(),
             args.contexts
         );
-        provider = time_contexts(&bundle, runtime, args, threads, &mut contexts)?;
+        provider = time_contexts(&*load_model(args, threads)?, args, threads, &mut contexts)?;
     }
     let middle = args.contexts[args.contexts.len() / 2];
     let decoder_threads = contexts
@@ -149,18 +148,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .max_by(|a, b| a.steps_per_second.total_cmp(&b.steps_per_second))
         .map_or(1, |c| c.threads);
 
-    let codec_ms_per_frame = time_codec(&bundle, runtime, args)?;
+    let model = load_model(args, decoder_threads)?;
+    let codec_ms_per_frame = time_codec(&model, args)?;
     eprintln!("  codec: {codec_ms_per_frame:.3} ms per frame");
 
-    let mut stream_config = StreamConfig::new(args.model.clone(), PROMPT);
-    stream_config.ort_library = args.ort_library.clone();
-    stream_config.provider = args.provider;
-    stream_config.decoder_threads = decoder_threads;
+    let mut stream_config = StreamConfig::new(PROMPT);
     stream_config.seconds = Some(args.stream_seconds);
     stream_config.output_rate_hz = args.sample_rate;
     stream_config.sampling = SamplingSettings::default();
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
-    let stream = time_stream(stream_config, args, bundle.pattern(frames).num_steps())?;
+    let stream = time_stream(&model, stream_config, args, bundle.pattern(frames).num_steps())?;
     let peak_resident_mb = peak_resident_mb();
     let snr_db_vs_reference = match &args.reference {
         Some(reference) => Some(snr_against(args, reference)?),
@@ -186,17 +183,10 @@ const PROMPT: &str = "lo-fi piano with soft drums";
 
 /// Times decoder steps (both guidance rows) at each context with `threads` intra-op
 /// threads; returns the execution provider in use.
-fn time_contexts(
-    bundle: &Bundle,
-    runtime: &Runtime,
-    args: &BenchArgs,
-    threads: usize,
-    out: &mut Vec<ContextTiming>,
-) -> Result<String> {
-    let manifest = bundle.manifest();
-    let mut conditioner = Conditioner::load(bundle, runtime, threads, args.provider)?;
-    let cross = conditioner.encode(PROMPT)?;
-    let mut decoder = Decoder::load(bundle, runtime, threads, args.provider)?;
+fn time_contexts(model: &Model, args: &BenchArgs, threads: usize, out: &mut Vec<ContextTiming>) -> Result<String> {
+    let manifest = model.manifest();
+    let cross = model.condition(PROMPT)?;
+    let mut decoder = model.decoder()?;
     let tokens = vec![i64::from(manifest.special_token_id); manifest.num_codebooks];
     for &context_frames in &args.contexts {
         // A cache as a stream has it: a lane of the default window, or as long as the
@@ -223,14 +213,23 @@ fn time_contexts(
             steps_per_second,
         });
     }
-    Ok(decoder.provider_in_use().to_owned())
+    Ok(model.execution_provider().to_owned())
+}
+
+/// The bench's model with `decoder_threads` intra-op threads.
+fn load_model(args: &BenchArgs, decoder_threads: usize) -> Result<Arc<Model>> {
+    let mut options = ModelOptions::new(args.model.clone());
+    options.ort_library = args.ort_library.clone();
+    options.provider = args.provider;
+    options.decoder_threads = decoder_threads;
+    Ok(Arc::new(Model::load(options)?))
 }
 
 /// Decodes random frames as the stream does (frame by frame, windowed) and returns the
 /// time per frame.
-fn time_codec(bundle: &Bundle, runtime: &Runtime, args: &BenchArgs) -> Result<f64> {
-    let manifest = bundle.manifest();
-    let mut codec = StreamingCodec::load(bundle, runtime, 1, args.provider, CodecWindow::default())?;
+fn time_codec(model: &Model, args: &BenchArgs) -> Result<f64> {
+    let manifest = model.manifest();
+    let mut codec = model.streaming_codec(CodecWindow::default());
     let mut state = 0x9E37_79B9_7F4A_7C15_u64;
     let mut frame = vec![0u32; manifest.num_codebooks];
     let mut audio = Vec::new();
@@ -251,13 +250,18 @@ fn time_codec(bundle: &Bundle, runtime: &Runtime, args: &BenchArgs) -> Result<f6
 }
 
 /// Streams `seconds` of audio, taking it from the ring buffer as soon as it is there.
-fn time_stream(config: StreamConfig, args: &BenchArgs, pattern_steps: usize) -> Result<StreamTiming> {
+fn time_stream(
+    model: &Arc<Model>,
+    config: StreamConfig,
+    args: &BenchArgs,
+    pattern_steps: usize,
+) -> Result<StreamTiming> {
     let total = (args.stream_seconds * f64::from(config.output_rate_hz)).round() as u64;
     let progress = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("  stream {bar:30} {percent:>3}% {elapsed_precise} {msg}")
             .expect("the template is valid"),
     );
-    let (stream, mut consumer) = Stream::start(config)?;
+    let (stream, mut consumer) = Stream::start(model, config)?;
     let started = Instant::now();
     let mut block = vec![0.0f32; 4096];
     let mut taken = 0u64;
@@ -316,14 +320,16 @@ fn snr_against(args: &BenchArgs, reference: &Path) -> Result<f64> {
         reference.display()
     );
     let greedy = |model: &Path| -> Result<Vec<f32>> {
-        let mut config = StreamConfig::new(model.to_path_buf(), PROMPT);
-        config.ort_library = args.ort_library.clone();
-        config.provider = args.provider;
+        let mut options = ModelOptions::new(model);
+        options.ort_library = args.ort_library.clone();
+        options.provider = args.provider;
+        let model = Arc::new(Model::load(options)?);
+        let mut config = StreamConfig::new(PROMPT);
         config.seconds = Some(args.snr_seconds);
         config.sampling = SamplingSettings::greedy();
-        config.output_rate_hz = Bundle::open(model)?.manifest().sample_rate_hz;
+        config.output_rate_hz = model.manifest().sample_rate_hz;
         config.block_dc = false;
-        let (stream, mut consumer) = Stream::start(config)?;
+        let (stream, mut consumer) = Stream::start(&model, config)?;
         let mut audio = Vec::new();
         let mut block = vec![0.0f32; 4096];
         loop {
@@ -338,7 +344,7 @@ fn snr_against(args: &BenchArgs, reference: &Path) -> Result<f64> {
             }
         }
         if let Some(error) = stream.status().error() {
-            anyhow::bail!("{}: the stream stopped: {error}", model.display());
+            anyhow::bail!("{}: the stream stopped: {error}", model.dir().display());
         }
         Ok(audio)
     };

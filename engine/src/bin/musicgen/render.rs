@@ -4,11 +4,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use musicgen_engine::bundle::{Bundle, Manifest};
-use musicgen_engine::codec::AudioEncoder;
+use std::sync::Arc;
+
+use musicgen_engine::bundle::Manifest;
+use musicgen_engine::model::{Model, ModelOptions};
 use musicgen_engine::pattern::CodeGrid;
 use musicgen_engine::resample::StreamResampler;
-use musicgen_engine::runtime::Runtime;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::seam::measure_seams;
 use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
@@ -28,23 +29,27 @@ fn default_model() -> PathBuf {
 const CALLBACK_FRAMES: usize = 512;
 
 pub fn render(args: &RenderArgs) -> Result<()> {
-    let model = args.model.clone().unwrap_or_else(default_model);
-    let bundle = Bundle::open(&model)?;
-    let manifest = bundle.manifest().clone();
+    let mut options = ModelOptions::new(args.model.clone().unwrap_or_else(default_model));
+    options.ort_library = args.ort_library.clone();
+    options.provider = args.provider;
+    let spinner =
+        indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", options.model_dir.display()));
+    spinner.enable_steady_tick(Duration::from_millis(100));
+    let model = Arc::new(Model::load(options)?);
+    spinner.finish_and_clear();
+    let manifest = model.manifest().clone();
     let manifest_rate = manifest.sample_rate_hz;
     let given = args
         .continue_from
         .as_deref()
-        .map(|path| encode_wav(&bundle, args, path))
+        .map(|path| encode_wav(&model, path))
         .transpose()?;
     let given_frames = given.as_ref().map_or(0, CodeGrid::num_timesteps);
-    let mut config = StreamConfig::new(model, args.prompt.clone());
+    let mut config = StreamConfig::new(args.prompt.clone());
     config.continue_from = given;
     config.window_seconds = args.window;
     config.keep_seconds = args.keep;
     config.prompt_crossfade_seconds = args.crossfade;
-    config.ort_library = args.ort_library.clone();
-    config.provider = args.provider;
     config.sampling = SamplingSettings {
         greedy: args.greedy,
         temperature: args.temperature,
@@ -65,8 +70,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {elapsed_precise} {msg}")
             .expect("the template is valid"),
     );
-    progress.set_message("loading the model");
-    let (stream, mut consumer) = Stream::start(config)?;
+    let (stream, mut consumer) = Stream::start(&model, config)?;
     for change in &args.prompt_change {
         stream.send(Command::SetPromptAt {
             prompt: change.prompt.clone(),
@@ -133,7 +137,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         "wrote {} ({:.2} s at {rate_hz} Hz) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
         args.out.display(),
         audio.len() as f64 / f64::from(rate_hz),
-        stream.execution_provider(),
+        model.execution_provider(),
         status.steps(),
         status.steps_per_second(),
         status.realtime_factor(),
@@ -155,8 +159,8 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     Ok(())
 }
 
-/// Reads a WAV file, mixes it to mono and encodes it with the bundle's codec encoder.
-fn encode_wav(bundle: &Bundle, args: &RenderArgs, path: &Path) -> Result<CodeGrid> {
+/// Reads a WAV file, mixes it to mono and encodes it with the model's codec encoder.
+fn encode_wav(model: &Model, path: &Path) -> Result<CodeGrid> {
     let mut reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
     let spec = reader.spec();
     let interleaved: Vec<f32> = match spec.sample_format {
@@ -175,10 +179,8 @@ fn encode_wav(bundle: &Bundle, args: &RenderArgs, path: &Path) -> Result<CodeGri
         .chunks(channels)
         .map(|frame| frame.iter().sum::<f32>() / channels as f32)
         .collect();
-    let runtime = Runtime::init(args.ort_library.as_deref())?;
-    let mut encoder = AudioEncoder::load(bundle, runtime, 1)?;
-    let codes = encoder
-        .encode_at(&mono, spec.sample_rate)
+    let codes = model
+        .encode_audio(&mono, spec.sample_rate)
         .with_context(|| format!("encoding {}", path.display()))?;
     println!(
         "continuing {} ({:.2} s at {} Hz): {} frames of codes",
