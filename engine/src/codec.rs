@@ -147,6 +147,11 @@ impl StreamingCodec {
         }
     }
 
+    /// Samples of audio per frame, at the codec's rate.
+    pub fn samples_per_frame(&self) -> usize {
+        self.samples_per_frame
+    }
+
     pub fn window(&self) -> CodecWindow {
         self.window
     }

@@ -18,6 +18,9 @@ use crate::generator::Generator;
 use crate::pattern::{CodeGrid, Pattern, PatternKind};
 use crate::sampler::Sampler;
 
+/// Seams an endless stream remembers.
+pub const MAX_SEAMS_KEPT: usize = 64;
+
 /// How far the window reaches, how much of it the next one keeps, and where it all ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct WindowSpec {
@@ -40,10 +43,16 @@ pub struct SlidingGenerator {
     next: Option<Generator>,
     /// A retired lane's cache, kept for the lane after next.
     spare: Option<KvCache>,
-    /// Codes of every frame so far, frame-major (`K` per frame), given ones included.
+    /// Codes of the frames from `history_start` on, frame-major (`K` per frame), given
+    /// ones included: every frame of a finite stream, and from the current lane's first
+    /// frame on in an endless one (what the next lane's context reads).
     history: Vec<u32>,
-    /// Global frames at which a lane took over.
+    history_start: usize,
+    /// Global frames at which a lane took over: all of a finite stream's, the last
+    /// [`MAX_SEAMS_KEPT`] of an endless one.
     seams: Vec<usize>,
+    /// Every seam so far.
+    seam_count: usize,
     /// Decoder calls that ran one step.
     steps: usize,
     /// Steps run inside prefill calls, and the time those calls took.
@@ -87,7 +96,9 @@ impl SlidingGenerator {
             next: None,
             spare: None,
             history,
+            history_start: 0,
             seams: Vec::new(),
+            seam_count: 0,
             steps: 0,
             prefilled_steps: 0,
             prefill_time: Duration::ZERO,
@@ -106,7 +117,9 @@ impl SlidingGenerator {
             next: self.next.as_mut().map(Generator::fork).transpose()?,
             spare: None,
             history: self.history.clone(),
+            history_start: self.history_start,
             seams: self.seams.clone(),
+            seam_count: self.seam_count,
             steps: 0,
             prefilled_steps: 0,
             prefill_time: Duration::ZERO,
@@ -115,7 +128,7 @@ impl SlidingGenerator {
 
     /// Frames whose codes are all known, given ones included.
     pub fn frames_done(&self) -> usize {
-        self.history.len() / self.num_codebooks
+        self.history_start + self.history.len() / self.num_codebooks
     }
 
     /// Decoder calls that ran a single step.
@@ -144,9 +157,15 @@ impl SlidingGenerator {
             || (self.current.is_finished() && self.next.is_none())
     }
 
-    /// Global frames at which a new lane took over so far.
+    /// Global frames at which a new lane took over so far (the last [`MAX_SEAMS_KEPT`]
+    /// of an endless stream).
     pub fn seams(&self) -> &[usize] {
         &self.seams
+    }
+
+    /// Lanes that took over so far.
+    pub fn seam_count(&self) -> usize {
+        self.seam_count
     }
 
     pub fn set_guidance_scale(&mut self, scale: f32) {
@@ -180,7 +199,7 @@ impl SlidingGenerator {
             self.history.extend_from_slice(&frame);
         }
         if let Some(total) = self.spec.total_frames {
-            self.history.truncate(total * self.num_codebooks);
+            self.history.truncate((total - self.history_start) * self.num_codebooks);
         }
         self.feed_next_lane(decoder, cross)?;
         if self.current.is_finished() && self.next.is_some() {
@@ -236,14 +255,14 @@ impl SlidingGenerator {
         let Some(next) = &mut self.next else {
             return Ok(());
         };
-        let k_count = self.num_codebooks;
-        let frames_done = self.history.len() / k_count;
+        let (k_count, start) = (self.num_codebooks, self.history_start);
+        let frames_done = start + self.history.len() / k_count;
         while next.prefix_known() < next.prefix_frames() {
             let t = next_offset + next.prefix_known();
             if t >= frames_done {
                 break;
             }
-            next.push_prefix_frame(&self.history[t * k_count..(t + 1) * k_count]);
+            next.push_prefix_frame(&self.history[(t - start) * k_count..(t - start + 1) * k_count]);
         }
         Self::timed_prefill(next, decoder, cross, &mut self.prefilled_steps, &mut self.prefill_time)
     }
@@ -259,16 +278,33 @@ impl SlidingGenerator {
         self.spare = Some(retired.into_cache());
         self.offset += window - self.current.prefix_frames();
         self.seams.push(self.offset + self.current.prefix_frames());
+        self.seam_count += 1;
+        if self.spec.total_frames.is_none() {
+            self.forget_before(self.offset);
+        }
     }
 
-    /// The codes of global frame `t`, which must be complete.
+    /// Drops an endless stream's history before global frame `t` (the current lane's
+    /// first: no lane reads further back) and its older seams.
+    fn forget_before(&mut self, t: usize) {
+        let drop_frames = t.saturating_sub(self.history_start);
+        self.history.drain(..drop_frames * self.num_codebooks);
+        self.history_start += drop_frames;
+        let old_seams = self.seams.len().saturating_sub(MAX_SEAMS_KEPT);
+        self.seams.drain(..old_seams);
+    }
+
+    /// The codes of global frame `t`, which must be complete and, in an endless stream, in
+    /// the current lane.
     pub fn frame(&self, t: usize) -> &[u32] {
-        &self.history[t * self.num_codebooks..(t + 1) * self.num_codebooks]
+        let i = t - self.history_start;
+        &self.history[i * self.num_codebooks..(i + 1) * self.num_codebooks]
     }
 
-    /// Every frame's codes so far, `[K, frames_done]`.
+    /// The codes kept, `[K, T]`: every frame of a finite stream; an endless one's from its
+    /// current lane's first frame on.
     pub fn codes(&self) -> CodeGrid {
-        let (k_count, t_count) = (self.num_codebooks, self.frames_done());
+        let (k_count, t_count) = (self.num_codebooks, self.history.len() / self.num_codebooks);
         let mut codes = vec![self.special; k_count * t_count];
         for t in 0..t_count {
             for k in 0..k_count {

@@ -165,64 +165,12 @@ fn play_note(
     std::thread::scope(|scope| {
         let played = &played;
         let audio = scope.spawn(move || {
-            let mut processor = processor.start_processing().expect("processing starts");
-            let mut left = vec![0.0f32; block];
-            let mut right = vec![0.0f32; block];
-            let mut channels = [Vec::with_capacity(total), Vec::with_capacity(total)];
-            let mut ports_out = AudioPorts::with_capacity(2, 1);
-            // The sidechain port: hosts give every declared port its buffers.
-            let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
-            let mut ports_in = AudioPorts::with_capacity(2, 1);
-            let mut events_out = EventBuffer::new();
-            let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
-            let started = Instant::now();
-            let mut done = 0;
-            while done < total {
-                let frames = block.min(total - done);
-                let note_on = NoteOnEvent::new(0, key, 1.0);
-                let note_off = NoteOffEvent::new(note_off_at.saturating_sub(done) as u32, key, 0.0);
-                let events_in = if done == note_on_at {
-                    InputEvents::from_buffer(&note_on)
-                } else if (done..done + frames).contains(&note_off_at) {
-                    InputEvents::from_buffer(&note_off)
-                } else {
-                    InputEvents::empty()
-                };
-                let inputs = ports_in.with_input_buffers([AudioPortBuffer {
-                    latency: 0,
-                    channels: AudioPortBufferType::f32_input_only(
-                        sidechain
-                            .iter_mut()
-                            .map(|channel| InputChannel::constant(&mut channel[..frames])),
-                    ),
-                }]);
-                let mut outputs = ports_out.with_output_buffers([AudioPortBuffer {
-                    latency: 0,
-                    channels: AudioPortBufferType::f32_output_only(
-                        [&mut left[..frames], &mut right[..frames]].into_iter(),
-                    ),
-                }]);
-                processor
-                    .process(
-                        &inputs,
-                        &mut outputs,
-                        &events_in,
-                        &mut OutputEvents::from_buffer(&mut events_out),
-                        Some(done as u64),
-                        None,
-                    )
-                    .expect("process succeeds");
-                events_out.clear();
-                channels[0].extend_from_slice(&left[..frames]);
-                channels[1].extend_from_slice(&right[..frames]);
-                done += frames;
-                played.store(done, Ordering::Release);
-                let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
-                if let Some(wait) = due.checked_sub(started.elapsed()) {
-                    std::thread::sleep(wait);
-                }
-            }
-            (processor.stop_processing(), channels)
+            let notes = NoteTimes {
+                on_at: note_on_at,
+                off_at: note_off_at,
+                total,
+            };
+            process_in_real_time(processor, rate_hz, block, notes, played)
         });
         while !audio.is_finished() {
             pump_main_thread(instance);
@@ -245,6 +193,86 @@ fn play_note(
             },
         )
     })
+}
+
+/// Where a note starts and ends and how long the performance is, in samples.
+#[derive(Clone, Copy)]
+struct NoteTimes {
+    on_at: usize,
+    off_at: usize,
+    total: usize,
+}
+
+/// The host's audio thread: blocks of `block` frames at real-time pace with the note's
+/// events, the sidechain port fed silence; returns the output's two channels.
+fn process_in_real_time(
+    processor: StoppedPluginAudioProcessor<TestHost>,
+    rate_hz: u32,
+    block: usize,
+    notes: NoteTimes,
+    played: &AtomicUsize,
+) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
+    let NoteTimes {
+        on_at: note_on_at,
+        off_at: note_off_at,
+        total,
+    } = notes;
+    let mut processor = processor.start_processing().expect("processing starts");
+    let mut left = vec![0.0f32; block];
+    let mut right = vec![0.0f32; block];
+    let mut channels = [Vec::with_capacity(total), Vec::with_capacity(total)];
+    let mut ports_out = AudioPorts::with_capacity(2, 1);
+    // The sidechain port: hosts give every declared port its buffers.
+    let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
+    let mut ports_in = AudioPorts::with_capacity(2, 1);
+    let mut events_out = EventBuffer::new();
+    let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let frames = block.min(total - done);
+        let note_on = NoteOnEvent::new(0, key, 1.0);
+        let note_off = NoteOffEvent::new(note_off_at.saturating_sub(done) as u32, key, 0.0);
+        let events_in = if done == note_on_at {
+            InputEvents::from_buffer(&note_on)
+        } else if (done..done + frames).contains(&note_off_at) {
+            InputEvents::from_buffer(&note_off)
+        } else {
+            InputEvents::empty()
+        };
+        let inputs = ports_in.with_input_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_input_only(
+                sidechain
+                    .iter_mut()
+                    .map(|channel| InputChannel::constant(&mut channel[..frames])),
+            ),
+        }]);
+        let mut outputs = ports_out.with_output_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_output_only([&mut left[..frames], &mut right[..frames]].into_iter()),
+        }]);
+        processor
+            .process(
+                &inputs,
+                &mut outputs,
+                &events_in,
+                &mut OutputEvents::from_buffer(&mut events_out),
+                Some(done as u64),
+                None,
+            )
+            .expect("process succeeds");
+        events_out.clear();
+        channels[0].extend_from_slice(&left[..frames]);
+        channels[1].extend_from_slice(&right[..frames]);
+        done += frames;
+        played.store(done, Ordering::Release);
+        let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    (processor.stop_processing(), channels)
 }
 
 fn rms(samples: &[f32]) -> f32 {

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use musicgen_engine::bundle::Manifest;
 use musicgen_engine::model::{Model, ModelOptions};
 use musicgen_engine::pattern::CodeGrid;
+use musicgen_engine::playback::PlaybackConsumer;
 use musicgen_engine::resample::StreamResampler;
 use musicgen_engine::sampler::SamplingSettings;
 use musicgen_engine::seam::measure_seams;
@@ -28,23 +29,71 @@ fn default_model() -> PathBuf {
 /// Samples per simulated audio callback.
 const CALLBACK_FRAMES: usize = 512;
 
+/// Longest render whose seams are measured: the measure reads the whole file back.
+const SEAM_MEASURE_MAX_SECONDS: f64 = 600.0;
+
 pub fn render(args: &RenderArgs) -> Result<()> {
+    let model = load_model(args)?;
+    let manifest = model.manifest().clone();
+    let given = args
+        .continue_from
+        .as_deref()
+        .map(|path| encode_wav(&model, path))
+        .transpose()?;
+    let given_seconds = given.as_ref().map_or(0, CodeGrid::num_timesteps) as f64 / manifest.frame_rate_hz;
+    let config = stream_config(args, given, manifest.sample_rate_hz);
+    let rate_hz = config.output_rate_hz;
+    let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize;
+
+    let (stream, mut consumer) = Stream::start(&model, config)?;
+    for change in &args.prompt_change {
+        stream.send(Command::SetPromptAt {
+            prompt: change.prompt.clone(),
+            frame: (change.at_seconds * manifest.frame_rate_hz).round() as usize,
+        });
+    }
+    let mut wav = wav_writer(&args.out, rate_hz)?;
+    let written = pull_audio(&stream, &mut consumer, args, total, &mut |block| {
+        block.iter().try_for_each(|&sample| wav.write_sample(sample))
+    })?;
+    wav.finalize()
+        .with_context(|| format!("finishing {}", args.out.display()))?;
+    if let Some(error) = stream.status().error() {
+        anyhow::bail!("generation failed: {error}");
+    }
+
+    let status = stream.status();
+    println!(
+        "wrote {} ({:.2} s at {rate_hz} Hz) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
+        args.out.display(),
+        written as f64 / f64::from(rate_hz),
+        model.execution_provider(),
+        status.steps(),
+        status.steps_per_second(),
+        status.realtime_factor(),
+        status.time_to_first_audio().map_or(0, |d| d.as_millis()),
+        stream.playback().underruns(),
+    );
+    report_seams(&stream, &args.out, &manifest)?;
+    if let Some(path) = &args.codes_out {
+        write_codes(&stream, path)?;
+    }
+    Ok(())
+}
+
+fn load_model(args: &RenderArgs) -> Result<Arc<Model>> {
     let mut options = ModelOptions::new(args.model.clone().unwrap_or_else(default_model));
     options.ort_library = args.ort_library.clone();
     options.provider = args.provider;
     let spinner =
         indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", options.model_dir.display()));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let model = Arc::new(Model::load(options)?);
+    let model = Model::load(options)?;
     spinner.finish_and_clear();
-    let manifest = model.manifest().clone();
-    let manifest_rate = manifest.sample_rate_hz;
-    let given = args
-        .continue_from
-        .as_deref()
-        .map(|path| encode_wav(&model, path))
-        .transpose()?;
-    let given_frames = given.as_ref().map_or(0, CodeGrid::num_timesteps);
+    Ok(Arc::new(model))
+}
+
+fn stream_config(args: &RenderArgs, given: Option<CodeGrid>, model_rate_hz: u32) -> StreamConfig {
     let mut config = StreamConfig::new(args.prompt.clone());
     config.continue_from = given;
     config.window_seconds = args.window;
@@ -61,101 +110,88 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     config.seconds = Some(args.seconds);
     config.buffer_ahead_seconds = args.buffer_ahead;
     config.step_delay = Duration::from_secs_f64(args.step_delay_ms.max(0.0) / 1000.0);
-    config.output_rate_hz = args.sample_rate.unwrap_or(manifest_rate);
-    let rate_hz = config.output_rate_hz;
-    let given_seconds = given_frames as f64 / manifest.frame_rate_hz;
-    let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize;
+    config.output_rate_hz = args.sample_rate.unwrap_or(model_rate_hz);
+    config
+}
 
+/// Pulls the stream's audio in callback-sized blocks into `sink`, with a progress bar:
+/// `total` samples as fast as they come, or with `--realtime` at the output rate's pace to
+/// the stream's end (what a listener hears, waits included). Returns the samples pulled.
+fn pull_audio(
+    stream: &Stream,
+    consumer: &mut PlaybackConsumer,
+    args: &RenderArgs,
+    total: usize,
+    sink: &mut dyn FnMut(&[f32]) -> Result<(), hound::Error>,
+) -> Result<usize> {
     let progress = indicatif::ProgressBar::new(total as u64).with_style(
         indicatif::ProgressStyle::with_template("{bar:40} {percent:>3}% {elapsed_precise} {msg}")
             .expect("the template is valid"),
     );
-    let (stream, mut consumer) = Stream::start(&model, config)?;
-    for change in &args.prompt_change {
-        stream.send(Command::SetPromptAt {
-            prompt: change.prompt.clone(),
-            frame: (change.at_seconds * manifest.frame_rate_hz).round() as usize,
-        });
-    }
-    let mut audio = Vec::with_capacity(total + CALLBACK_FRAMES);
+    let rate_hz = stream.sample_rate_hz();
     let mut block = [0.0f32; CALLBACK_FRAMES];
     let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / f64::from(rate_hz));
     let mut next_callback = Instant::now();
-    // At real-time pace the file records what a listener hears, waits included, to the
-    // stream's end; otherwise it takes the audio as fast as it comes.
-    while args.realtime || audio.len() < total {
+    let mut pulled = 0;
+    while args.realtime || pulled < total {
         let finished = stream.status().is_finished();
         if finished && consumer.buffered() == 0 {
             break;
         }
-        if args.realtime {
+        let got = if args.realtime {
             std::thread::sleep(next_callback.saturating_duration_since(Instant::now()));
             next_callback += period;
             consumer.pop(&mut block);
-            audio.extend_from_slice(&block);
+            block.len()
         } else if consumer.buffered() >= CALLBACK_FRAMES || finished {
             // The stream's last block may be short; asking for no more than is there keeps
             // the end of the stream from counting as an underrun.
-            let n = consumer.buffered().min(CALLBACK_FRAMES);
-            let got = consumer.pop(&mut block[..n]);
-            audio.extend_from_slice(&block[..got]);
-            if got == 0 {
-                // Holding until a slow stream has buffered what it needs.
-                std::thread::sleep(Duration::from_millis(1));
-            }
+            let n = consumer.buffered().min(CALLBACK_FRAMES).min(total - pulled);
+            consumer.pop(&mut block[..n])
         } else {
+            0
+        };
+        if got == 0 {
+            // Waiting for audio, or holding until a slow stream has buffered what it needs.
             std::thread::sleep(Duration::from_millis(1));
         }
-        let status = stream.status();
-        progress.set_position(audio.len().min(total) as u64);
-        progress.set_message(match stream.readiness() {
-            Readiness::Waiting {
-                ready_in_seconds: Some(seconds),
-            } => format!(
-                "{:.1} steps/s, slower than real time: playback ready in {:.0} s",
-                status.steps_per_second(),
-                seconds.ceil()
-            ),
-            _ => format!(
-                "{:.1} steps/s, real-time factor {:.2}",
-                status.steps_per_second(),
-                status.realtime_factor()
-            ),
-        });
+        sink(&block[..got]).with_context(|| format!("writing {}", args.out.display()))?;
+        pulled += got;
+        progress.set_position(pulled.min(total) as u64);
+        progress.set_message(progress_message(stream));
     }
     progress.finish_and_clear();
-    if let Some(error) = stream.status().error() {
-        anyhow::bail!("generation failed: {error}");
-    }
-    if !args.realtime {
-        audio.truncate(total);
-    }
-    write_wav(&args.out, &audio, rate_hz)?;
+    Ok(pulled)
+}
 
+fn progress_message(stream: &Stream) -> String {
     let status = stream.status();
-    println!(
-        "wrote {} ({:.2} s at {rate_hz} Hz) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
-        args.out.display(),
-        audio.len() as f64 / f64::from(rate_hz),
-        model.execution_provider(),
-        status.steps(),
-        status.steps_per_second(),
-        status.realtime_factor(),
-        status.time_to_first_audio().map_or(0, |d| d.as_millis()),
-        stream.playback().underruns(),
-    );
-    report_seams(&stream, &audio, rate_hz, &manifest)?;
-    if let Some(path) = &args.codes_out {
-        let codes = wait_for_codes(&stream)?;
-        let rows: Vec<&[u32]> = (0..codes.num_codebooks()).map(|k| codes.codebook(k)).collect();
-        std::fs::write(path, serde_json::to_string(&rows)?).with_context(|| format!("writing {}", path.display()))?;
-        println!(
-            "wrote {} ({} codebooks x {} frames)",
-            path.display(),
-            codes.num_codebooks(),
-            codes.num_timesteps()
-        );
+    match stream.readiness() {
+        Readiness::Waiting {
+            ready_in_seconds: Some(seconds),
+        } => format!(
+            "{:.1} steps/s, slower than real time: playback ready in {:.0} s",
+            status.steps_per_second(),
+            seconds.ceil()
+        ),
+        _ => format!(
+            "{:.1} steps/s, real-time factor {:.2}",
+            status.steps_per_second(),
+            status.realtime_factor()
+        ),
     }
+}
+
+fn write_codes(stream: &Stream, path: &Path) -> Result<()> {
+    let codes = wait_for_codes(stream)?;
+    let rows: Vec<&[u32]> = (0..codes.num_codebooks()).map(|k| codes.codebook(k)).collect();
+    std::fs::write(path, serde_json::to_string(&rows)?).with_context(|| format!("writing {}", path.display()))?;
+    println!(
+        "wrote {} ({} codebooks x {} frames)",
+        path.display(),
+        codes.num_codebooks(),
+        codes.num_timesteps()
+    );
     Ok(())
 }
 
@@ -192,16 +228,26 @@ fn encode_wav(model: &Model, path: &Path) -> Result<CodeGrid> {
     Ok(codes)
 }
 
-/// Prints, for each place the context window slid, how the audio changes there compared
-/// with anywhere else (see `musicgen_engine::seam`).
-fn report_seams(stream: &Stream, audio: &[f32], rate_hz: u32, manifest: &Manifest) -> Result<()> {
+/// Prints, for each place the context window slid, how the audio in `wav` changes there
+/// compared with anywhere else (see `musicgen_engine::seam`).
+fn report_seams(stream: &Stream, wav: &Path, manifest: &Manifest) -> Result<()> {
     let seams = stream.status().seams();
     if seams.is_empty() {
         return Ok(());
     }
+    let mut reader = hound::WavReader::open(wav).with_context(|| format!("reading {} back", wav.display()))?;
+    let rate_hz = reader.spec().sample_rate;
+    if f64::from(reader.duration()) > SEAM_MEASURE_MAX_SECONDS * f64::from(rate_hz) {
+        println!(
+            "context window slid {} times (seams are measured in renders of up to {SEAM_MEASURE_MAX_SECONDS} s)",
+            seams.len()
+        );
+        return Ok(());
+    }
+    let audio: Vec<f32> = reader.samples::<f32>().collect::<Result<_, _>>()?;
     // Frame f's audio starts at f frames of output plus the resampler's delay.
     let offset = StreamResampler::new(manifest.sample_rate_hz, rate_hz)?.delay_frames();
-    let measured = measure_seams(audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
+    let measured = measure_seams(&audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
     println!("context window slid {} times:", seams.len());
     println!(
         "{:>8} {:>9} {:>12} {:>12}",
@@ -230,17 +276,13 @@ fn wait_for_codes(stream: &Stream) -> Result<CodeGrid> {
     anyhow::bail!("generation did not finish")
 }
 
-pub fn write_wav(path: &Path, samples: &[f32], rate_hz: u32) -> Result<()> {
+/// A mono 32-bit float WAV file, written as the samples come.
+fn wav_writer(path: &Path, rate_hz: u32) -> Result<hound::WavWriter<std::io::BufWriter<std::fs::File>>> {
     let spec = hound::WavSpec {
         channels: 1,
         sample_rate: rate_hz,
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,
     };
-    let mut writer = hound::WavWriter::create(path, spec).with_context(|| format!("creating {}", path.display()))?;
-    for &s in samples {
-        writer.write_sample(s)?;
-    }
-    writer.finalize()?;
-    Ok(())
+    hound::WavWriter::create(path, spec).with_context(|| format!("creating {}", path.display()))
 }
