@@ -220,19 +220,12 @@ impl Generator {
     /// Counts the frames started and completed once step `produced`'s coordinates are known.
     fn advance_frames(&mut self, produced: usize) {
         let timesteps = self.pattern.num_timesteps();
-        while self.started_frames < timesteps && self.frame_start_step(self.started_frames) <= produced {
+        while self.started_frames < timesteps && self.pattern.frame_first_step(self.started_frames) <= produced {
             self.started_frames += 1;
         }
         while self.next_frame < timesteps && self.pattern.frame_complete_step(self.next_frame) <= produced {
             self.next_frame += 1;
         }
-    }
-
-    fn frame_start_step(&self, t: usize) -> usize {
-        (0..self.pattern.num_codebooks())
-            .map(|k| self.pattern.step_of(Coord { t, k }))
-            .min()
-            .unwrap_or(0)
     }
 
     /// The codes of frame `t` (all K codebooks), which must be complete.

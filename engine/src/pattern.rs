@@ -326,6 +326,15 @@ impl Pattern {
         self.step_of[coord.k * self.num_timesteps + coord.t]
     }
 
+    /// The step that produces timestep `t`'s first token: a new conditioning from this
+    /// step on reaches the frame.
+    pub fn frame_first_step(&self, t: usize) -> usize {
+        (0..self.num_codebooks)
+            .map(|k| self.step_of(Coord { t, k }))
+            .min()
+            .unwrap_or(0)
+    }
+
     /// The step after which timestep `t` has all of its codebooks.
     pub fn frame_complete_step(&self, t: usize) -> usize {
         (0..self.num_codebooks)

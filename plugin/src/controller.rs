@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use musicgen_engine::model::{Model, ModelError, ModelOptions};
+use musicgen_engine::pattern::Pattern;
 use musicgen_engine::playback::PlaybackConsumer;
 use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
+use musicgen_engine::stream::{Command, RECENT_FRAMES, Readiness, Stream, StreamConfig};
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -64,7 +65,8 @@ pub struct Snapshot {
     pub readiness: Option<Readiness>,
     pub seconds_buffered: f64,
     pub underruns: u64,
-    pub delays: Vec<usize>,
+    /// The playing model's pattern over the frames `recent_frames` holds at most.
+    pub pattern: Option<Pattern>,
     pub recent_frames: Vec<(usize, Vec<u32>)>,
 }
 
@@ -474,7 +476,7 @@ impl Worker {
         }
         self.applied = Some(self.settings());
         self.applied_prompt = prompt;
-        self.snapshot.lock().delays = stream.model().manifest().pattern.delays.clone();
+        self.snapshot.lock().pattern = Some(stream.model().pattern(RECENT_FRAMES));
         self.stream = Some(stream);
         self.set_state(state.into(), None);
     }

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
 use musicgen_engine::bundle::Bundle;
+use musicgen_engine::pattern::Coord;
 use musicgen_engine::runtime::ExecutionProvider;
 use musicgen_engine::stream::Readiness;
 use nice_plug::context::gui::GuiContext;
@@ -267,7 +268,7 @@ impl EditorApp {
     }
 
     /// Codebooks as rows, frames as columns; each token coloured by the decoder step that
-    /// produced it (frame + delay + 1), so the delay pattern's diagonals are visible.
+    /// produced it (from the model's pattern), so the delay pattern's diagonals are visible.
     fn pattern_view(&self, ui: &mut egui::Ui) {
         let frames = &self.view.recent_frames;
         let k_count = frames.first().map_or(4, |(_, codes)| codes.len());
@@ -280,10 +281,17 @@ impl EditorApp {
         let shown = &frames[frames.len().saturating_sub(VIEW_FRAMES)..];
         let cell_w = area.width() / VIEW_FRAMES as f32;
         let cell_h = (area.height() - 4.0) / k_count as f32;
+        let first_shown = shown.first().map_or(0, |(t, _)| *t);
         for (column, (t, codes)) in shown.iter().enumerate() {
             for (k, &code) in codes.iter().enumerate() {
-                let delay = self.view.delays.get(k).copied().unwrap_or(k);
-                let step = t + delay + 1;
+                // Steps counted from the first frame shown: the same pattern over every
+                // window of frames, shifted.
+                let step = match &self.view.pattern {
+                    Some(pattern) if t - first_shown < pattern.num_timesteps() => {
+                        first_shown + pattern.step_of(Coord { t: t - first_shown, k })
+                    }
+                    _ => *t,
+                };
                 let hue = (step % 24) as f32 / 24.0;
                 let brightness = 0.45 + 0.55 * (code % 64) as f32 / 63.0;
                 let color = egui::ecolor::Hsva::new(hue, 0.7, brightness, 1.0);
