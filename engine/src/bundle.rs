@@ -16,10 +16,10 @@ use crate::pattern::{Pattern, PatternError, PatternKind};
 use crate::runtime::{ExecutionProvider, Runtime, session_builder};
 
 /// The manifest's file name inside a bundle folder.
-pub const MANIFEST_FILE: &str = "musicgen.json";
+pub(crate) const MANIFEST_FILE: &str = "musicgen.json";
 
 /// The manifest format this engine reads.
-pub const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -162,7 +162,7 @@ pub enum Graph {
 }
 
 impl Graph {
-    pub fn key(self) -> &'static str {
+    pub(crate) fn key(self) -> &'static str {
         match self {
             Self::TextEncoder => "text_encoder",
             Self::CrossKv => "cross_kv",
@@ -281,11 +281,11 @@ impl Bundle {
         &self.manifest
     }
 
-    pub fn tokenizer_path(&self) -> PathBuf {
+    pub(crate) fn tokenizer_path(&self) -> PathBuf {
         self.dir.join("tokenizer.json")
     }
 
-    pub fn pattern_kind(&self) -> &PatternKind {
+    pub(crate) fn pattern_kind(&self) -> &PatternKind {
         &self.pattern_kind
     }
 
@@ -294,13 +294,6 @@ impl Bundle {
         self.pattern_kind
             .build(num_frames, self.manifest.num_codebooks)
             .expect("checked when the bundle was opened")
-    }
-
-    pub fn has_graph(&self, graph: Graph) -> bool {
-        self.manifest
-            .graphs
-            .get(graph.key())
-            .is_some_and(|spec| self.dir.join(&spec.file).is_file())
     }
 
     fn graph_path(&self, graph: Graph) -> Result<(PathBuf, &GraphSpec), BundleError> {
@@ -327,7 +320,7 @@ impl Bundle {
     /// Loads `graph` with `threads` intra-op threads on the first of `provider`'s choices
     /// that starts, and checks its inputs and outputs against the manifest and the model
     /// geometry. Returns the session and the provider in use.
-    pub fn session_on(
+    pub(crate) fn session_on(
         &self,
         runtime: &Runtime,
         graph: Graph,

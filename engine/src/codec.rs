@@ -72,7 +72,7 @@ pub struct CodecGraphs {
 }
 
 impl CodecGraphs {
-    pub fn load(
+    pub(crate) fn load(
         bundle: &Bundle,
         runtime: &Runtime,
         threads: usize,
@@ -119,7 +119,7 @@ pub struct StreamingCodec {
 }
 
 impl StreamingCodec {
-    pub fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
+    pub(crate) fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
         let geometry = graphs.geometry;
         let (num_codebooks, samples_per_frame) = (graphs.num_codebooks, graphs.samples_per_frame);
         let state = vec![0.0; geometry.lstm_layers * geometry.lstm_width];
@@ -148,17 +148,17 @@ impl StreamingCodec {
     }
 
     /// Samples of audio per frame, at the codec's rate.
-    pub fn samples_per_frame(&self) -> usize {
+    pub(crate) fn samples_per_frame(&self) -> usize {
         self.samples_per_frame
     }
 
-    pub fn window(&self) -> CodecWindow {
+    pub(crate) fn window(&self) -> CodecWindow {
         self.window
     }
 
     /// Runs both graphs once on a frame of code 0, leaving this stream's state as it is,
     /// so that the first real chunk does not pay for ONNX Runtime's first-run work.
-    pub fn warm_up(&self) -> Result<(), CodecError> {
+    pub(crate) fn warm_up(&self) -> Result<(), CodecError> {
         let mut scratch = self.fork();
         let zeros = vec![0u32; self.num_codebooks];
         for _ in 0..=self.geometry.conv_context_frames {
@@ -170,7 +170,7 @@ impl StreamingCodec {
 
     /// A copy of this stream's state on the same sessions: the same frames so far, decoded
     /// on from here independently (to crossfade two continuations of one stream).
-    pub fn fork(&self) -> Self {
+    pub(crate) fn fork(&self) -> Self {
         Self {
             graphs: Arc::clone(&self.graphs),
             window: self.window,
@@ -194,24 +194,20 @@ impl StreamingCodec {
 
     /// Frames whose audio has been emitted: the next sample emitted is frame
     /// `emitted_frames()`'s first.
-    pub fn emitted_frames(&self) -> usize {
+    pub(crate) fn emitted_frames(&self) -> usize {
         self.emitted_frames
     }
 
     /// Frames between a frame's completion and its audio: the first convolution's look
     /// ahead, the upsampler's right context and a chunk.
-    pub fn latency_frames(&self) -> usize {
+    pub(crate) fn latency_frames(&self) -> usize {
         self.geometry.conv_context_frames + self.geometry.upsampler_context_frames + self.window.chunk_frames
-    }
-
-    pub fn frames_received(&self) -> usize {
-        self.frames_received
     }
 
     /// Adds a frame that has already been heard: it passes through the front end, so the
     /// LSTM and the next chunk's left context are as if it had been decoded, but its audio
     /// is not. Only before the first frame to decode.
-    pub fn push_context_frame(&mut self, frame: &[u32]) {
+    pub(crate) fn push_context_frame(&mut self, frame: &[u32]) {
         debug_assert_eq!(
             self.emitted_frames, self.frames_received,
             "context comes before new frames"
@@ -387,7 +383,7 @@ pub struct AudioEncoder {
 }
 
 impl AudioEncoder {
-    pub fn load(bundle: &Bundle, runtime: &Runtime, threads: usize) -> Result<Self, CodecError> {
+    pub(crate) fn load(bundle: &Bundle, runtime: &Runtime, threads: usize) -> Result<Self, CodecError> {
         let manifest = bundle.manifest();
         Ok(Self {
             session: bundle.session(runtime, Graph::CodecEncoder, threads)?,
@@ -398,7 +394,7 @@ impl AudioEncoder {
     }
 
     /// Codes of mono `samples` at `rate_hz`, resampled to the bundle's rate first.
-    pub fn encode_at(&mut self, samples: &[f32], rate_hz: u32) -> Result<CodeGrid, CodecError> {
+    pub(crate) fn encode_at(&mut self, samples: &[f32], rate_hz: u32) -> Result<CodeGrid, CodecError> {
         if rate_hz == self.sample_rate_hz {
             return self.encode(samples);
         }
@@ -415,7 +411,7 @@ impl AudioEncoder {
 
     /// Codes `[K, F]` of mono `samples` at the bundle's sample rate; a last partial frame
     /// is dropped.
-    pub fn encode(&mut self, samples: &[f32]) -> Result<CodeGrid, CodecError> {
+    pub(crate) fn encode(&mut self, samples: &[f32]) -> Result<CodeGrid, CodecError> {
         let frames = samples.len() / self.samples_per_frame;
         let run_error = |source| CodecError::Run {
             first: 0,

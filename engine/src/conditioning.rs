@@ -45,13 +45,6 @@ pub struct CrossAttention {
     pub(crate) keys_values: Vec<(String, DynValue)>,
     /// `[2, L]`: ones for the prompt row, zeros for the unconditional row.
     pub(crate) encoder_mask: Tensor<i64>,
-    pub(crate) prompt: String,
-}
-
-impl CrossAttention {
-    pub fn prompt(&self) -> &str {
-        &self.prompt
-    }
 }
 
 /// The tokenizer and the two graphs that turn a prompt into [`CrossAttention`].
@@ -69,7 +62,7 @@ pub struct Conditioner {
 const MAX_PROMPT_TOKENS: usize = 512;
 
 impl Conditioner {
-    pub fn load(
+    pub(crate) fn load(
         bundle: &Bundle,
         runtime: &Runtime,
         threads: usize,
@@ -90,7 +83,7 @@ impl Conditioner {
     }
 
     /// Token ids for `prompt`, refusing pieces the vocabulary does not know.
-    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, ConditioningError> {
+    pub(crate) fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, ConditioningError> {
         let encoding = self
             .tokenizer
             .encode(prompt, true)
@@ -125,7 +118,7 @@ impl Conditioner {
     }
 
     /// Encodes `prompt` and projects it to every layer's cross-attention keys and values.
-    pub fn encode(&mut self, prompt: &str) -> Result<CrossAttention, ConditioningError> {
+    pub(crate) fn encode(&mut self, prompt: &str) -> Result<CrossAttention, ConditioningError> {
         let ids: Vec<i64> = self.tokenize(prompt)?.into_iter().map(i64::from).collect();
         let len = ids.len();
         let run_error = |graph: Graph| {
@@ -166,7 +159,6 @@ impl Conditioner {
         Ok(CrossAttention {
             keys_values,
             encoder_mask,
-            prompt: prompt.to_owned(),
         })
     }
 }

@@ -16,7 +16,7 @@ pub struct DcBlocker {
 }
 
 impl DcBlocker {
-    pub fn new(rate_hz: f32) -> Self {
+    pub(crate) fn new(rate_hz: f32) -> Self {
         Self {
             pole: 1.0 - TAU * CORNER_HZ / rate_hz,
             last_in: 0.0,
@@ -24,7 +24,7 @@ impl DcBlocker {
         }
     }
 
-    pub fn process(&mut self, input: f32) -> f32 {
+    pub(crate) fn process(&mut self, input: f32) -> f32 {
         let output = input - self.last_in + self.pole * self.last_out;
         self.last_in = input;
         self.last_out = output;

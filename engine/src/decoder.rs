@@ -53,7 +53,7 @@ pub struct KvCache {
 impl KvCache {
     /// Forgets the past: the next step is step 0. The slots keep their old contents,
     /// which no step reads before writing them.
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         self.len = 0;
     }
 
@@ -82,12 +82,12 @@ impl KvCache {
     }
 
     /// Steps this cache holds at most.
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.capacity
     }
 
     /// A copy of this cache (its filled slots and position), for a second continuation.
-    pub fn try_clone(&self) -> Result<KvCache, DecoderError> {
+    pub(crate) fn try_clone(&self) -> Result<KvCache, DecoderError> {
         let run_error = |source| DecoderError::Run { step: self.len, source };
         let layers = self
             .layers
@@ -138,7 +138,7 @@ pub struct DecoderGraph {
 }
 
 impl DecoderGraph {
-    pub fn load(
+    pub(crate) fn load(
         bundle: &Bundle,
         runtime: &Runtime,
         threads: usize,
@@ -171,7 +171,7 @@ impl DecoderGraph {
     }
 
     /// The execution provider the decoder runs on, with the reason for any fallback.
-    pub fn provider_in_use(&self) -> &str {
+    pub(crate) fn provider_in_use(&self) -> &str {
         &self.provider_in_use
     }
 }
@@ -184,7 +184,7 @@ pub struct Decoder {
 }
 
 impl Decoder {
-    pub fn new(graph: Arc<DecoderGraph>) -> Result<Self, DecoderError> {
+    pub(crate) fn new(graph: Arc<DecoderGraph>) -> Result<Self, DecoderError> {
         let logits = Tensor::new(&Allocator::default(), [2usize, graph.num_codebooks, graph.cardinality])
             .map_err(|source| DecoderError::Run { step: 0, source })?;
         Ok(Self { graph, logits })
@@ -215,7 +215,7 @@ impl Decoder {
     }
 
     /// Logits of codebook `k` for row `row` from the last step.
-    pub fn logits_of(&self, row: usize, k: usize) -> &[f32] {
+    pub(crate) fn logits_of(&self, row: usize, k: usize) -> &[f32] {
         let v = self.graph.cardinality;
         let start = (row * self.graph.num_codebooks + k) * v;
         let (_, logits) = self.logits.extract_tensor();
@@ -224,7 +224,7 @@ impl Decoder {
 
     /// Runs one step on a scratch cache, so that the first real step does not pay for
     /// ONNX Runtime's first-run work.
-    pub fn warm_up(&mut self, cross: &CrossAttention) -> Result<(), DecoderError> {
+    pub(crate) fn warm_up(&mut self, cross: &CrossAttention) -> Result<(), DecoderError> {
         let mut cache = self.new_cache(1)?;
         let column = vec![self.graph.cardinality as i64; self.graph.num_codebooks];
         self.step(&mut cache, &column, cross)
@@ -238,7 +238,7 @@ impl Decoder {
 
     /// Runs every step of `columns` (step-major, K tokens each) in one call on an empty
     /// `cache`: the cache then holds them all, and the logits are the last step's.
-    pub fn prefill(
+    pub(crate) fn prefill(
         &mut self,
         cache: &mut KvCache,
         columns: &[i64],

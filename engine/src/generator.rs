@@ -44,7 +44,7 @@ impl Generator {
     /// [`Generator::push_prefix_frame`], instead of sampled (none for a fresh start);
     /// `special` is the token fed where the pattern has no coordinate (MusicGen: the
     /// cardinality). `cache` must hold the pattern's steps.
-    pub fn continuing(
+    pub(crate) fn continuing(
         pattern: Pattern,
         special: u32,
         sampler: Sampler,
@@ -73,20 +73,20 @@ impl Generator {
         }
     }
 
-    pub fn pattern(&self) -> &Pattern {
+    pub(crate) fn pattern(&self) -> &Pattern {
         &self.pattern
     }
 
-    pub fn sampler_mut(&mut self) -> &mut Sampler {
+    pub(crate) fn sampler_mut(&mut self) -> &mut Sampler {
         &mut self.sampler
     }
 
-    pub fn set_guidance_scale(&mut self, scale: f32) {
+    pub(crate) fn set_guidance_scale(&mut self, scale: f32) {
         self.guidance_scale = scale;
     }
 
     /// The next given frame's codes (K values); frames arrive in order.
-    pub fn push_prefix_frame(&mut self, frame: &[u32]) {
+    pub(crate) fn push_prefix_frame(&mut self, frame: &[u32]) {
         let t = self.prefix_known;
         assert!(t < self.prefix_frames, "the prefix holds {} frames", self.prefix_frames);
         let k_count = self.pattern.num_codebooks();
@@ -98,22 +98,22 @@ impl Generator {
     }
 
     /// Frames given rather than generated.
-    pub fn prefix_frames(&self) -> usize {
+    pub(crate) fn prefix_frames(&self) -> usize {
         self.prefix_frames
     }
 
     /// Prefix frames that have arrived so far.
-    pub fn prefix_known(&self) -> usize {
+    pub(crate) fn prefix_known(&self) -> usize {
         self.prefix_known
     }
 
-    pub fn guidance_scale(&self) -> f32 {
+    pub(crate) fn guidance_scale(&self) -> f32 {
         self.guidance_scale
     }
 
     /// A second continuation of this one: the same codes, context and position, a
     /// sampler of its own ([`Sampler::fork`]).
-    pub fn fork(&mut self) -> Result<Generator, DecoderError> {
+    pub(crate) fn fork(&mut self) -> Result<Generator, DecoderError> {
         Ok(Generator {
             pattern: self.pattern.clone(),
             special: self.special,
@@ -132,7 +132,7 @@ impl Generator {
     }
 
     /// The cache, for the next generator to reuse.
-    pub fn into_cache(self) -> KvCache {
+    pub(crate) fn into_cache(self) -> KvCache {
         self.cache
     }
 
@@ -147,7 +147,7 @@ impl Generator {
     /// Runs every step that only reads and produces given codes, in one decoder call, once
     /// the whole prefix has arrived and before any other step. Returns the steps it ran
     /// (0 when there is nothing to prefill or the prefix is still arriving).
-    pub fn prefill(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<usize, DecoderError> {
+    pub(crate) fn prefill(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<usize, DecoderError> {
         if self.next_step != 0 || self.prefix_known < self.prefix_frames {
             return Ok(0);
         }
@@ -167,20 +167,20 @@ impl Generator {
     }
 
     /// All steps of the pattern have run.
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.next_step >= self.pattern.num_steps()
     }
 
     /// Frames that have at least their first token (the prefix included): a change of
     /// conditioning made now reaches frames from this one on.
-    pub fn started_frames(&self) -> usize {
+    pub(crate) fn started_frames(&self) -> usize {
         self.started_frames
     }
 
     /// Runs the decoder on the next step's column and samples what the step produces
     /// (prefix coordinates are taught, not sampled). Returns the generated frames this
     /// step completed.
-    pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
         let first = self.next_frame;
         let k_count = self.pattern.num_codebooks();
         let s = self.next_step;
@@ -229,7 +229,7 @@ impl Generator {
     }
 
     /// The codes of frame `t` (all K codebooks), which must be complete.
-    pub fn frame(&self, t: usize, out: &mut Vec<u32>) {
+    pub(crate) fn frame(&self, t: usize, out: &mut Vec<u32>) {
         let k_count = self.pattern.num_codebooks();
         out.clear();
         out.extend((0..k_count).map(|k| {
@@ -240,7 +240,7 @@ impl Generator {
 
     /// Hands this generator's sampler (its random state included) to `other`, which
     /// carries on the same random sequence; this one gets `other`'s.
-    pub fn swap_sampler(&mut self, other: &mut Generator) {
+    pub(crate) fn swap_sampler(&mut self, other: &mut Generator) {
         std::mem::swap(&mut self.sampler, &mut other.sampler);
         other.guidance_scale = self.guidance_scale;
     }

@@ -1,24 +1,43 @@
 //! MusicGen Live's engine: everything between a prompt and audio samples, with no
 //! dependency on the plugin, its host API or its GUI.
 //!
-//! The path of a stream: [`conditioning`] turns the prompt into cross-attention inputs,
-//! [`generator`] walks the bundle's [`pattern`] through the [`decoder`] and the
-//! [`sampler`], [`codec`] decodes complete frames window by window, [`resample`] converts
-//! to the output rate, and [`playback`] hands the samples to the audio thread. [`stream`]
-//! runs all of it on its own threads; [`bundle`] and [`runtime`] load what it needs.
+//! A [`Model`] is loaded once ([`ModelOptions`]: the bundle folder, the ONNX Runtime
+//! library, the provider) and shared; [`Stream::start`] plays it with a [`StreamConfig`]
+//! and returns the [`PlaybackConsumer`] the audio callback reads.
+//!
+//! Inside, the path of a stream: `conditioning` turns the prompt into cross-attention
+//! inputs, `generator` walks the bundle's `pattern` through the `decoder` and the
+//! `sampler`, `window` slides the context, `codec` decodes complete frames, `resample`
+//! converts to the output rate, and `playback` hands the samples to the audio thread.
+//! `stream` runs all of it on its own threads; `bundle` and `runtime` load what it needs.
 
-pub mod bundle;
-pub mod codec;
-pub mod conditioning;
-pub mod dc_blocker;
-pub mod decoder;
-pub mod generator;
-pub mod model;
-pub mod pattern;
-pub mod playback;
-pub mod resample;
-pub mod runtime;
-pub mod sampler;
-pub mod seam;
-pub mod stream;
-pub mod window;
+mod bundle;
+mod codec;
+mod conditioning;
+mod dc_blocker;
+mod decoder;
+mod generator;
+mod model;
+mod pattern;
+mod playback;
+mod resample;
+mod runtime;
+mod sampler;
+mod seam;
+mod stream;
+mod window;
+
+pub use bundle::{Bundle, BundleError, Manifest};
+pub use codec::{CodecError, CodecWindow, StreamingCodec};
+pub use conditioning::{ConditioningError, CrossAttention};
+pub use decoder::{Decoder, DecoderError, KvCache};
+pub use model::{Model, ModelError, ModelOptions};
+pub use pattern::{CodeGrid, Coord, Delays, Pattern, PatternError, PatternKind};
+pub use playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
+pub use resample::{ResampleError, SUPPORTED_RATES_HZ, StreamResampler};
+pub use runtime::{ExecutionProvider, Runtime, RuntimeError, library_file_name};
+pub use sampler::{SamplingError, SamplingSettings};
+pub use seam::{SeamMeasure, measure_seams};
+pub use stream::{
+    Command, DEFAULT_BUFFER_AHEAD_SECONDS, RECENT_FRAMES, Readiness, Stream, StreamConfig, StreamError, StreamStatus,
+};

@@ -63,7 +63,6 @@ impl ModelOptions {
 
 /// Everything a stream needs that does not change while it plays.
 pub struct Model {
-    options: ModelOptions,
     runtime: &'static Runtime,
     bundle: Bundle,
     pattern_kind: PatternKind,
@@ -94,7 +93,6 @@ impl Model {
         StreamingCodec::new(Arc::clone(&codec), CodecWindow::default()).warm_up()?;
         Ok(Self {
             pattern_kind: bundle.pattern_kind().clone(),
-            options,
             runtime,
             bundle,
             conditioner: Mutex::new(conditioner),
@@ -102,10 +100,6 @@ impl Model {
             codec,
             encoder: Mutex::new(None),
         })
-    }
-
-    pub fn options(&self) -> &ModelOptions {
-        &self.options
     }
 
     pub fn dir(&self) -> &Path {
@@ -116,7 +110,7 @@ impl Model {
         self.bundle.manifest()
     }
 
-    pub fn pattern_kind(&self) -> &PatternKind {
+    pub(crate) fn pattern_kind(&self) -> &PatternKind {
         &self.pattern_kind
     }
 

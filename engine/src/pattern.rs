@@ -91,14 +91,14 @@ impl PatternKind {
     ];
 
     /// MusicGen's delays for `num_codebooks`: `[0, 1, .., K - 1]`.
-    pub fn musicgen_delay(num_codebooks: usize) -> Self {
+    pub(crate) fn musicgen_delay(num_codebooks: usize) -> Self {
         Self::Delay {
             delays: (0..num_codebooks).collect(),
         }
     }
 
     /// The partial delay that keeps codebook 0 first and delays all others by one step.
-    pub fn partial_delay(num_codebooks: usize) -> Self {
+    pub(crate) fn partial_delay(num_codebooks: usize) -> Self {
         Self::Delay {
             delays: (0..num_codebooks).map(|k| k.min(1)).collect(),
         }
@@ -120,7 +120,7 @@ impl PatternKind {
 
     /// The command-line name. Delays that are `[0, 1, .., K - 1]` read as `delay`, any
     /// other delays as `partial-delay`.
-    pub fn name(&self) -> &'static str {
+    pub(crate) fn name(&self) -> &'static str {
         match self {
             Self::Parallel => "parallel",
             Self::Delay { delays } if delays.iter().enumerate().all(|(k, &d)| k == d) => "delay",
@@ -199,7 +199,7 @@ impl PatternKind {
     /// pattern grows. Every kind here has a lag that is either constant or grows with `T`,
     /// so comparing two lengths decides it from the built patterns rather than from a
     /// second, hand-kept list of kinds.
-    pub fn is_streamable(&self, num_codebooks: usize) -> Result<bool, PatternError> {
+    pub(crate) fn is_streamable(&self, num_codebooks: usize) -> Result<bool, PatternError> {
         const SHORT_T: usize = 4;
         let short = self.build(SHORT_T, num_codebooks)?.frame_lag_steps();
         let long = self.build(SHORT_T * 2, num_codebooks)?.frame_lag_steps();
@@ -246,17 +246,13 @@ impl CodeGrid {
         self.num_timesteps
     }
 
-    pub fn get(&self, coord: Coord) -> u32 {
+    pub(crate) fn get(&self, coord: Coord) -> u32 {
         self.codes[coord.k * self.num_timesteps + coord.t]
     }
 
     /// The codes of codebook `k` for every timestep.
     pub fn codebook(&self, k: usize) -> &[u32] {
         &self.codes[k * self.num_timesteps..(k + 1) * self.num_timesteps]
-    }
-
-    pub fn as_slice(&self) -> &[u32] {
-        &self.codes
     }
 }
 
@@ -317,7 +313,7 @@ impl Pattern {
     }
 
     /// The coordinates produced at `step`; empty past the end.
-    pub fn coords_at(&self, step: usize) -> &[Coord] {
+    pub(crate) fn coords_at(&self, step: usize) -> &[Coord] {
         self.steps.get(step).map_or(&[], Vec::as_slice)
     }
 
@@ -328,7 +324,7 @@ impl Pattern {
 
     /// The step that produces timestep `t`'s first token: a new conditioning from this
     /// step on reaches the frame.
-    pub fn frame_first_step(&self, t: usize) -> usize {
+    pub(crate) fn frame_first_step(&self, t: usize) -> usize {
         (0..self.num_codebooks)
             .map(|k| self.step_of(Coord { t, k }))
             .min()
@@ -336,7 +332,7 @@ impl Pattern {
     }
 
     /// The step after which timestep `t` has all of its codebooks.
-    pub fn frame_complete_step(&self, t: usize) -> usize {
+    pub(crate) fn frame_complete_step(&self, t: usize) -> usize {
         (0..self.num_codebooks)
             .map(|k| self.step_of(Coord { t, k }))
             .max()

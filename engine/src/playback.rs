@@ -24,7 +24,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 /// Length of the fade at an underrun and at the recovery after it: 2 ms at 32 kHz, short
 /// enough to keep as much audio as possible, long enough to avoid a click.
-pub const FADE_SAMPLES: usize = 64;
+pub(crate) const FADE_SAMPLES: usize = 64;
 
 /// Counters shared by both ends; relaxed atomics, read by the GUI and the CLI.
 #[derive(Debug, Default)]
@@ -50,12 +50,12 @@ impl PlaybackStats {
     }
 
     /// Samples the producer has put into the buffer.
-    pub fn samples_pushed(&self) -> u64 {
+    pub(crate) fn samples_pushed(&self) -> u64 {
         self.samples_pushed.load(Ordering::Relaxed)
     }
 
     /// Samples taken from the buffer and played.
-    pub fn samples_played(&self) -> u64 {
+    pub(crate) fn samples_played(&self) -> u64 {
         self.samples_played.load(Ordering::Relaxed)
     }
 
@@ -65,7 +65,7 @@ impl PlaybackStats {
     }
 
     /// Samples waiting in the buffer to be played.
-    pub fn samples_queued(&self) -> u64 {
+    pub(crate) fn samples_queued(&self) -> u64 {
         let pushed = self.samples_pushed();
         let discard_before = self.discard_before.load(Ordering::Relaxed);
         let taken = self.samples_played() + self.samples_discarded();
@@ -79,12 +79,12 @@ impl PlaybackStats {
     }
 
     /// Samples the buffer must hold before playback starts or resumes.
-    pub fn start_threshold(&self) -> u64 {
+    pub(crate) fn start_threshold(&self) -> u64 {
         self.start_threshold.load(Ordering::Relaxed)
     }
 
     /// The consumer plays silence until the buffer holds [`PlaybackStats::start_threshold`].
-    pub fn is_holding(&self) -> bool {
+    pub(crate) fn is_holding(&self) -> bool {
         self.holding.load(Ordering::Relaxed)
     }
 }
@@ -128,34 +128,25 @@ impl PlaybackProducer {
 
     /// Retracts every sample pushed so far: the consumer skips them instead of playing
     /// them. What is pushed afterwards plays normally.
-    pub fn discard_queued(&mut self) {
+    pub(crate) fn discard_queued(&mut self) {
         let pushed = self.stats.samples_pushed.load(Ordering::Relaxed);
         self.stats.discard_before.store(pushed, Ordering::Release);
     }
 
     /// Samples waiting to be played.
-    pub fn buffered(&self) -> usize {
+    pub(crate) fn buffered(&self) -> usize {
         self.inner.occupied_len()
     }
 
-    /// Room left in the buffer.
-    pub fn free(&self) -> usize {
-        self.inner.vacant_len()
-    }
-
-    pub fn capacity(&self) -> usize {
+    pub(crate) fn capacity(&self) -> usize {
         self.inner.capacity().get()
     }
 
     /// Sets how many samples the buffer must hold before playback starts or resumes
     /// after an underrun (capped at the buffer's capacity, so that it can always start).
-    pub fn set_start_threshold(&self, samples: usize) {
+    pub(crate) fn set_start_threshold(&self, samples: usize) {
         let samples = samples.min(self.capacity()) as u64;
         self.stats.start_threshold.store(samples, Ordering::Release);
-    }
-
-    pub fn stats(&self) -> &Arc<PlaybackStats> {
-        &self.stats
     }
 }
 
@@ -233,14 +224,7 @@ impl PlaybackConsumer {
         self.inner.occupied_len()
     }
 
-    /// Forgets that audio has played, so the silence before the next stream's first
-    /// samples is not counted as an underrun.
-    pub fn reset_underrun_tracking(&mut self) {
-        self.started = false;
-        self.fading_in = false;
-    }
-
-    pub fn stats(&self) -> &Arc<PlaybackStats> {
+    pub(crate) fn stats(&self) -> &Arc<PlaybackStats> {
         &self.stats
     }
 }
@@ -264,7 +248,7 @@ mod tests {
     fn a_full_buffer_takes_what_fits() {
         let (mut tx, _rx) = playback_channel(4);
         assert_eq!(tx.push(&[0.5; 6]), 4);
-        assert_eq!(tx.free(), 0);
+        assert_eq!(tx.buffered(), 4);
     }
 
     #[test]
@@ -304,11 +288,11 @@ mod tests {
         tx.push(&[1.0; 6]);
         let mut out = [0.0; 2];
         rx.pop(&mut out);
-        assert_eq!(tx.stats().samples_queued(), 4);
+        assert_eq!(rx.stats().samples_queued(), 4);
         tx.discard_queued();
-        assert_eq!(tx.stats().samples_queued(), 0);
+        assert_eq!(rx.stats().samples_queued(), 0);
         tx.push(&[2.0, 3.0, 4.0]);
-        assert_eq!(tx.stats().samples_queued(), 3);
+        assert_eq!(rx.stats().samples_queued(), 3);
         let mut out = [0.0; 3];
         assert_eq!(rx.pop(&mut out), 3);
         assert_eq!(out, [2.0, 3.0, 4.0]);

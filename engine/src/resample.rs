@@ -65,11 +65,11 @@ impl StreamResampler {
         })
     }
 
-    pub fn input_rate_hz(&self) -> u32 {
+    pub(crate) fn input_rate_hz(&self) -> u32 {
         self.input_rate_hz
     }
 
-    pub fn output_rate_hz(&self) -> u32 {
+    pub(crate) fn output_rate_hz(&self) -> u32 {
         self.output_rate_hz
     }
 

@@ -14,14 +14,14 @@ use std::sync::{Mutex, OnceLock};
 use ort::environment::Environment;
 
 /// The command that puts a development copy of the library where [`Runtime::init`] looks.
-pub const FETCH_COMMAND: &str = "cargo xtask ort";
+pub(crate) const FETCH_COMMAND: &str = "cargo xtask ort";
 
 /// The environment variable that names the library explicitly.
-pub const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
+pub(crate) const DYLIB_ENV: &str = "ORT_DYLIB_PATH";
 
 /// Providers whose ONNX Runtime build `cargo xtask ort --provider` can fetch; also the
 /// folder names of the development copies, in the order they are preferred.
-pub const DEVELOPMENT_PROVIDERS: [&str; 3] = ["cuda", "directml", "cpu"];
+pub(crate) const DEVELOPMENT_PROVIDERS: [&str; 3] = ["cuda", "directml", "cpu"];
 
 /// Where the graphs run. `Auto` takes the first accelerator that starts and falls back to
 /// the CPU; an explicit accelerator also falls back to the CPU when it cannot start, and
@@ -88,7 +88,7 @@ impl std::str::FromStr for ExecutionProvider {
 
 /// A session builder with the first provider of `requested` that starts, and a line that
 /// says which one that is (and why others were passed over).
-pub fn session_builder(
+pub(crate) fn session_builder(
     runtime: &Runtime,
     requested: ExecutionProvider,
     threads: usize,
@@ -223,7 +223,7 @@ impl Runtime {
         &self.library_path
     }
 
-    pub fn environment(&self) -> &Environment {
+    pub(crate) fn environment(&self) -> &Environment {
         &self.environment
     }
 
@@ -301,7 +301,7 @@ fn library_version(path: &Path) -> Result<String, RuntimeError> {
 }
 
 /// Every place [`Runtime::init`] looks, in order.
-pub fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
+pub(crate) fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     let file = library_file_name();
     let mut paths = Vec::new();
     paths.extend(explicit.map(Path::to_path_buf));
@@ -343,8 +343,12 @@ fn development_targets(exe_dir: Option<&Path>) -> Vec<PathBuf> {
     targets
 }
 
+/// Some of these run on the real library (`cargo xtask ort` fetches it).
 #[cfg(test)]
 mod tests {
+    use ort::session::Session;
+    use ort::value::Tensor;
+
     use super::*;
 
     #[test]
@@ -376,5 +380,58 @@ mod tests {
                 "{needle:?} not in {paths:?}"
             );
         }
+    }
+
+    #[test]
+    fn runs_a_small_graph_on_the_real_library() {
+        let runtime = Runtime::init(None).expect("ONNX Runtime (run `cargo xtask ort`)");
+        assert!(runtime.version().starts_with("1."), "version {}", runtime.version());
+        let providers = runtime.available_providers().unwrap();
+        assert!(providers.iter().any(|p| p == "CPUExecutionProvider"), "{providers:?}");
+
+        let graph = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data/scale_add.onnx");
+        let mut session = Session::builder(runtime.environment())
+            .unwrap()
+            .commit_from_file(&graph)
+            .unwrap();
+        let names: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
+        assert_eq!(names, ["a", "b"]);
+
+        let a = Tensor::from_array(([3usize], vec![1.0f32, 2.0, 3.0])).unwrap();
+        let b = Tensor::from_array(([3usize], vec![0.5f32, -2.0, 10.0])).unwrap();
+        let outputs = session.run(ort::inputs!["a" => a, "b" => b]).unwrap();
+        let (shape, y) = outputs["y"].try_extract_tensor::<f32>().unwrap();
+        assert_eq!(&shape[..], &[3]);
+        assert_eq!(y, &[3.0, 0.0, 26.0]);
+    }
+
+    #[test]
+    fn a_second_init_returns_the_same_runtime() {
+        let first = Runtime::init(None).unwrap();
+        let second = Runtime::init(Some(Path::new("/ignored/after/first/init"))).unwrap();
+        assert!(std::ptr::eq(first, second));
+    }
+
+    #[test]
+    fn an_unavailable_provider_falls_back_to_the_cpu_and_says_why() {
+        let runtime = Runtime::init(None).unwrap();
+        let cuda_built = runtime
+            .available_providers()
+            .unwrap()
+            .iter()
+            .any(|p| p == "CUDAExecutionProvider");
+        let (_, used) = session_builder(runtime, ExecutionProvider::Cuda, 1).unwrap();
+        if !cuda_built {
+            assert!(used.starts_with("cpu (cuda unavailable"), "{used}");
+        }
+        let (_, used) = session_builder(runtime, ExecutionProvider::Cpu, 1).unwrap();
+        assert_eq!(used, "cpu");
+        assert_eq!("CUDA".parse::<ExecutionProvider>(), Ok(ExecutionProvider::Cuda));
+        assert!(
+            "tpu"
+                .parse::<ExecutionProvider>()
+                .unwrap_err()
+                .contains("auto, cpu, cuda")
+        );
     }
 }

@@ -52,7 +52,7 @@ impl SamplingSettings {
         }
     }
 
-    pub fn validate(&self) -> Result<(), SamplingError> {
+    pub(crate) fn validate(&self) -> Result<(), SamplingError> {
         if self.greedy {
             return Ok(());
         }
@@ -67,7 +67,7 @@ impl SamplingSettings {
 }
 
 /// Mixes guided logits into `out`: `uncond + (cond - uncond) * scale`.
-pub fn apply_guidance(cond: &[f32], uncond: &[f32], scale: f32, out: &mut [f32]) {
+pub(crate) fn apply_guidance(cond: &[f32], uncond: &[f32], scale: f32, out: &mut [f32]) {
     for ((o, &c), &u) in out.iter_mut().zip(cond).zip(uncond) {
         *o = u + (c - u) * scale;
     }
@@ -82,7 +82,7 @@ pub struct Sampler {
 }
 
 impl Sampler {
-    pub fn new(settings: SamplingSettings, seed: u64) -> Result<Self, SamplingError> {
+    pub(crate) fn new(settings: SamplingSettings, seed: u64) -> Result<Self, SamplingError> {
         settings.validate()?;
         Ok(Self {
             settings,
@@ -93,7 +93,7 @@ impl Sampler {
 
     /// A sampler with the same settings and a random sequence of its own, seeded from
     /// this one's (which moves on by one draw): for a second continuation of a stream.
-    pub fn fork(&mut self) -> Sampler {
+    pub(crate) fn fork(&mut self) -> Sampler {
         Sampler {
             settings: self.settings,
             rng: ChaCha8Rng::seed_from_u64(self.rng.random::<u64>()),
@@ -101,19 +101,19 @@ impl Sampler {
         }
     }
 
-    pub fn settings(&self) -> SamplingSettings {
+    pub(crate) fn settings(&self) -> SamplingSettings {
         self.settings
     }
 
     /// New settings take effect from the next token; the random stream continues.
-    pub fn set_settings(&mut self, settings: SamplingSettings) -> Result<(), SamplingError> {
+    pub(crate) fn set_settings(&mut self, settings: SamplingSettings) -> Result<(), SamplingError> {
         settings.validate()?;
         self.settings = settings;
         Ok(())
     }
 
     /// Chooses a token id from `logits`.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    pub(crate) fn sample(&mut self, logits: &[f32]) -> u32 {
         if self.settings.greedy {
             return argmax(logits);
         }
@@ -167,7 +167,7 @@ impl Sampler {
 }
 
 /// The index of the first largest value (NaN never wins).
-pub fn argmax(values: &[f32]) -> u32 {
+pub(crate) fn argmax(values: &[f32]) -> u32 {
     let mut best = 0;
     for (i, &v) in values.iter().enumerate() {
         if v > values[best] || values[best].is_nan() {

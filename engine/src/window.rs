@@ -19,7 +19,7 @@ use crate::pattern::{CodeGrid, Pattern, PatternKind};
 use crate::sampler::Sampler;
 
 /// Seams an endless stream remembers.
-pub const MAX_SEAMS_KEPT: usize = 64;
+pub(crate) const MAX_SEAMS_KEPT: usize = 64;
 
 /// How far the window reaches, how much of it the next one keeps, and where it all ends.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -63,7 +63,7 @@ pub struct SlidingGenerator {
 impl SlidingGenerator {
     /// Starts after `given` frames (continued audio; may be empty), of which the last
     /// `keep_frames` become the first lane's context.
-    pub fn new(
+    pub(crate) fn new(
         kind: PatternKind,
         given: &CodeGrid,
         special: u32,
@@ -106,7 +106,7 @@ impl SlidingGenerator {
     }
 
     /// A second continuation of this stream from here (see [`Generator::fork`]).
-    pub fn fork(&mut self) -> Result<SlidingGenerator, DecoderError> {
+    pub(crate) fn fork(&mut self) -> Result<SlidingGenerator, DecoderError> {
         Ok(SlidingGenerator {
             kind: self.kind.clone(),
             num_codebooks: self.num_codebooks,
@@ -127,58 +127,58 @@ impl SlidingGenerator {
     }
 
     /// Frames whose codes are all known, given ones included.
-    pub fn frames_done(&self) -> usize {
+    pub(crate) fn frames_done(&self) -> usize {
         self.history_start + self.history.len() / self.num_codebooks
     }
 
     /// Decoder calls that ran a single step.
-    pub fn steps_done(&self) -> usize {
+    pub(crate) fn steps_done(&self) -> usize {
         self.steps
     }
 
     /// Steps run inside prefill calls (given frames and the next windows' contexts).
-    pub fn prefilled_steps(&self) -> usize {
+    pub(crate) fn prefilled_steps(&self) -> usize {
         self.prefilled_steps
     }
 
     /// Time spent in prefill calls.
-    pub fn prefill_time(&self) -> Duration {
+    pub(crate) fn prefill_time(&self) -> Duration {
         self.prefill_time
     }
 
     /// Frames that have at least their first token: a new conditioning reaches frames
     /// from this one on.
-    pub fn started_frames(&self) -> usize {
+    pub(crate) fn started_frames(&self) -> usize {
         self.offset + self.current.started_frames()
     }
 
-    pub fn is_finished(&self) -> bool {
+    pub(crate) fn is_finished(&self) -> bool {
         self.spec.total_frames.is_some_and(|total| self.frames_done() >= total)
             || (self.current.is_finished() && self.next.is_none())
     }
 
     /// Global frames at which a new lane took over so far (the last [`MAX_SEAMS_KEPT`]
     /// of an endless stream).
-    pub fn seams(&self) -> &[usize] {
+    pub(crate) fn seams(&self) -> &[usize] {
         &self.seams
     }
 
     /// Lanes that took over so far.
-    pub fn seam_count(&self) -> usize {
+    pub(crate) fn seam_count(&self) -> usize {
         self.seam_count
     }
 
-    pub fn set_guidance_scale(&mut self, scale: f32) {
+    pub(crate) fn set_guidance_scale(&mut self, scale: f32) {
         self.current.set_guidance_scale(scale);
     }
 
-    pub fn sampler_mut(&mut self) -> &mut Sampler {
+    pub(crate) fn sampler_mut(&mut self) -> &mut Sampler {
         self.current.sampler_mut()
     }
 
     /// One step of the current lane (and the next lane's prefill that its new frames
     /// allow). Returns the global frames this call completed.
-    pub fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
         let first = self.frames_done();
         Self::timed_prefill(
             &mut self.current,
@@ -296,14 +296,14 @@ impl SlidingGenerator {
 
     /// The codes of global frame `t`, which must be complete and, in an endless stream, in
     /// the current lane.
-    pub fn frame(&self, t: usize) -> &[u32] {
+    pub(crate) fn frame(&self, t: usize) -> &[u32] {
         let i = t - self.history_start;
         &self.history[i * self.num_codebooks..(i + 1) * self.num_codebooks]
     }
 
     /// The codes kept, `[K, T]`: every frame of a finite stream; an endless one's from its
     /// current lane's first frame on.
-    pub fn codes(&self) -> CodeGrid {
+    pub(crate) fn codes(&self) -> CodeGrid {
         let (k_count, t_count) = (self.num_codebooks, self.history.len() / self.num_codebooks);
         let mut codes = vec![self.special; k_count * t_count];
         for t in 0..t_count {

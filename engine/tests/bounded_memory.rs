@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::{Duration, Instant};
 
 use common::start;
-use musicgen_engine::stream::{Command, StreamConfig};
+use musicgen_engine::{Command, StreamConfig};
 
 /// Counts the bytes allocated and not yet freed, by every thread of this process.
 struct Counting;

@@ -2,9 +2,7 @@
 
 use std::path::Path;
 
-use musicgen_engine::bundle::{Bundle, Graph};
-use musicgen_engine::model::{Model, ModelOptions};
-use musicgen_engine::runtime::Runtime;
+use musicgen_engine::{Model, ModelOptions};
 use serde_json::Value;
 
 fn copy_of_tiny() -> tempfile::TempDir {
@@ -57,9 +55,7 @@ fn a_wrong_tensor_name_names_the_file_and_the_tensor() {
         let slot = inputs.iter_mut().find(|v| *v == "past_len").unwrap();
         *slot = Value::from("step_position");
     });
-    let runtime = Runtime::init(None).unwrap();
-    let bundle = Bundle::open(dir.path()).unwrap();
-    let err = bundle.session(runtime, Graph::Decoder, 1).err().unwrap().to_string();
+    let err = load_error(dir.path());
     assert!(err.contains("decoder.onnx") && err.contains("step_position"), "{err}");
 }
 
@@ -81,9 +77,7 @@ fn a_wrong_codebook_count_is_refused_with_the_tensor_and_axis() {
 fn a_cache_type_the_graph_does_not_have_is_refused() {
     let dir = copy_of_tiny();
     edit_manifest(dir.path(), |m| m["kv_cache"]["dtype"] = Value::from("int8"));
-    let runtime = Runtime::init(None).unwrap();
-    let bundle = Bundle::open(dir.path()).unwrap();
-    let err = bundle.session(runtime, Graph::Decoder, 1).err().unwrap().to_string();
+    let err = load_error(dir.path());
     assert!(
         err.contains("decoder.onnx") && err.contains("past_key_0") && err.contains("Int8"),
         "{err}"

@@ -10,9 +10,9 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::start;
-use musicgen_engine::resample::StreamResampler;
-use musicgen_engine::seam::measure_seams;
-use musicgen_engine::stream::{Command, StreamConfig};
+use musicgen_engine::StreamResampler;
+use musicgen_engine::measure_seams;
+use musicgen_engine::{Command, StreamConfig};
 
 const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;

@@ -3,13 +3,8 @@
 
 mod common;
 
-use common::{codes_of, config, drain, read_wav, start, tiny};
-use musicgen_engine::bundle::Bundle;
-use musicgen_engine::codec::AudioEncoder;
-use musicgen_engine::pattern::CodeGrid;
-use musicgen_engine::runtime::Runtime;
-use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, StreamConfig};
+use common::{codes_of, config, drain, read_wav, start, tiny, tiny_model};
+use musicgen_engine::{CodeGrid, Command, SamplingSettings, StreamConfig};
 
 const PROMPT: &str = "warm lo-fi piano";
 
@@ -193,16 +188,15 @@ fn a_live_continuation_plays_only_the_new_music() {
 
 #[test]
 fn audio_is_encoded_to_codes_that_a_stream_continues() {
-    let bundle = Bundle::open(&tiny()).unwrap();
-    let runtime = Runtime::init(None).unwrap();
-    let mut encoder = AudioEncoder::load(&bundle, runtime, 1).unwrap();
+    let model = tiny_model();
     let (rate_hz, audio) = read_wav(&tiny().join("golden.wav"));
     assert_eq!(rate_hz, 32_000);
-    let codes = encoder.encode(&audio).unwrap();
+    let codes = model.encode_audio(&audio, rate_hz).unwrap();
     assert_eq!(codes.num_codebooks(), 4);
     assert_eq!(codes.num_timesteps(), audio.len() / 640);
-    assert!(codes.as_slice().iter().all(|&c| c < 2048));
-    assert!(encoder.encode(&audio[..100]).is_err(), "less than a frame is refused");
+    assert!((0..4).all(|k| codes.codebook(k).iter().all(|&c| c < 2048)));
+    let err = model.encode_audio(&audio[..100], rate_hz).unwrap_err().to_string();
+    assert!(err.contains("less than one codec frame"), "{err}");
 
     let mut continued = config(PROMPT, 25);
     continued.continue_from = Some(codes.clone());

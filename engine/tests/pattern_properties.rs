@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 
-use musicgen_engine::pattern::{CodeGrid, Coord, PatternKind};
+use musicgen_engine::{CodeGrid, Coord, PatternKind};
 use proptest::prelude::*;
 
 fn any_kind() -> impl Strategy<Value = (PatternKind, usize)> {

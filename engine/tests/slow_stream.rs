@@ -10,7 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::start;
-use musicgen_engine::stream::{Readiness, Stream, StreamConfig};
+use musicgen_engine::{Readiness, Stream, StreamConfig};
 
 const RATE_HZ: u32 = 32_000;
 /// 10 ms blocks.
@@ -34,11 +34,7 @@ struct Block {
 }
 
 /// Pulls 10 ms blocks at real-time pace for `seconds` or until the stream has played out.
-fn pull_in_real_time(
-    stream: &Stream,
-    consumer: &mut musicgen_engine::playback::PlaybackConsumer,
-    seconds: f64,
-) -> Vec<Block> {
+fn pull_in_real_time(stream: &Stream, consumer: &mut musicgen_engine::PlaybackConsumer, seconds: f64) -> Vec<Block> {
     let period = Duration::from_secs_f64(BLOCK as f64 / f64::from(RATE_HZ));
     let deadline = Instant::now() + Duration::from_secs_f64(seconds + 30.0);
     let mut blocks = Vec::new();

@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::{codes_of, config, drain, read_wav, start, tiny};
-use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::Command;
+use musicgen_engine::Command;
+use musicgen_engine::SamplingSettings;
 use serde_json::Value;
 
 struct Golden {

@@ -17,11 +17,11 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use musicgen_engine::model::{Model, ModelError, ModelOptions};
-use musicgen_engine::pattern::Pattern;
-use musicgen_engine::playback::PlaybackConsumer;
-use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Command, RECENT_FRAMES, Readiness, Stream, StreamConfig};
+use musicgen_engine::Pattern;
+use musicgen_engine::PlaybackConsumer;
+use musicgen_engine::SamplingSettings;
+use musicgen_engine::{Command, RECENT_FRAMES, Readiness, Stream, StreamConfig};
+use musicgen_engine::{Model, ModelError, ModelOptions};
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
@@ -606,7 +606,7 @@ impl Worker {
 
     /// The ONNX Runtime library shipped beside the plugin, if this is a bundle.
     fn ort_library(&self) -> Option<PathBuf> {
-        resources_dir().map(|dir| dir.join(musicgen_engine::runtime::library_file_name()))
+        resources_dir().map(|dir| dir.join(musicgen_engine::library_file_name()))
     }
 
     fn model_dir(&self) -> PathBuf {

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
-use musicgen_engine::bundle::Bundle;
-use musicgen_engine::pattern::Coord;
-use musicgen_engine::runtime::ExecutionProvider;
-use musicgen_engine::stream::Readiness;
+use musicgen_engine::Bundle;
+use musicgen_engine::Coord;
+use musicgen_engine::ExecutionProvider;
+use musicgen_engine::Readiness;
 use nice_plug::context::gui::GuiContext;
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug_egui::widgets::ParamSlider;

@@ -15,7 +15,7 @@ use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use musicgen_engine::playback::PlaybackConsumer;
+use musicgen_engine::PlaybackConsumer;
 use nice_plug::prelude::*;
 use ringbuf::traits::{Consumer, Producer};
 use tracing_subscriber::EnvFilter;
@@ -152,7 +152,7 @@ impl Plugin for MusicGenLive {
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
         let rate_hz = buffer_config.sample_rate.round() as u32;
-        if !musicgen_engine::resample::SUPPORTED_RATES_HZ.contains(&rate_hz) {
+        if !musicgen_engine::SUPPORTED_RATES_HZ.contains(&rate_hz) {
             nice_error!("MusicGen Live cannot run at {rate_hz} Hz");
             return false;
         }

@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, LazyLock, Weak};
 
-use musicgen_engine::model::{Model, ModelError, ModelOptions};
+use musicgen_engine::{Model, ModelError, ModelOptions};
 use parking_lot::Mutex;
 
 /// One model's place in the cache; its lock is held while the model loads.

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use musicgen_engine::runtime::ExecutionProvider;
+use musicgen_engine::ExecutionProvider;
 use nice_plug::prelude::*;
 use parking_lot::RwLock;
 

@@ -187,19 +187,21 @@ struct Tools {
     export_py: PathBuf,
 }
 
-/// Cargo's arguments for the release `musicgen` binary.
-const BUILD_MUSICGEN: [&str; 7] = [
-    "build",
-    "--release",
-    "--quiet",
-    "--package",
-    "musicgen-engine",
-    "--bin",
-    "musicgen",
-];
+/// Cargo's arguments for the release `musicgen` binary (in the baseline, the engine's).
+fn build_musicgen(package: &str) -> [&str; 7] {
+    [
+        "build",
+        "--release",
+        "--quiet",
+        "--package",
+        package,
+        "--bin",
+        "musicgen",
+    ]
+}
 
 fn build_current(root: &Path) -> Result<PathBuf> {
-    cargo(root, &BUILD_MUSICGEN)?;
+    cargo(root, &build_musicgen("musicgen-cli"))?;
     Ok(root.join("target").join("release").join("musicgen"))
 }
 
@@ -223,7 +225,7 @@ fn build_baseline(root: &Path) -> Result<Tools> {
     let target = root.join("target").join("bench").join("baseline-target");
     let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
     run(Command::new(cargo_bin)
-        .args(BUILD_MUSICGEN)
+        .args(build_musicgen("musicgen-engine"))
         .env("CARGO_TARGET_DIR", &target)
         .current_dir(&source))?;
     Ok(Tools {

@@ -87,7 +87,7 @@ fn demo(root: &Path) -> Result<()> {
             "--quiet",
             "--release",
             "--package",
-            "musicgen-engine",
+            "musicgen-cli",
             "--bin",
             "musicgen",
             "--",

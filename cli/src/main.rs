@@ -5,8 +5,8 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use musicgen_engine::pattern::{Coord, Delays, Pattern, PatternKind};
-use musicgen_engine::runtime::{ExecutionProvider, Runtime};
+use musicgen_engine::{Coord, Delays, Pattern, PatternKind};
+use musicgen_engine::{ExecutionProvider, Runtime};
 use serde::Serialize;
 
 mod bench;

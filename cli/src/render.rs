@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use std::sync::Arc;
 
-use musicgen_engine::bundle::Manifest;
-use musicgen_engine::model::{Model, ModelOptions};
-use musicgen_engine::pattern::CodeGrid;
-use musicgen_engine::playback::PlaybackConsumer;
-use musicgen_engine::resample::StreamResampler;
-use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::seam::measure_seams;
-use musicgen_engine::stream::{Command, Readiness, Stream, StreamConfig};
+use musicgen_engine::CodeGrid;
+use musicgen_engine::Manifest;
+use musicgen_engine::PlaybackConsumer;
+use musicgen_engine::SamplingSettings;
+use musicgen_engine::StreamResampler;
+use musicgen_engine::measure_seams;
+use musicgen_engine::{Command, Readiness, Stream, StreamConfig};
+use musicgen_engine::{Model, ModelOptions};
 
 use crate::RenderArgs;
 

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use musicgen_engine::bundle::Bundle;
-use musicgen_engine::codec::CodecWindow;
-use musicgen_engine::model::{Model, ModelOptions};
-use musicgen_engine::runtime::ExecutionProvider;
-use musicgen_engine::sampler::SamplingSettings;
-use musicgen_engine::stream::{Stream, StreamConfig};
+use musicgen_engine::Bundle;
+use musicgen_engine::CodecWindow;
+use musicgen_engine::ExecutionProvider;
+use musicgen_engine::SamplingSettings;
+use musicgen_engine::{Model, ModelOptions};
+use musicgen_engine::{Stream, StreamConfig};
 use serde::Serialize;
 
 use crate::print_json;
