@@ -7,12 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use musicgen_engine::Bundle;
-use musicgen_engine::CodecWindow;
-use musicgen_engine::ExecutionProvider;
-use musicgen_engine::SamplingSettings;
-use musicgen_engine::{Model, ModelOptions};
-use musicgen_engine::{Stream, StreamConfig};
+use musicgen_engine::{
+    Bundle, CodecWindow, ExecutionProvider, Model, ModelOptions, SamplingSettings, Stream, StreamConfig,
+};
 use serde::Serialize;
 
 use crate::print_json;
@@ -222,7 +219,8 @@ fn load_model(args: &BenchArgs, decoder_threads: usize) -> Result<Arc<Model>> {
     options.ort_library = args.ort_library.clone();
     options.provider = args.provider;
     options.decoder_threads = decoder_threads;
-    Ok(Arc::new(Model::load(options)?))
+    let model = Model::load(options).with_context(|| format!("loading --model {}", args.model.display()))?;
+    Ok(Arc::new(model))
 }
 
 /// Decodes random frames as the stream does (frame by frame, windowed) and returns the
@@ -323,7 +321,8 @@ fn snr_against(args: &BenchArgs, reference: &Path) -> Result<f64> {
         let mut options = ModelOptions::new(model);
         options.ort_library = args.ort_library.clone();
         options.provider = args.provider;
-        let model = Arc::new(Model::load(options)?);
+        let model = Model::load(options).with_context(|| format!("loading --reference {}", model.display()))?;
+        let model = Arc::new(model);
         let mut config = StreamConfig::new(PROMPT);
         config.seconds = Some(args.snr_seconds);
         config.sampling = SamplingSettings::greedy();

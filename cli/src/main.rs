@@ -5,8 +5,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use musicgen_engine::{Coord, Delays, Pattern, PatternKind};
-use musicgen_engine::{ExecutionProvider, Runtime};
+use musicgen_engine::{Coord, Delays, ExecutionProvider, Pattern, PatternKind, Runtime};
 use serde::Serialize;
 
 mod bench;

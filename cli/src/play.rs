@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
-use musicgen_engine::StreamResampler;
-use musicgen_engine::playback_channel;
+use musicgen_engine::{StreamResampler, playback_channel};
 
 pub fn play(file: &Path) -> Result<()> {
     let host = cpal::default_host();

@@ -3,27 +3,26 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use std::sync::Arc;
 
-use musicgen_engine::CodeGrid;
-use musicgen_engine::Manifest;
-use musicgen_engine::PlaybackConsumer;
-use musicgen_engine::SamplingSettings;
-use musicgen_engine::StreamResampler;
-use musicgen_engine::measure_seams;
-use musicgen_engine::{Command, Readiness, Stream, StreamConfig};
-use musicgen_engine::{Model, ModelOptions};
+use anyhow::{Context, Result};
+
+use musicgen_engine::{
+    CodeGrid, Command, Manifest, Model, ModelOptions, PlaybackConsumer, Readiness, SamplingSettings, Stream,
+    StreamConfig, StreamResampler, find_tiny_bundle, measure_seams,
+};
 
 use crate::RenderArgs;
 
-/// The tiny bundle, found from the working directory or from this source tree.
-fn default_model() -> PathBuf {
-    let local = PathBuf::from("models/tiny");
-    if local.is_dir() {
-        return local;
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
+/// The tiny bundle of the source tree the working directory or this binary is in.
+fn default_model() -> Result<PathBuf> {
+    let here = std::env::current_dir().ok();
+    let binary = std::env::current_exe().ok();
+    [here, binary]
+        .into_iter()
+        .flatten()
+        .find_map(|dir| find_tiny_bundle(&dir))
+        .context("no --model given and no models/tiny found from here or from this binary: pass --model DIR")
 }
 
 /// Samples per simulated audio callback.
@@ -82,13 +81,22 @@ pub fn render(args: &RenderArgs) -> Result<()> {
 }
 
 fn load_model(args: &RenderArgs) -> Result<Arc<Model>> {
-    let mut options = ModelOptions::new(args.model.clone().unwrap_or_else(default_model));
+    let model_dir = match &args.model {
+        Some(dir) => dir.clone(),
+        None => default_model()?,
+    };
+    let mut options = ModelOptions::new(model_dir);
     options.ort_library = args.ort_library.clone();
     options.provider = args.provider;
     let spinner =
         indicatif::ProgressBar::new_spinner().with_message(format!("loading {}", options.model_dir.display()));
     spinner.enable_steady_tick(Duration::from_millis(100));
-    let model = Model::load(options)?;
+    let model = Model::load(options.clone()).with_context(|| {
+        format!(
+            "loading the model in {} (--model; --ort-library and --provider choose how it runs)",
+            options.model_dir.display()
+        )
+    })?;
     spinner.finish_and_clear();
     Ok(Arc::new(model))
 }

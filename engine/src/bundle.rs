@@ -23,7 +23,7 @@ pub(crate) const FORMAT_VERSION: u32 = 2;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{path}: {source}\nfix: choose a bundle folder made by `cargo xtask export` (`--model DIR` in the CLI, the model folder in the plugin)", path = .path.display())]
+    #[error("{path}: {source}: this folder is not a model bundle (`cargo xtask export` makes one)", path = .path.display())]
     Read { path: PathBuf, source: std::io::Error },
     #[error("{path}: not a valid bundle manifest: {source}", path = .path.display())]
     Manifest { path: PathBuf, source: serde_json::Error },
@@ -181,6 +181,15 @@ impl Graph {
         Self::CodecFrontend,
         Self::CodecUpsampler,
     ];
+}
+
+/// The tiny random-weight bundle of a source tree (`models/tiny`), searched in `dir` and
+/// the folders above it: development binaries find it from where they were built,
+/// without a source path compiled in.
+pub fn find_tiny_bundle(dir: &Path) -> Option<PathBuf> {
+    dir.ancestors()
+        .map(|dir| dir.join("models").join("tiny"))
+        .find(|tiny| tiny.join(MANIFEST_FILE).is_file())
 }
 
 /// A bundle folder with a checked manifest.

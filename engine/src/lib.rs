@@ -27,7 +27,7 @@ mod seam;
 mod stream;
 mod window;
 
-pub use bundle::{Bundle, BundleError, Manifest};
+pub use bundle::{Bundle, BundleError, Manifest, find_tiny_bundle};
 pub use codec::{CodecError, CodecWindow, StreamingCodec};
 pub use conditioning::{ConditioningError, CrossAttention};
 pub use decoder::{Decoder, DecoderError, KvCache};

@@ -325,22 +325,16 @@ pub(crate) fn candidate_paths(explicit: Option<&Path>) -> Vec<PathBuf> {
     paths
 }
 
-/// Cargo target folders that may hold a development copy: the one the running binary
-/// lives in (tests run from `target/debug/deps`), then this workspace's.
+/// Cargo target folders that may hold a development copy: the ones the running binary
+/// lives in (tests run from `target/debug/deps`, the CLI from `target/release`). Found
+/// from the binary's place at run time: no source-tree path is compiled in.
 fn development_targets(exe_dir: Option<&Path>) -> Vec<PathBuf> {
-    let mut targets: Vec<PathBuf> = exe_dir
+    exe_dir
         .into_iter()
         .flat_map(Path::ancestors)
         .filter(|dir| dir.file_name().is_some_and(|name| name == "target"))
         .map(Path::to_path_buf)
-        .collect();
-    let workspace_target = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("target");
-    if let Ok(canonical) = workspace_target.canonicalize()
-        && !targets.contains(&canonical)
-    {
-        targets.push(canonical);
-    }
-    targets
+        .collect()
 }
 
 /// Some of these run on the real library (`cargo xtask ort` fetches it).

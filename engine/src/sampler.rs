@@ -38,7 +38,7 @@ impl Default for SamplingSettings {
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum SamplingError {
-    #[error("temperature {0} is not positive; use a value such as 1.0, or --greedy")]
+    #[error("temperature {0} is not positive; use a value such as 1.0, or greedy sampling")]
     Temperature(f32),
     #[error("top-p {0} is outside 0..=1")]
     TopP(f32),

@@ -10,9 +10,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::start;
-use musicgen_engine::StreamResampler;
-use musicgen_engine::measure_seams;
-use musicgen_engine::{Command, StreamConfig};
+use musicgen_engine::{Command, StreamConfig, StreamResampler, measure_seams};
 
 const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;

@@ -4,6 +4,8 @@
 mod common;
 
 use common::{codes_of, config, drain, read_wav, start, tiny, tiny_model};
+use std::time::{Duration, Instant};
+
 use musicgen_engine::{CodeGrid, Command, SamplingSettings, StreamConfig};
 
 const PROMPT: &str = "warm lo-fi piano";
@@ -107,22 +109,59 @@ fn a_prompt_set_for_a_frame_changes_nothing_before_it() {
     };
     let plain = run(None);
     let changed = run(Some(80));
+    assert_eq!(run(Some(80)), changed, "the same change gives the same music");
     // Frame 80's first token comes from the step the change applies to; frames whose last
     // token came before it (delays 0..3) are untouched.
     assert_eq!(frames(&changed, 0..77), frames(&plain, 0..77));
     assert_ne!(frames(&changed, 80..120), frames(&plain, 80..120));
 }
 
+/// A prompt change's crossfade, from the stream's config or from a command.
+#[derive(Clone, Copy)]
+enum Crossfade {
+    Configured(f64),
+    Sent(f64),
+}
+
+#[test]
+fn new_sampling_settings_take_effect_from_the_next_token() {
+    let (plain, _) = run_to_end(greedy(config(PROMPT, 120)));
+    let (stream, mut consumer) = start(greedy(config(PROMPT, 120))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream.status().frames() < 40 {
+        assert!(Instant::now() < deadline, "the stream did not reach frame 40 in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let complete = stream.status().frames() as usize;
+    stream.send(Command::SetSampling {
+        sampling: SamplingSettings::default(),
+        guidance_scale: 3.0,
+    });
+    drain(&stream, &mut consumer);
+    let sampled = codes_of(&stream);
+    assert_eq!(frames(&sampled, 0..complete), frames(&plain, 0..complete));
+    assert_ne!(
+        frames(&sampled, complete + 4..120),
+        frames(&plain, complete + 4..120),
+        "sampled, not greedy, from the change on"
+    );
+}
+
 #[test]
 fn a_crossfaded_prompt_change_mixes_the_old_and_the_new_continuation() {
     // Greedy, so the old prompt's continuation is the stream without a change, and the new
     // prompt's is the stream with the change cut in at the same frame.
-    let with_change = |crossfade_seconds: f64| {
+    let with_change = |crossfade: Crossfade| {
         let mut config = greedy(config(PROMPT, 120));
-        config.prompt_crossfade_seconds = crossfade_seconds;
         // Compared sample for sample: no filter memory across the fade.
         config.block_dc = false;
+        if let Crossfade::Configured(seconds) = crossfade {
+            config.prompt_crossfade_seconds = seconds;
+        }
         let (stream, mut consumer) = start(config).unwrap();
+        if let Crossfade::Sent(seconds) = crossfade {
+            stream.send(Command::SetPromptCrossfade(seconds));
+        }
         stream.send(Command::SetPromptAt {
             prompt: "fast techno with heavy bass".into(),
             frame: 60,
@@ -134,8 +173,13 @@ fn a_crossfaded_prompt_change_mixes_the_old_and_the_new_continuation() {
         block_dc: false,
         ..greedy(config(PROMPT, 120))
     });
-    let (cut_codes, cut) = with_change(0.0);
-    let (faded_codes, faded) = with_change(0.5);
+    let (cut_codes, cut) = with_change(Crossfade::Configured(0.0));
+    let (faded_codes, faded) = with_change(Crossfade::Configured(0.5));
+    assert_eq!(
+        with_change(Crossfade::Sent(0.5)).1,
+        faded,
+        "a crossfade set by command fades as one set at the start"
+    );
     assert_eq!(faded_codes, cut_codes, "the stream goes on with the new prompt's music");
     assert_eq!(faded.len(), plain.len());
 

@@ -3,11 +3,10 @@
 
 mod common;
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{codes_of, config, drain, read_wav, start, tiny};
-use musicgen_engine::Command;
-use musicgen_engine::SamplingSettings;
+use musicgen_engine::{Command, SamplingSettings, StreamConfig};
 use serde_json::Value;
 
 struct Golden {
@@ -87,15 +86,40 @@ fn seeded_sampling_is_reproducible() {
 }
 
 #[test]
-fn a_prompt_change_mid_stream_keeps_the_audio_going() {
+fn a_prompt_change_mid_stream_changes_the_music_from_there_on_without_a_gap() {
     let frames = 150;
-    let (stream, mut consumer) = start(config("warm lo-fi piano", frames)).unwrap();
+    let greedy = || StreamConfig {
+        sampling: SamplingSettings::greedy(),
+        ..config("warm lo-fi piano", frames)
+    };
+    let (plain_stream, mut plain_consumer) = start(greedy()).unwrap();
+    drain(&plain_stream, &mut plain_consumer);
+    let plain = codes_of(&plain_stream);
+
+    let (stream, mut consumer) = start(greedy()).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     while stream.status().frames() < 50 {
+        assert!(Instant::now() < deadline, "the stream did not reach frame 50 in 60 s");
         std::thread::sleep(Duration::from_millis(1));
     }
+    let complete = stream.status().frames() as usize;
     stream.send(Command::SetPrompt("fast techno with heavy bass".into()));
     let audio = drain(&stream, &mut consumer);
-    assert_eq!(codes_of(&stream)[0].len(), frames, "every frame was generated");
+    let changed = codes_of(&stream);
+    assert_eq!(changed[0].len(), frames, "every frame was generated");
+    let span = |codes: &[Vec<u32>], range: std::ops::Range<usize>| -> Vec<Vec<u32>> {
+        codes.iter().map(|row| row[range.clone()].to_vec()).collect()
+    };
+    assert_eq!(
+        span(&changed, 0..complete),
+        span(&plain, 0..complete),
+        "frames complete before the change are the unchanged run's"
+    );
+    assert_ne!(
+        span(&changed, complete + 4..frames),
+        span(&plain, complete + 4..frames),
+        "the music after the change is another"
+    );
     assert_eq!(audio.len(), frames * 640, "every frame was decoded");
     // No gap: every 20 ms of output carries signal.
     for (i, window) in audio.chunks(640).enumerate() {
@@ -126,7 +150,9 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
     let mut config = config("warm lo-fi piano", frames);
     config.buffer_seconds = 0.01;
     let (stream, mut consumer) = start(config).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     while stream.status().frames() < 20 {
+        assert!(Instant::now() < deadline, "the stream did not reach frame 20 in 60 s");
         std::thread::sleep(Duration::from_millis(1));
     }
     assert!(stream.set_output_rate(1_000).is_err(), "1 kHz is refused");

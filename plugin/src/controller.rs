@@ -10,22 +10,22 @@
 //! memory.
 
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
-use musicgen_engine::Pattern;
-use musicgen_engine::PlaybackConsumer;
-use musicgen_engine::SamplingSettings;
-use musicgen_engine::{Command, RECENT_FRAMES, Readiness, Stream, StreamConfig};
-use musicgen_engine::{Model, ModelError, ModelOptions};
+use musicgen_engine::{
+    Command, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer, RECENT_FRAMES, Readiness, SamplingSettings,
+    Stream, StreamConfig, find_tiny_bundle,
+};
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
+use crate::error::PluginError;
 use crate::model_cache::shared_model;
 use crate::params::MusicGenParams;
 use crate::transport::HostTransport;
@@ -388,7 +388,7 @@ impl Worker {
         let config = self.stream_config(prompt.clone());
         match Stream::start(&model, config) {
             Ok((stream, consumer)) => self.install(stream, consumer, prompt, "generating"),
-            Err(error) => self.set_state("stopped".into(), Some(error.to_string())),
+            Err(error) => self.set_state("stopped".into(), Some(error.into())),
         }
     }
 
@@ -409,10 +409,11 @@ impl Worker {
                         Some((_, model)) => format!("; still playing {}", model.dir().display()),
                         None => String::new(),
                     };
-                    self.set_state(
-                        format!("{} did not load{still}", load.options.model_dir.display()),
-                        Some(error.to_string()),
-                    );
+                    let error = PluginError::ModelLoad {
+                        folder: load.options.model_dir.clone(),
+                        source: Box::new(error),
+                    };
+                    self.set_state(format!("not loaded{still}"), Some(error));
                     self.start_when_loaded = false;
                     self.failed_load = Some(load.options);
                 }
@@ -463,7 +464,7 @@ impl Worker {
                 self.pending = Some((stream, consumer, prompt));
                 self.set_state(format!("switching to {} ...", model.dir().display()), None);
             }
-            Err(error) => self.set_state("the new model did not start".into(), Some(error.to_string())),
+            Err(error) => self.set_state("the new model did not start".into(), Some(error.into())),
         }
     }
 
@@ -500,10 +501,10 @@ impl Worker {
         }
     }
 
-    fn start_continuation(&mut self) -> Result<(), String> {
+    fn start_continuation(&mut self) -> Result<(), PluginError> {
         let seconds = f64::from(self.params.keep.value());
         if seconds <= 0.0 {
-            return Err("set Kept context above 0 s: it is how much of the sidechain the music continues".into());
+            return Err(PluginError::NoKeptContext);
         }
         let rate_hz = self.output_rate_hz;
         let wanted = ((seconds * f64::from(rate_hz)) as usize).min(self.sidechain_history.len());
@@ -515,21 +516,23 @@ impl Worker {
             .collect();
         let rms = (audio.iter().map(|s| s * s).sum::<f32>() / audio.len().max(1) as f32).sqrt();
         if audio.is_empty() || rms < 1e-4 {
-            return Err(format!(
-                "the sidechain has been silent (RMS {rms:.1e} over {:.1} s): route audio to the plugin's sidechain input and play it",
-                audio.len() as f64 / f64::from(rate_hz)
-            ));
+            return Err(PluginError::SilentSidechain {
+                rms,
+                seconds: audio.len() as f64 / f64::from(rate_hz),
+            });
         }
         let Some((_, model)) = &self.model else {
-            return Err("no model is loaded yet: play a note or press Generate first".into());
+            return Err(PluginError::NoModelYet);
         };
         let model = Arc::clone(model);
-        let codes = model.encode_audio(&audio, rate_hz).map_err(|e| e.to_string())?;
+        let codes = model
+            .encode_audio(&audio, rate_hz)
+            .map_err(|error| PluginError::Encode(Box::new(error)))?;
         let prompt = self.effective_prompt();
         let mut config = self.stream_config(prompt.clone());
         config.continue_from = Some(codes);
         config.play_continued = false;
-        let (stream, consumer) = Stream::start(&model, config).map_err(|e| e.to_string())?;
+        let (stream, consumer) = Stream::start(&model, config)?;
         self.pending = Some((stream, consumer, prompt));
         Ok(())
     }
@@ -562,7 +565,7 @@ impl Worker {
             && let Some(stream) = &self.stream
             && let Err(error) = stream.set_output_rate(rate_hz)
         {
-            self.set_state("stopped".into(), Some(error.to_string()));
+            self.set_state("stopped".into(), Some(PluginError::from(error)));
             self.stream = None;
         }
     }
@@ -617,10 +620,10 @@ impl Worker {
         default_model_dir()
     }
 
-    fn set_state(&self, state: String, error: Option<String>) {
+    fn set_state(&self, state: String, error: Option<PluginError>) {
         let mut snapshot = self.snapshot.lock();
         snapshot.state = state;
-        snapshot.error = error;
+        snapshot.error = error.map(|error| error.to_string());
     }
 
     fn publish(&self) {
@@ -637,7 +640,7 @@ impl Worker {
         status.recent_frames(&mut snapshot.recent_frames);
         if let Some(error) = status.error() {
             snapshot.state = "stopped".into();
-            snapshot.error = Some(error);
+            snapshot.error = Some(PluginError::Stopped(error).to_string());
         }
     }
 }
@@ -649,12 +652,15 @@ pub fn resources_dir() -> Option<PathBuf> {
     binary.parent().map(|dir| dir.join("musicgen-live"))
 }
 
-/// The tiny model shipped beside the binary, or the development copy in this source tree.
+/// The tiny model shipped beside the binary, or the source tree's that the binary was
+/// built in.
 pub fn default_model_dir() -> PathBuf {
     let bundled = resources_dir().map(|dir| dir.join("models").join("tiny"));
-    match bundled {
-        Some(dir) if dir.is_dir() => dir,
-        _ => Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny"),
+    let binary = process_path::get_dylib_path().or_else(process_path::get_executable_path);
+    match (bundled, binary) {
+        (Some(dir), _) if dir.is_dir() => dir,
+        (_, Some(binary)) => find_tiny_bundle(&binary).unwrap_or_else(|| PathBuf::from("models/tiny")),
+        (bundled, None) => bundled.unwrap_or_else(|| PathBuf::from("models/tiny")),
     }
 }
 

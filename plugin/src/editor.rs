@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
-use musicgen_engine::Bundle;
-use musicgen_engine::Coord;
-use musicgen_engine::ExecutionProvider;
-use musicgen_engine::Readiness;
+use musicgen_engine::{Bundle, Coord, ExecutionProvider, Readiness};
 use nice_plug::context::gui::GuiContext;
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug_egui::widgets::ParamSlider;

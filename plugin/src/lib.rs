@@ -7,6 +7,7 @@
 
 mod controller;
 mod editor;
+mod error;
 mod model_cache;
 mod params;
 mod transport;

@@ -172,7 +172,13 @@ fn play_note(
             };
             process_in_real_time(processor, rate_hz, block, notes, played)
         });
+        // Real-time pace plus a minute for the plugin's first load.
+        let deadline = Instant::now() + Duration::from_secs_f64(total as f64 / f64::from(rate_hz) + 60.0);
         while !audio.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the host's audio thread ran past its deadline"
+            );
             pump_main_thread(instance);
             if let Some((at, run)) = &mut action
                 && played.load(Ordering::Acquire) >= *at

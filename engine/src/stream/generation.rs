@@ -57,7 +57,7 @@ struct OldPromptLane {
     cross: CrossAttention,
     /// The first frame in which the two continuations can differ.
     start: usize,
-    frames: usize,
+    fade_frames: usize,
 }
 
 impl GenerationLoop {
@@ -187,7 +187,7 @@ impl GenerationLoop {
             recent.push_back((t, frame.clone()));
         }
         let input = match &mut self.old_prompt {
-            Some(old) if t < old.start + old.frames + self.blend_margin_frames => {
+            Some(old) if t < old.start + old.fade_frames + self.blend_margin_frames => {
                 while old.generator.frames_done() <= t {
                     old.generator.step(&mut self.decoder, &old.cross)?;
                 }
@@ -195,7 +195,7 @@ impl GenerationLoop {
                     new: frame,
                     old: old.generator.frame(t).to_vec(),
                     fade_start: old.start,
-                    fade_frames: old.frames,
+                    fade_frames: old.fade_frames,
                 }
             }
             Some(_) => {
@@ -217,7 +217,7 @@ impl GenerationLoop {
                 generator: self.generator.fork()?,
                 cross: old,
                 start: self.generator.frames_done(),
-                frames: self.crossfade_frames,
+                fade_frames: self.crossfade_frames,
             });
         }
         Ok(())

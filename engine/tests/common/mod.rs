@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use musicgen_engine::PlaybackConsumer;
-use musicgen_engine::{Model, ModelOptions};
-use musicgen_engine::{Stream, StreamConfig, StreamError};
+use musicgen_engine::{Model, ModelOptions, PlaybackConsumer, Stream, StreamConfig, StreamError};
 
 pub fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
