@@ -15,10 +15,12 @@ use std::time::{Duration, Instant};
 use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
 use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
 use clack_extensions::state::PluginState;
-use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent};
+use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags};
+use clack_host::events::{EventFlags, EventHeader};
 use clack_host::prelude::*;
 use clack_host::process::StoppedPluginAudioProcessor;
 use clack_host::process::audio_buffers::InputChannel;
+use clack_host::utils::{BeatTime, SecondsTime};
 
 const PLUGIN_ID: &str = "live.musicgen.instrument";
 
@@ -141,6 +143,8 @@ struct Timing {
     before_s: f64,
     held_s: f64,
     after_s: f64,
+    /// A host transport playing 4/4 at 120 bpm from the first block (bar lines every 2 s).
+    transport: bool,
 }
 
 /// Something the host does on the main thread once the audio thread has played a number
@@ -169,6 +173,7 @@ fn play_note(
                 on_at: note_on_at,
                 off_at: note_off_at,
                 total,
+                transport: timing.transport,
             };
             process_in_real_time(processor, rate_hz, block, notes, played)
         });
@@ -207,6 +212,7 @@ struct NoteTimes {
     on_at: usize,
     off_at: usize,
     total: usize,
+    transport: bool,
 }
 
 /// The host's audio thread: blocks of `block` frames at real-time pace with the note's
@@ -222,6 +228,7 @@ fn process_in_real_time(
         on_at: note_on_at,
         off_at: note_off_at,
         total,
+        transport,
     } = notes;
     let mut processor = processor.start_processing().expect("processing starts");
     let mut left = vec![0.0f32; block];
@@ -265,7 +272,7 @@ fn process_in_real_time(
                 &events_in,
                 &mut OutputEvents::from_buffer(&mut events_out),
                 Some(done as u64),
-                None,
+                transport.then(|| transport_at(done, rate_hz)).as_ref(),
             )
             .expect("process succeeds");
         events_out.clear();
@@ -281,6 +288,33 @@ fn process_in_real_time(
     (processor.stop_processing(), channels)
 }
 
+/// A transport playing 4/4 at 120 bpm, at `sample` samples from the song's start.
+fn transport_at(sample: usize, rate_hz: u32) -> TransportEvent {
+    let seconds = sample as f64 / f64::from(rate_hz);
+    let beats = seconds * 2.0;
+    let bar = (beats / 4.0).floor();
+    TransportEvent {
+        header: EventHeader::new_core(0, EventFlags::empty()),
+        flags: TransportFlags::IS_PLAYING
+            | TransportFlags::HAS_TEMPO
+            | TransportFlags::HAS_BEATS_TIMELINE
+            | TransportFlags::HAS_SECONDS_TIMELINE
+            | TransportFlags::HAS_TIME_SIGNATURE,
+        song_pos_beats: BeatTime::from_float(beats),
+        song_pos_seconds: SecondsTime::from_float(seconds),
+        tempo: 120.0,
+        tempo_inc: 0.0,
+        loop_start_beats: BeatTime::from_int(0),
+        loop_end_beats: BeatTime::from_int(0),
+        loop_start_seconds: SecondsTime::from_int(0),
+        loop_end_seconds: SecondsTime::from_int(0),
+        bar_start: BeatTime::from_float(bar * 4.0),
+        bar_number: bar as i32,
+        time_signature_numerator: 4,
+        time_signature_denominator: 4,
+    }
+}
+
 fn rms(samples: &[f32]) -> f32 {
     (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
 }
@@ -292,6 +326,7 @@ fn plays_within_its_latency_at_each_rate_and_block_size_and_survives_reactivatio
         before_s: 1.5,
         held_s: 3.5,
         after_s: 0.25,
+        transport: false,
     };
     for (rate_hz, block) in [(44_100, 64), (48_000, 1024), (44_100, 1024), (48_000, 64)] {
         let config = PluginAudioConfiguration {
@@ -408,8 +443,12 @@ fn a_corrupt_state_is_refused_and_keeps_the_current_one() {
     assert_eq!(save(&mut instance), before);
 }
 
-#[test]
-fn a_prompt_loaded_while_playing_takes_over_without_a_gap() {
+/// One performance with the transport playing: a note from 1.51 s (off the 20 ms frame
+/// grid, so the bar line's frame does not sit on a rounding edge) held 6 s, and the given
+/// prompt loaded at 3 s, which the plugin (Prompt on next bar, the default) applies on
+/// the first bar line generation has not reached. Returns the left channel from the note
+/// on to the note off.
+fn performance_with_prompt_change(new_prompt: Option<&str>) -> Vec<f32> {
     let Loaded { mut instance, _entry } = load();
     let (rate_hz, block) = (48_000, 256);
     let config = PluginAudioConfiguration {
@@ -419,15 +458,17 @@ fn a_prompt_loaded_while_playing_takes_over_without_a_gap() {
     };
     let processor = instance.activate(|_, _| (), config).unwrap();
     let timing = Timing {
-        before_s: 1.5,
-        held_s: 4.0,
+        before_s: 1.51,
+        held_s: 6.0,
         after_s: 0.1,
+        transport: true,
     };
-    let new_prompt = "fast techno with heavy bass";
     let mut change_prompt = |instance: &mut PluginInstance<TestHost>| {
-        let mut state = save(instance);
-        state["fields"]["prompt"] = serde_json::to_string(new_prompt).unwrap().into();
-        restore(instance, &state);
+        if let Some(prompt) = new_prompt {
+            let mut state = save(instance);
+            state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
+            restore(instance, &state);
+        }
     };
     let change_at = (3.0 * f64::from(rate_hz)) as usize;
     let (processor, played) = play_note(
@@ -439,16 +480,44 @@ fn a_prompt_loaded_while_playing_takes_over_without_a_gap() {
         Some((change_at, &mut change_prompt)),
     );
     instance.deactivate(processor);
-    assert_eq!(persisted_prompt(&save(&mut instance)), new_prompt);
-
+    if let Some(prompt) = new_prompt {
+        assert_eq!(persisted_prompt(&save(&mut instance)), prompt);
+    }
     let latency = latency_samples(&mut instance) as usize;
     let window = rate_hz as usize / 50;
-    let held = &played.channels[0][played.note_on_at + latency..played.note_off_at];
+    let [left, _] = played.channels;
+    let held = &left[played.note_on_at + latency..played.note_off_at];
     let quietest = held.chunks(window).map(rms).fold(f32::INFINITY, f32::min);
     assert!(
         quietest > 1e-4,
         "a 20 ms window at RMS {quietest} while the note is held across the prompt change"
     );
+    left[played.note_on_at..played.note_off_at].to_vec()
+}
+
+#[test]
+fn a_prompt_loaded_while_playing_changes_the_music_from_the_next_bar_the_same_way_each_time() {
+    let plain = performance_with_prompt_change(None);
+    let new_prompt = "fast techno with heavy bass";
+    let changed = performance_with_prompt_change(Some(new_prompt));
+    let again = performance_with_prompt_change(Some(new_prompt));
+    // The note starts the stream's audio at 1.51 s; the prompt loaded at 3 s applies on the
+    // bar line at 6 s (4 s is already generated), the stream's frame 224.3 at 50 frames per
+    // second: the music before frame 215 is untouched (the codec reads 3 frames ahead and
+    // the pattern's delays reach 3 frames back), the music from frame 235 on is another.
+    let samples_per_frame = 48_000 / 50;
+    let (before, after) = (215 * samples_per_frame, 235 * samples_per_frame);
+    assert_eq!(
+        changed[..before],
+        plain[..before],
+        "the music before the bar line is unchanged"
+    );
+    assert_ne!(
+        changed[after..],
+        plain[after..],
+        "the music after the bar line follows the new prompt"
+    );
+    assert_eq!(changed, again, "the same change at the same time gives the same music");
 }
 
 /// This process's resident memory in MB, where the system tells it (Linux).
@@ -477,6 +546,7 @@ fn four_instances_in_one_host_all_play() {
         before_s: 0.0,
         held_s,
         after_s: 0.0,
+        transport: false,
     };
     let mut playing = Vec::new();
     for i in 1..=4 {
