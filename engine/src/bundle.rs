@@ -192,6 +192,88 @@ pub fn find_tiny_bundle(dir: &Path) -> Option<PathBuf> {
         .find(|tiny| tiny.join(MANIFEST_FILE).is_file())
 }
 
+/// The first field of `manifest` outside what a MusicGen model can have: its name, its
+/// value and why. Checked before anything is sized from them.
+fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static str)> {
+    let m = manifest;
+    let g = &m.decoder;
+    let checks: [(&'static str, String, bool, &'static str); 10] = [
+        (
+            "num_codebooks",
+            m.num_codebooks.to_string(),
+            (1..=64).contains(&m.num_codebooks),
+            "a model has 1 to 64 codebooks",
+        ),
+        (
+            "cardinality",
+            m.cardinality.to_string(),
+            (2..=1 << 20).contains(&m.cardinality),
+            "codebooks hold 2 to 2^20 codes",
+        ),
+        (
+            "sample_rate_hz",
+            m.sample_rate_hz.to_string(),
+            (1_000..=384_000).contains(&m.sample_rate_hz),
+            "a codec runs at 1 to 384 kHz",
+        ),
+        (
+            "frame_rate_hz",
+            m.frame_rate_hz.to_string(),
+            m.frame_rate_hz > 0.0 && m.frame_rate_hz <= 1_000.0,
+            "a codec makes more than 0 and at most 1000 frames per second",
+        ),
+        (
+            "max_frames",
+            m.max_frames.to_string(),
+            (1..=1 << 20).contains(&m.max_frames),
+            "a context holds 1 to 2^20 frames",
+        ),
+        (
+            "audio_channels",
+            m.audio_channels.to_string(),
+            (1..=2).contains(&m.audio_channels),
+            "MusicGen is mono or stereo",
+        ),
+        (
+            "decoder.num_layers",
+            g.num_layers.to_string(),
+            (1..=256).contains(&g.num_layers),
+            "a decoder has 1 to 256 layers",
+        ),
+        (
+            "decoder.num_heads",
+            g.num_heads.to_string(),
+            (1..=256).contains(&g.num_heads),
+            "a layer has 1 to 256 heads",
+        ),
+        (
+            "decoder.head_dim",
+            g.head_dim.to_string(),
+            (1..=1024).contains(&g.head_dim),
+            "a head is 1 to 1024 wide",
+        ),
+        (
+            "codec.lstm_width",
+            m.codec.lstm_width.to_string(),
+            (1..=1 << 16).contains(&m.codec.lstm_width),
+            "the codec's LSTM is 1 to 65536 wide",
+        ),
+    ];
+    checks
+        .into_iter()
+        .find(|(_, _, ok, _)| !ok)
+        .map(|(field, value, _, why)| (field, value, why))
+}
+
+/// Whether a manifest's file name names a file inside the bundle folder.
+fn stays_inside(file: &str) -> bool {
+    let path = Path::new(file);
+    !file.is_empty()
+        && path
+            .components()
+            .all(|part| matches!(part, std::path::Component::Normal(_)))
+}
+
 /// A bundle folder with a checked manifest.
 #[derive(Clone, Debug)]
 pub struct Bundle {
@@ -223,12 +305,8 @@ impl Bundle {
             value,
             why: why.to_owned(),
         };
-        if manifest.num_codebooks == 0 {
-            return Err(invalid(
-                "num_codebooks",
-                "0".into(),
-                "a model needs at least one codebook",
-            ));
+        if let Some((field, value, why)) = out_of_range(&manifest) {
+            return Err(invalid(field, value, why));
         }
         if manifest.special_token_id as usize != manifest.cardinality {
             return Err(invalid(
@@ -267,6 +345,13 @@ impl Bundle {
                 path: path.clone(),
                 graph: graph.key(),
             })?;
+            if !stays_inside(&spec.file) {
+                return Err(invalid(
+                    "graphs.*.file",
+                    spec.file.clone(),
+                    "a graph file must be a plain name inside the bundle folder (no `..`, no absolute path)",
+                ));
+            }
             let file = dir.join(&spec.file);
             if !file.is_file() {
                 return Err(BundleError::MissingFile {

@@ -25,7 +25,8 @@ pub enum ConditioningError {
     #[error(
         "the prompt {prompt:?} has pieces the model's vocabulary does not know: {pieces}; \
          rephrase them (the tokenizer at {tokenizer} maps them to its unknown token)",
-        pieces = .pieces.join(", "),
+        // Escaped, so that a control character shows as what it is.
+        pieces = .pieces.iter().map(|piece| piece.escape_debug().to_string()).collect::<Vec<_>>().join(", "),
         tokenizer = .tokenizer.display()
     )]
     UnknownTokens {

@@ -8,8 +8,9 @@
 
 use rubato::{FftFixedIn, Resampler};
 
-/// The host rates the engine accepts.
-pub const SUPPORTED_RATES_HZ: std::ops::RangeInclusive<u32> = 8_000..=384_000;
+/// The host rates the engine accepts: every rate a host may use, and the validators' odd
+/// ones (1235 Hz, 768 kHz, 1.23 MHz).
+pub const SUPPORTED_RATES_HZ: std::ops::RangeInclusive<u32> = 1_000..=2_000_000;
 
 /// Input samples per resampler chunk: 20 ms at 32 kHz, one codec frame.
 const CHUNK_FRAMES: usize = 640;
@@ -33,6 +34,9 @@ pub struct StreamResampler {
     inner: Option<FftFixedIn<f32>>,
     pending: Vec<f32>,
     chunk_out: Vec<f32>,
+    /// Samples taken in and given out so far, for the flush to know what is still inside.
+    taken: u64,
+    given: u64,
 }
 
 impl StreamResampler {
@@ -62,6 +66,8 @@ impl StreamResampler {
             inner,
             pending: Vec::with_capacity(CHUNK_FRAMES * 2),
             chunk_out: vec![0.0; max_out],
+            taken: 0,
+            given: 0,
         })
     }
 
@@ -84,14 +90,17 @@ impl StreamResampler {
             out.extend_from_slice(input);
             return;
         };
+        self.taken += input.len() as u64;
         self.pending.extend_from_slice(input);
         let mut consumed = 0;
-        while self.pending.len() - consumed >= CHUNK_FRAMES {
-            let chunk = &self.pending[consumed..consumed + CHUNK_FRAMES];
+        // Odd ratios (32 kHz to 1235 Hz) make rubato's chunks longer than the one asked for.
+        while self.pending.len() - consumed >= inner.input_frames_next() {
+            let chunk = &self.pending[consumed..consumed + inner.input_frames_next()];
             let (used, written) = inner
                 .process_into_buffer(&[chunk], &mut [&mut self.chunk_out[..]], None)
                 .expect("buffers are sized from the resampler's own limits");
             consumed += used;
+            self.given += written as u64;
             out.extend_from_slice(&self.chunk_out[..written]);
         }
         self.pending.drain(..consumed);
@@ -100,12 +109,21 @@ impl StreamResampler {
     /// Pushes out what is still inside the resampler (the end of a stream), padding with
     /// silence, and appends it to `out`.
     pub fn flush(&mut self, out: &mut Vec<f32>) {
-        if self.inner.is_none() {
+        let Some(inner) = &self.inner else {
             return;
+        };
+        // Everything taken in, at the output rate, after the delay. Odd ratios hold a long
+        // internal block back (32 kHz to 12346 Hz: half a second), so silence goes in
+        // until all of it has come out.
+        let owed = (self.taken * u64::from(self.output_rate_hz)).div_ceil(u64::from(self.input_rate_hz))
+            + self.delay_frames() as u64;
+        let silence = vec![0.0; inner.input_frames_max()];
+        let start = out.len();
+        let before = self.given;
+        while self.given < owed {
+            self.process(&silence, out);
         }
-        let tail = CHUNK_FRAMES - self.pending.len() % CHUNK_FRAMES + self.delay_frames();
-        let silence = vec![0.0; tail.next_multiple_of(CHUNK_FRAMES)];
-        self.process(&silence, out);
+        out.truncate(start + (owed.saturating_sub(before)) as usize);
     }
 }
 
@@ -129,9 +147,31 @@ mod tests {
     }
 
     #[test]
-    fn odd_rates_are_refused_with_the_value() {
-        let err = StreamResampler::new(32_000, 1_000).err().unwrap().to_string();
-        assert!(err.contains("1000 Hz"), "{err}");
+    fn rates_outside_the_range_are_refused_with_the_value() {
+        let err = StreamResampler::new(32_000, 999).err().unwrap().to_string();
+        assert!(err.contains("999 Hz") && err.contains("1000 and 2000000"), "{err}");
+        assert!(StreamResampler::new(32_000, 2_000_001).is_err());
+    }
+
+    #[test]
+    fn every_kind_of_host_rate_resamples_to_the_right_length() {
+        for rate_hz in [
+            1_000, 1_235, 8_000, 11_025, 12_346, 22_050, 44_100, 88_200, 123_457, 176_400, 352_800, 768_000, 1_234_568,
+        ] {
+            let mut r = StreamResampler::new(32_000, rate_hz).unwrap();
+            let mut out = Vec::new();
+            for piece in sine(32_000, 220.0, 0.5).chunks(1_111) {
+                r.process(piece, &mut out);
+            }
+            r.flush(&mut out);
+            let expected = rate_hz as usize / 2 + r.delay_frames();
+            assert!(
+                out.len() >= expected,
+                "{rate_hz} Hz: {} samples, expected {expected}",
+                out.len()
+            );
+            assert!(out.iter().all(|s| s.is_finite()), "{rate_hz} Hz: a non-finite sample");
+        }
     }
 
     #[test]

@@ -102,3 +102,68 @@ fn a_corrupt_manifest_is_refused_with_its_path() {
         "{err}"
     );
 }
+
+#[test]
+fn a_truncated_graph_is_refused_with_its_file() {
+    let dir = copy_of_tiny();
+    let graph = dir.path().join("decoder.onnx");
+    let bytes = std::fs::read(&graph).unwrap();
+    std::fs::write(&graph, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("decoder.onnx"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_onnx_is_refused_with_its_file() {
+    let dir = copy_of_tiny();
+    std::fs::write(dir.path().join("cross_kv.onnx"), "not a graph at all").unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("cross_kv.onnx"), "{err}");
+}
+
+#[test]
+fn a_manifest_field_of_the_wrong_type_is_named() {
+    let dir = copy_of_tiny();
+    edit_manifest(dir.path(), |m| m["num_codebooks"] = Value::from("four"));
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("musicgen.json") && err.contains("invalid type") && err.contains("\"four\""),
+        "{err}"
+    );
+}
+
+#[test]
+fn absurd_numbers_are_refused_before_anything_is_sized_from_them() {
+    let cases: [(&str, &[&str], Value); 5] = [
+        ("num_codebooks", &["num_codebooks"], Value::from(100_000)),
+        ("max_frames", &["max_frames"], Value::from(1u64 << 40)),
+        ("frame_rate_hz", &["frame_rate_hz"], Value::from(0)),
+        ("sample_rate_hz", &["sample_rate_hz"], Value::from(0)),
+        ("decoder.num_layers", &["decoder", "num_layers"], Value::from(1_000_000)),
+    ];
+    for (field, path, value) in cases {
+        let dir = copy_of_tiny();
+        edit_manifest(dir.path(), |m| {
+            let slot = path.iter().fold(m, |v, key| &mut v[*key]);
+            *slot = value.clone();
+        });
+        let err = load_error(dir.path());
+        assert!(
+            err.contains(field) && err.contains(&value.to_string()),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn graph_files_outside_the_bundle_folder_are_refused() {
+    for file in ["../decoder.onnx", "/etc/passwd", "sub/../../x.onnx"] {
+        let dir = copy_of_tiny();
+        edit_manifest(dir.path(), |m| m["graphs"]["decoder"]["file"] = Value::from(file));
+        let err = load_error(dir.path());
+        assert!(
+            err.contains(file) && err.contains("inside the bundle folder"),
+            "{file}: {err}"
+        );
+    }
+}

@@ -155,7 +155,7 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
         assert!(Instant::now() < deadline, "the stream did not reach frame 20 in 60 s");
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(stream.set_output_rate(1_000).is_err(), "1 kHz is refused");
+    assert!(stream.set_output_rate(999).is_err(), "999 Hz is refused");
     let latency_32k = stream.latency_samples();
     stream.set_output_rate(48_000).unwrap();
     assert!(

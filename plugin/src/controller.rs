@@ -238,6 +238,7 @@ const SNAPSHOT_EVERY: Duration = Duration::from_millis(50);
 
 impl Worker {
     fn run(mut self) {
+        yield_to_the_host();
         loop {
             match self.requests.recv_timeout(POLL) {
                 Ok(Request::Shutdown) | Err(RecvTimeoutError::Disconnected) => break,
@@ -641,6 +642,21 @@ impl Worker {
         if let Some(error) = status.error() {
             snapshot.state = "stopped".into();
             snapshot.error = Some(PluginError::Stopped(error).to_string());
+        }
+    }
+}
+
+/// Lowers this thread's scheduling priority (Linux: nice 10), and with it that of every
+/// thread it starts: the model loader, ONNX Runtime's pools, the streams' threads. On a
+/// machine with few cores the host's audio and GUI threads then win the CPU from
+/// generation, which has its buffer to fall back on.
+fn yield_to_the_host() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority on the calling thread (who = 0) with a valid nice value.
+        let result = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 10) };
+        if result != 0 {
+            tracing::debug!("could not lower the controller thread's priority");
         }
     }
 }

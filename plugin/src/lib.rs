@@ -76,7 +76,13 @@ impl MusicGenLive {
         let frames = input.samples().min(self.sidechain.len());
         let channels = input.channels().max(1) as f32;
         for (mono, frame) in self.sidechain[..frames].iter_mut().zip(input.iter_samples()) {
-            *mono = frame.into_iter().map(|s| *s).sum::<f32>() / channels;
+            // Denormal input would make the sum take microcode's slow path (the host sets
+            // flush-to-zero for results, not denormals-are-zero for inputs).
+            *mono = frame
+                .into_iter()
+                .map(|s| if s.is_subnormal() { 0.0 } else { *s })
+                .sum::<f32>()
+                / channels;
         }
         self.link.sidechain.push_slice(&self.sidechain[..frames]);
     }
@@ -188,7 +194,7 @@ impl Plugin for MusicGenLive {
         let transport = context.transport();
         self.link.transport.publish(transport);
         let transport_plays = self.params.free_run.value() && transport.playing;
-        let open = self.notes_held > 0 || transport_plays;
+        let open = !self.params.bypass.value() && (self.notes_held > 0 || transport_plays);
         if open && self.consumer.is_none() && !self.start_requested {
             self.start_requested = self.link.requests.try_push(AudioRequest::Start).is_ok();
         }

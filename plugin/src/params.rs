@@ -26,6 +26,11 @@ pub struct MusicGenParams {
     pub gain: FloatParam,
     #[id = "seed"]
     pub seed: IntParam,
+    /// Silences the instrument with the gate's 20 ms fade; the stream goes on generating,
+    /// so the music is there at once when the bypass ends. Hosts show it as the plugin's
+    /// bypass.
+    #[id = "bypass"]
+    pub bypass: BoolParam,
     /// Play while the host's transport runs, without a held note.
     #[id = "free_run"]
     pub free_run: BoolParam,
@@ -89,6 +94,7 @@ impl Default for MusicGenParams {
             .with_value_to_string(formatters::v2s_f32_gain_to_db(1))
             .with_string_to_value(formatters::s2v_f32_gain_to_db()),
             seed: IntParam::new("Seed", 0, IntRange::Linear { min: 0, max: 65_535 }),
+            bypass: BoolParam::new("Bypass", false).make_bypass(),
             free_run: BoolParam::new("Free run", false),
             window: FloatParam::new("Context window", 10.0, FloatRange::Linear { min: 2.0, max: 30.0 })
                 .with_step_size(0.5)

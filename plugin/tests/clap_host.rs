@@ -328,7 +328,16 @@ fn plays_within_its_latency_at_each_rate_and_block_size_and_survives_reactivatio
         after_s: 0.25,
         transport: false,
     };
-    for (rate_hz, block) in [(44_100, 64), (48_000, 1024), (44_100, 1024), (48_000, 64)] {
+    // The rates and blocks hosts use, and odd ones (the validators go from 1235 Hz to 1.23 MHz).
+    for (rate_hz, block) in [
+        (44_100, 64),
+        (48_000, 1024),
+        (44_100, 1024),
+        (48_000, 64),
+        (1_235, 1),
+        (96_000, 7),
+        (768_000, 16_384),
+    ] {
         let config = PluginAudioConfiguration {
             sample_rate: f64::from(rate_hz),
             min_frames_count: 1,
@@ -358,12 +367,14 @@ fn plays_within_its_latency_at_each_rate_and_block_size_and_survives_reactivatio
             first_sound <= latency,
             "{what}: sound {first_sound} samples after the note on, later than the reported latency of {latency}"
         );
-        // From the reported latency to the note off: sound in every 20 ms window.
+        // From the reported latency to the note off: sound in every 20 ms window (a gap is
+        // silence; at 1235 Hz only the music below 617 Hz is left, so quiet is not a gap).
         let window = rate_hz as usize / 50;
         let held = &left[played.note_on_at + latency..played.note_off_at];
         let quietest = held.chunks(window).map(rms).fold(f32::INFINITY, f32::min);
+        let gap_rms = if rate_hz < 8_000 { 1e-6 } else { 1e-4 };
         assert!(
-            quietest > 1e-4,
+            quietest > gap_rms,
             "{what}: a 20 ms window at RMS {quietest} while the note is held"
         );
         // The gate fades out within 20 ms of the note off.

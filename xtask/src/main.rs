@@ -6,6 +6,7 @@ mod bundle;
 mod ort;
 mod python;
 mod system;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,9 +55,16 @@ enum Task {
     /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
     /// (and play it where there is an audio device).
     Demo,
-    /// Install what the tests need, then run fmt, clippy, build the debug plugin bundles and
-    /// run every test (the CLAP host test loads the bundle).
+    /// Install what the tests need, then run fmt, clippy, build the debug plugin bundles, run
+    /// both reference validators on them and run every test (the CLAP host test loads the
+    /// bundle).
     Test,
+    /// Build the plugin bundles and run clap-validator and the VST3 validator on them (built
+    /// once from ../shared/tools); any failure or warning fails.
+    Validate {
+        #[arg(long)]
+        release: bool,
+    },
 }
 
 fn main() -> Result<()> {
@@ -68,6 +76,7 @@ fn main() -> Result<()> {
         Task::Bench { stream_seconds, quick } => bench::bench(&root, &bench::BenchOptions { stream_seconds, quick }),
         Task::Demo => demo(&root),
         Task::Test => test(&root),
+        Task::Validate { release } => validate::validate(&root, release),
     }
 }
 
@@ -122,6 +131,7 @@ fn test(root: &Path) -> Result<()> {
     )?;
     // The CLAP host test loads the bundle; a debug one aborts on allocation in process().
     bundle::bundle(root, vec!["musicgen-plugin".to_owned()])?;
+    validate::validate_bundles(root)?;
     cargo(root, &["test", "--workspace"])?;
     python::check_tiny_export(root)
 }

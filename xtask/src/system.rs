@@ -14,6 +14,9 @@ const BUILD_TOOLS: &[(&str, &[&str])] = &[
     ("python3-pip", &["python3", "-m", "pip", "--version"]),
     ("python3-venv", &["python3", "-m", "venv", "--help"]),
     ("pkg-config", &["pkg-config", "--version"]),
+    // The reference plugin validators are built from source (`cargo xtask validate`).
+    ("cmake", &["cmake", "--version"]),
+    ("g++", &["g++", "--version"]),
 ];
 
 /// Debian packages of the C libraries that cpal, nice-plug and its egui editor link.

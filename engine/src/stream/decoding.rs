@@ -251,9 +251,11 @@ impl DecodingLoop {
     fn update_start_threshold(&mut self, rate_hz: f64) -> usize {
         let working = self.started.elapsed().saturating_sub(self.waited_for_room);
         if self.delivered_seconds < SPEED_MEASURE_SECONDS || working.is_zero() {
-            // Not measured yet: hold playback (the threshold is capped at the capacity).
+            // Not measured yet: hold playback (the threshold is capped at the capacity), and
+            // let the producer queue what the measure needs, or nothing would ever pop to
+            // make room for it (a small `buffer_seconds` queues less than the measure).
             self.producer.set_start_threshold(usize::MAX);
-            return 0;
+            return (SPEED_MEASURE_SECONDS * rate_hz).ceil() as usize;
         }
         let factor = self.delivered_seconds / working.as_secs_f64();
         store_f32(&self.status.delivery_factor_bits, factor as f32);
