@@ -126,6 +126,9 @@ impl Plugin for MusicGenLive {
         ..AudioIOLayout::const_default()
     }];
     const MIDI_INPUT: MidiConfig = MidiConfig::Basic;
+    /// Room for 10,000 notes (on and off) in one block before the wrapper's event queue
+    /// would grow on the audio thread (its default is 1024 events).
+    const INPUT_EVENT_CAPACITY: usize = 20_480;
 
     type SysExMessage = ();
     type BackgroundTask = ();

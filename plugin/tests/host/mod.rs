@@ -1,0 +1,360 @@
+//! The CLAP host the plugin's tests share (clack-host): loading the bundled `.clap`,
+//! playing a note at real-time pace on an audio thread (with a 120 bpm transport if
+//! asked), and saving and restoring state.
+
+#![allow(dead_code)]
+
+use std::cell::Cell;
+use std::ffi::CString;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
+use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
+use clack_extensions::state::PluginState;
+use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags};
+use clack_host::events::{EventFlags, EventHeader};
+use clack_host::prelude::*;
+use clack_host::process::StoppedPluginAudioProcessor;
+use clack_host::process::audio_buffers::InputChannel;
+use clack_host::utils::{BeatTime, SecondsTime};
+
+pub const PLUGIN_ID: &str = "live.musicgen.instrument";
+
+pub fn bundle_path() -> PathBuf {
+    let path = std::env::var_os("MUSICGEN_CLAP_BUNDLE").map_or_else(
+        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bundled/MusicGen Live.clap"),
+        PathBuf::from,
+    );
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo xtask bundle musicgen-plugin` first (`cargo xtask test` does)",
+        path.display()
+    );
+    path
+}
+
+pub struct TestHost;
+
+#[derive(Default)]
+pub struct Shared {
+    callback_requested: AtomicBool,
+    state: OnceLock<Option<PluginState>>,
+    latency: OnceLock<Option<PluginLatency>>,
+}
+
+impl<'a> SharedHandler<'a> for Shared {
+    fn initializing(&self, instance: InitializingPluginHandle<'a>) {
+        let _ = self.state.set(instance.get_extension());
+        let _ = self.latency.set(instance.get_extension());
+    }
+
+    fn request_restart(&self) {}
+
+    fn request_process(&self) {}
+
+    fn request_callback(&self) {
+        self.callback_requested.store(true, Ordering::Release);
+    }
+}
+
+impl HostLogImpl for Shared {
+    fn log(&self, severity: LogSeverity, message: &str) {
+        eprintln!("plugin [{severity}] {message}");
+    }
+}
+
+#[derive(Default)]
+pub struct MainThread {
+    latency_changes: Cell<u32>,
+}
+
+impl<'a> MainThreadHandler<'a> for MainThread {}
+
+impl HostLatencyImpl for MainThread {
+    fn changed(&self) {
+        self.latency_changes.set(self.latency_changes.get() + 1);
+    }
+}
+
+impl HostHandlers for TestHost {
+    type Shared<'a> = Shared;
+    type MainThread<'a> = MainThread;
+    type AudioProcessor<'a> = ();
+
+    fn declare_extensions(builder: &mut HostExtensions<Self>, _shared: &Self::Shared<'_>) {
+        builder.register::<HostLatency>().register::<HostLog>();
+    }
+}
+
+/// One loaded plugin instance and the entry that keeps its library loaded.
+pub struct Loaded {
+    pub instance: PluginInstance<TestHost>,
+    pub _entry: PluginEntry,
+}
+
+pub fn load() -> Loaded {
+    let path = bundle_path();
+    // SAFETY: the bundle is this workspace's own plugin, built by nice-plug's CLAP wrapper.
+    let entry = unsafe { PluginEntry::load(&path) }.unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+    let host_info = HostInfo::new("musicgen-live test host", "MusicGen Live", "", "0.1").unwrap();
+    let id = CString::new(PLUGIN_ID).unwrap();
+    let instance = PluginInstance::<TestHost>::new(
+        |_| Shared::default(),
+        |_| MainThread::default(),
+        &entry,
+        &id,
+        &host_info,
+    )
+    .expect("the plugin instantiates");
+    Loaded {
+        instance,
+        _entry: entry,
+    }
+}
+
+/// Runs the plugin's main-thread callback whenever it asks for one.
+pub fn pump_main_thread(instance: &mut PluginInstance<TestHost>) {
+    if instance.access_shared_handler(|s| s.callback_requested.swap(false, Ordering::AcqRel)) {
+        instance.call_on_main_thread_callback();
+    }
+}
+
+pub fn latency_samples(instance: &mut PluginInstance<TestHost>) -> u32 {
+    let latency = instance
+        .access_shared_handler(|s| s.latency.get().copied().flatten())
+        .expect("the plugin implements the latency extension");
+    latency.get(&instance.plugin_handle())
+}
+
+pub struct Played {
+    /// Left and right channels, one `Vec` each.
+    pub channels: [Vec<f32>; 2],
+    pub note_on_at: usize,
+    pub note_off_at: usize,
+}
+
+/// Seconds of a performance: silence before the note (the plugin loads and fills its
+/// buffer, as it does in a host before anyone plays), the held note, and after its release.
+pub struct Timing {
+    pub before_s: f64,
+    pub held_s: f64,
+    pub after_s: f64,
+    /// A host transport playing 4/4 at 120 bpm from the first block (bar lines every 2 s).
+    pub transport: bool,
+}
+
+/// Something the host does on the main thread once the audio thread has played a number
+/// of samples.
+pub type MainThreadAction<'a> = (usize, &'a mut dyn FnMut(&mut PluginInstance<TestHost>));
+
+/// Plays one note in blocks of `block` frames at real-time pace on an audio thread,
+/// pumping main-thread callbacks (and running `action`) meanwhile.
+pub fn play_note(
+    instance: &mut PluginInstance<TestHost>,
+    processor: StoppedPluginAudioProcessor<TestHost>,
+    rate_hz: u32,
+    block: usize,
+    timing: &Timing,
+    mut action: Option<MainThreadAction<'_>>,
+) -> (StoppedPluginAudioProcessor<TestHost>, Played) {
+    let samples = |seconds: f64| (seconds * f64::from(rate_hz)) as usize;
+    let note_on_at = samples(timing.before_s).next_multiple_of(block);
+    let note_off_at = note_on_at + samples(timing.held_s);
+    let total = note_off_at + samples(timing.after_s);
+    let played = AtomicUsize::new(0);
+    std::thread::scope(|scope| {
+        let played = &played;
+        let audio = scope.spawn(move || {
+            let notes = NoteTimes {
+                on_at: note_on_at,
+                off_at: note_off_at,
+                total,
+                transport: timing.transport,
+            };
+            process_in_real_time(processor, rate_hz, block, notes, played)
+        });
+        // Real-time pace plus a minute for the plugin's first load.
+        let deadline = Instant::now() + Duration::from_secs_f64(total as f64 / f64::from(rate_hz) + 60.0);
+        while !audio.is_finished() {
+            assert!(
+                Instant::now() < deadline,
+                "the host's audio thread ran past its deadline"
+            );
+            pump_main_thread(instance);
+            if let Some((at, run)) = &mut action
+                && played.load(Ordering::Acquire) >= *at
+            {
+                run(instance);
+                action = None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let (processor, channels) = audio.join().expect("the audio thread does not panic");
+        pump_main_thread(instance);
+        (
+            processor,
+            Played {
+                channels,
+                note_on_at,
+                note_off_at,
+            },
+        )
+    })
+}
+
+/// Where a note starts and ends and how long the performance is, in samples.
+#[derive(Clone, Copy)]
+pub struct NoteTimes {
+    on_at: usize,
+    off_at: usize,
+    total: usize,
+    transport: bool,
+}
+
+/// The host's audio thread: blocks of `block` frames at real-time pace with the note's
+/// events, the sidechain port fed silence; returns the output's two channels.
+pub fn process_in_real_time(
+    processor: StoppedPluginAudioProcessor<TestHost>,
+    rate_hz: u32,
+    block: usize,
+    notes: NoteTimes,
+    played: &AtomicUsize,
+) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
+    let NoteTimes {
+        on_at: note_on_at,
+        off_at: note_off_at,
+        total,
+        transport,
+    } = notes;
+    let mut processor = processor.start_processing().expect("processing starts");
+    let mut left = vec![0.0f32; block];
+    let mut right = vec![0.0f32; block];
+    let mut channels = [Vec::with_capacity(total), Vec::with_capacity(total)];
+    let mut ports_out = AudioPorts::with_capacity(2, 1);
+    // The sidechain port: hosts give every declared port its buffers.
+    let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
+    let mut ports_in = AudioPorts::with_capacity(2, 1);
+    let mut events_out = EventBuffer::new();
+    let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
+    let started = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let frames = block.min(total - done);
+        let note_on = NoteOnEvent::new(0, key, 1.0);
+        let note_off = NoteOffEvent::new(note_off_at.saturating_sub(done) as u32, key, 0.0);
+        let events_in = if done == note_on_at {
+            InputEvents::from_buffer(&note_on)
+        } else if (done..done + frames).contains(&note_off_at) {
+            InputEvents::from_buffer(&note_off)
+        } else {
+            InputEvents::empty()
+        };
+        let inputs = ports_in.with_input_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_input_only(
+                sidechain
+                    .iter_mut()
+                    .map(|channel| InputChannel::constant(&mut channel[..frames])),
+            ),
+        }]);
+        let mut outputs = ports_out.with_output_buffers([AudioPortBuffer {
+            latency: 0,
+            channels: AudioPortBufferType::f32_output_only([&mut left[..frames], &mut right[..frames]].into_iter()),
+        }]);
+        processor
+            .process(
+                &inputs,
+                &mut outputs,
+                &events_in,
+                &mut OutputEvents::from_buffer(&mut events_out),
+                Some(done as u64),
+                transport.then(|| transport_at(done, rate_hz)).as_ref(),
+            )
+            .expect("process succeeds");
+        events_out.clear();
+        channels[0].extend_from_slice(&left[..frames]);
+        channels[1].extend_from_slice(&right[..frames]);
+        done += frames;
+        played.store(done, Ordering::Release);
+        let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            std::thread::sleep(wait);
+        }
+    }
+    (processor.stop_processing(), channels)
+}
+
+/// A transport playing 4/4 at 120 bpm, at `sample` samples from the song's start.
+pub fn transport_at(sample: usize, rate_hz: u32) -> TransportEvent {
+    let seconds = sample as f64 / f64::from(rate_hz);
+    let beats = seconds * 2.0;
+    let bar = (beats / 4.0).floor();
+    TransportEvent {
+        header: EventHeader::new_core(0, EventFlags::empty()),
+        flags: TransportFlags::IS_PLAYING
+            | TransportFlags::HAS_TEMPO
+            | TransportFlags::HAS_BEATS_TIMELINE
+            | TransportFlags::HAS_SECONDS_TIMELINE
+            | TransportFlags::HAS_TIME_SIGNATURE,
+        song_pos_beats: BeatTime::from_float(beats),
+        song_pos_seconds: SecondsTime::from_float(seconds),
+        tempo: 120.0,
+        tempo_inc: 0.0,
+        loop_start_beats: BeatTime::from_int(0),
+        loop_end_beats: BeatTime::from_int(0),
+        loop_start_seconds: SecondsTime::from_int(0),
+        loop_end_seconds: SecondsTime::from_int(0),
+        bar_start: BeatTime::from_float(bar * 4.0),
+        bar_number: bar as i32,
+        time_signature_numerator: 4,
+        time_signature_denominator: 4,
+    }
+}
+
+pub fn rms(samples: &[f32]) -> f32 {
+    (samples.iter().map(|s| s * s).sum::<f32>() / samples.len().max(1) as f32).sqrt()
+}
+
+pub fn plugin_state(instance: &mut PluginInstance<TestHost>) -> PluginState {
+    instance
+        .access_shared_handler(|s| s.state.get().copied().flatten())
+        .expect("the plugin implements the state extension")
+}
+
+/// nice-plug's CLAP state: the length of the JSON as a little-endian u64, then the JSON.
+pub fn save(instance: &mut PluginInstance<TestHost>) -> serde_json::Value {
+    let mut saved = Vec::new();
+    plugin_state(instance)
+        .save(&instance.plugin_handle(), &mut saved)
+        .unwrap();
+    let (length, json) = saved.split_at(8);
+    assert_eq!(u64::from_le_bytes(length.try_into().unwrap()), json.len() as u64);
+    serde_json::from_slice(json).expect("nice-plug saves its state as JSON")
+}
+
+pub fn restore(instance: &mut PluginInstance<TestHost>, state: &serde_json::Value) {
+    let json = serde_json::to_vec(state).unwrap();
+    let bytes = [&(json.len() as u64).to_le_bytes()[..], &json].concat();
+    plugin_state(instance)
+        .load(&instance.plugin_handle(), &mut bytes.as_slice())
+        .expect("the plugin loads the state");
+}
+
+/// Persisted fields are stored as JSON text inside the state's JSON.
+pub fn persisted_prompt(state: &serde_json::Value) -> String {
+    let field = state["fields"]["prompt"]
+        .as_str()
+        .expect("the state has a prompt field");
+    serde_json::from_str(field).expect("the prompt field is a JSON string")
+}
+
+/// This process's resident memory in MB, where the system tells it (Linux).
+pub fn resident_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
