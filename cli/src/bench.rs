@@ -130,13 +130,19 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     let mut contexts = Vec::new();
     let mut provider = String::new();
+    // The last model loaded, kept for the stream when its thread count wins.
+    let mut last_model = None;
     for &threads in &thread_counts {
         eprintln!(
             "{}: decoder steps at contexts {:?}, {threads} threads ...",
             args.model.display(),
             args.contexts
         );
-        provider = time_contexts(&*load_model(args, threads)?, args, threads, &mut contexts)?;
+        // One model in memory at a time: peak memory is the bundle's own.
+        drop(last_model.take());
+        let model = load_model(args, threads)?;
+        provider = time_contexts(&model, args, threads, &mut contexts)?;
+        last_model = Some((threads, model));
     }
     let middle = args.contexts[args.contexts.len() / 2];
     let decoder_threads = contexts
@@ -145,7 +151,10 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         .max_by(|a, b| a.steps_per_second.total_cmp(&b.steps_per_second))
         .map_or(1, |c| c.threads);
 
-    let model = load_model(args, decoder_threads)?;
+    let model = match last_model {
+        Some((threads, model)) if threads == decoder_threads => model,
+        _ => load_model(args, decoder_threads)?,
+    };
     let codec_ms_per_frame = time_codec(&model, args)?;
     eprintln!("  codec: {codec_ms_per_frame:.3} ms per frame");
 

@@ -65,7 +65,6 @@ impl ModelOptions {
 pub struct Model {
     runtime: &'static Runtime,
     bundle: Bundle,
-    pattern_kind: PatternKind,
     conditioner: Mutex<Conditioner>,
     decoder: Arc<DecoderGraph>,
     codec: Arc<CodecGraphs>,
@@ -92,7 +91,6 @@ impl Model {
         Decoder::new(Arc::clone(&decoder))?.warm_up(&warm_up)?;
         StreamingCodec::new(Arc::clone(&codec), CodecWindow::default()).warm_up()?;
         Ok(Self {
-            pattern_kind: bundle.pattern_kind().clone(),
             runtime,
             bundle,
             conditioner: Mutex::new(conditioner),
@@ -111,7 +109,7 @@ impl Model {
     }
 
     pub(crate) fn pattern_kind(&self) -> &PatternKind {
-        &self.pattern_kind
+        self.bundle.pattern_kind()
     }
 
     /// The model's codebook pattern over `num_frames` frames.

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use musicgen_engine::{
-    Command, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer, RECENT_FRAMES, Readiness, SamplingSettings,
-    Stream, StreamConfig, find_tiny_bundle,
+    Command, ExecutionProvider, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer, RECENT_FRAMES, Readiness,
+    SamplingSettings, Stream, StreamConfig, find_tiny_bundle,
 };
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
@@ -184,10 +184,20 @@ struct Applied {
     prompt_crossfade_s: f32,
 }
 
+/// The model the parameters choose: the folder field as typed (empty: the bundled model)
+/// and the provider. Cheap to read on every poll.
+#[derive(Clone, PartialEq)]
+struct ModelChoice {
+    folder: String,
+    provider: ExecutionProvider,
+}
+
 /// A model loading on a thread of its own, so that the controller keeps serving the
 /// audio thread and the editor (and the old model keeps playing) meanwhile.
 struct ModelLoad {
-    options: ModelOptions,
+    choice: ModelChoice,
+    /// The folder it loads from (the bundled model's when the choice names none).
+    folder: PathBuf,
     result: Receiver<Result<Arc<Model>, ModelError>>,
     thread: JoinHandle<()>,
 }
@@ -205,13 +215,13 @@ struct Worker {
     sidechain: HeapCons<f32>,
     /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate.
     sidechain_history: VecDeque<f32>,
-    /// The model new streams play, with the options it was asked for under.
-    model: Option<(ModelOptions, Arc<Model>)>,
+    /// The model new streams play, with the choice it was loaded for.
+    model: Option<(ModelChoice, Arc<Model>)>,
     /// A model loading in the background.
     loading: Option<ModelLoad>,
     /// Options whose model did not load: not tried again until they change or Generate
     /// is pressed.
-    failed_load: Option<ModelOptions>,
+    failed_load: Option<ModelChoice>,
     /// A stream starts as soon as the model has loaded.
     start_when_loaded: bool,
     /// A stream that continues the sidechain, with its prompt, filling its buffer before
@@ -372,9 +382,9 @@ impl Worker {
             self.send_prompt(prompt);
             return;
         }
-        let wanted = self.model_options();
+        let wanted = self.model_choice();
         let model = match &self.model {
-            Some((options, model)) if *options == wanted => Arc::clone(model),
+            Some((choice, model)) if *choice == wanted => Arc::clone(model),
             _ => {
                 // Starts once the chosen model has loaded; pressing Generate again after a
                 // failed load tries again.
@@ -404,33 +414,36 @@ impl Worker {
             let load = self.loading.take().expect("checked above");
             let _ = load.thread.join();
             match result {
-                Ok(model) => self.use_model(load.options, model),
+                Ok(model) => self.use_model(load.choice, model),
                 Err(error) => {
                     let still = match &self.model {
                         Some((_, model)) => format!("; still playing {}", model.dir().display()),
                         None => String::new(),
                     };
                     let error = PluginError::ModelLoad {
-                        folder: load.options.model_dir.clone(),
+                        folder: load.folder,
                         source: Box::new(error),
                     };
                     self.set_state(format!("not loaded{still}"), Some(error));
                     self.start_when_loaded = false;
-                    self.failed_load = Some(load.options);
+                    self.failed_load = Some(load.choice);
                 }
             }
         }
         if self.loading.is_some() || (self.model.is_none() && !self.start_when_loaded) {
             return;
         }
-        let wanted = self.model_options();
-        let in_use = self.model.as_ref().is_some_and(|(options, _)| *options == wanted);
+        // Read every poll: the parameters only; the options (which look at the file system
+        // for the bundled model) are built when a load starts.
+        let wanted = self.model_choice();
+        let in_use = self.model.as_ref().is_some_and(|(choice, _)| *choice == wanted);
         if in_use || self.failed_load.as_ref() == Some(&wanted) {
             return;
         }
-        self.set_state(format!("loading {} ...", wanted.model_dir.display()), None);
+        let options = self.model_options(&wanted);
+        let folder = options.model_dir.clone();
+        self.set_state(format!("loading {} ...", folder.display()), None);
         let (result_tx, result) = bounded(1);
-        let options = wanted.clone();
         let thread = std::thread::Builder::new()
             .name("musicgen-model-load".into())
             .spawn(move || {
@@ -438,14 +451,15 @@ impl Worker {
             })
             .expect("the OS can start a thread");
         self.loading = Some(ModelLoad {
-            options: wanted,
+            choice: wanted,
+            folder,
             result,
             thread,
         });
     }
 
-    fn use_model(&mut self, options: ModelOptions, model: Arc<Model>) {
-        self.model = Some((options, Arc::clone(&model)));
+    fn use_model(&mut self, choice: ModelChoice, model: Arc<Model>) {
+        self.model = Some((choice, Arc::clone(&model)));
         self.failed_load = None;
         if std::mem::take(&mut self.start_when_loaded) && !self.is_running() {
             self.generate();
@@ -586,9 +600,21 @@ impl Worker {
     }
 
     /// The model the parameters choose.
-    fn model_options(&self) -> ModelOptions {
-        let mut options = ModelOptions::new(self.model_dir());
-        options.provider = *self.params.provider.read();
+    fn model_choice(&self) -> ModelChoice {
+        ModelChoice {
+            folder: self.params.model_dir.read().clone(),
+            provider: *self.params.provider.read(),
+        }
+    }
+
+    /// What loads `choice`: its folder, or the bundled model when it names none.
+    fn model_options(&self, choice: &ModelChoice) -> ModelOptions {
+        let folder = match choice.folder.as_str() {
+            "" => default_model_dir(),
+            chosen => PathBuf::from(chosen),
+        };
+        let mut options = ModelOptions::new(folder);
+        options.provider = choice.provider;
         options.ort_library = self.ort_library();
         options
     }
@@ -611,14 +637,6 @@ impl Worker {
     /// The ONNX Runtime library shipped beside the plugin, if this is a bundle.
     fn ort_library(&self) -> Option<PathBuf> {
         resources_dir().map(|dir| dir.join(musicgen_engine::library_file_name()))
-    }
-
-    fn model_dir(&self) -> PathBuf {
-        let chosen = self.params.model_dir.read().clone();
-        if !chosen.is_empty() {
-            return PathBuf::from(chosen);
-        }
-        default_model_dir()
     }
 
     fn set_state(&self, state: String, error: Option<PluginError>) {

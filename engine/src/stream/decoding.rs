@@ -73,7 +73,6 @@ pub(super) struct DecodingLoop {
     dc_blocker: Option<DcBlocker>,
     /// The old prompt's audio during a crossfade: a fork of `codec`.
     old_prompt_codec: Option<StreamingCodec>,
-    samples_per_frame: usize,
     resampler: StreamResampler,
     /// Resamplers for new output rates, from [`Stream::set_output_rate`].
     resamplers: Receiver<StreamResampler>,
@@ -122,7 +121,6 @@ impl DecodingLoop {
         let (producer, consumer) = playback_channel(capacity.max(1024));
         let codec_rate_hz = resampler.input_rate_hz();
         let decoding = Self {
-            samples_per_frame: codec.samples_per_frame(),
             codec,
             dc_blocker: config.block_dc.then(|| DcBlocker::new(codec_rate_hz as f32)),
             old_prompt_codec: None,
@@ -177,7 +175,7 @@ impl DecodingLoop {
                     self.codec.decode_ready(&mut audio)?;
                     old_codec.decode_ready(&mut old_audio)?;
                     debug_assert_eq!(audio.len(), old_audio.len(), "the forks decode in step");
-                    let spf = self.samples_per_frame as f32;
+                    let spf = self.codec.samples_per_frame() as f32;
                     for (i, (new, old)) in audio.iter_mut().zip(&old_audio).enumerate() {
                         let frame = first_frame as f32 + i as f32 / spf;
                         let progress = ((frame - fade_start as f32) / fade_frames as f32).clamp(0.0, 1.0);
