@@ -9,7 +9,7 @@ mod system;
 mod validate;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitCode};
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
@@ -67,9 +67,21 @@ enum Task {
     },
 }
 
-fn main() -> Result<()> {
+/// Errors end the output with their whole chain and no backtrace, so that the tail of a
+/// long CI log says what failed even where `RUST_BACKTRACE` is set.
+fn main() -> ExitCode {
+    match run_task(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("\ncargo xtask failed: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_task(task: Task) -> Result<()> {
     let root = workspace_root();
-    match Cli::parse().task {
+    match task {
         Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
         Task::Export { args } => python::export(&root, &args),
         Task::Bundle { args } => bundle::bundle(&root, args),
@@ -122,18 +134,30 @@ fn demo(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
-    system::ensure_build_prerequisites()?;
-    ort::ensure(root, ort::Provider::Cpu)?;
-    cargo(root, &["fmt", "--all", "--check"])?;
-    cargo(
-        root,
-        &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
-    )?;
-    // The CLAP host test loads the bundle; a debug one aborts on allocation in process().
-    bundle::bundle(root, vec!["musicgen-plugin".to_owned()])?;
-    validate::validate_bundles(root)?;
-    cargo(root, &["test", "--workspace"])?;
-    python::check_tiny_export(root)
+    let steps: [(&str, &dyn Fn() -> Result<()>); 8] = [
+        ("system packages", &system::ensure_build_prerequisites),
+        ("ONNX Runtime", &|| ort::ensure(root, ort::Provider::Cpu).map(|_| ())),
+        ("cargo fmt --check", &|| cargo(root, &["fmt", "--all", "--check"])),
+        ("cargo clippy", &|| {
+            cargo(
+                root,
+                &["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"],
+            )
+        }),
+        // The CLAP host test loads the bundle; a debug one aborts on allocation in process().
+        ("plugin bundles", &|| {
+            bundle::bundle(root, vec!["musicgen-plugin".to_owned()])
+        }),
+        ("reference validators", &|| validate::validate_bundles(root)),
+        ("cargo test", &|| cargo(root, &["test", "--workspace"])),
+        ("fresh tiny export", &|| python::check_tiny_export(root)),
+    ];
+    for (number, (name, step)) in steps.iter().enumerate() {
+        println!("\n==> cargo xtask test, step {}/{}: {name}", number + 1, steps.len());
+        step().with_context(|| format!("step {}/{} ({name})", number + 1, steps.len()))?;
+    }
+    println!("\ncargo xtask test: all {} steps passed", steps.len());
+    Ok(())
 }
 
 /// Runs cargo in the workspace root and fails if it fails.

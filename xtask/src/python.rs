@@ -8,7 +8,7 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 
-use crate::run;
+use crate::{run, system};
 
 /// Creates (once) `target/export-venv` and installs `models/requirements.txt` into it;
 /// returns its Python interpreter.
@@ -24,16 +24,43 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
     let wanted = fs::read_to_string(&requirements).with_context(|| format!("reading {}", requirements.display()))?;
     let stamp = venv.join("requirements.installed");
     if fs::read_to_string(&stamp).ok().as_deref() != Some(wanted.as_str()) {
+        system::ensure_free_disk(&venv, VENV_BYTES, "the export tool's Python packages (torch)")?;
         println!(
             "installing {} (torch is large: a few minutes) ...",
             requirements.display()
         );
-        run(Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
-            .arg(&requirements))?;
+        install_requirements(&python, &requirements)?;
         fs::write(&stamp, wanted)?;
     }
     Ok(python)
+}
+
+/// What torch and its CUDA libraries (PyPI's Linux wheel brings them) take once installed.
+const VENV_BYTES: u64 = 7 << 30;
+
+/// A dropped connection to PyPI in the middle of a 6 GB install should not fail a CI run:
+/// pip retries each request, and the whole install is tried again once (pip skips what it
+/// already installed). No download cache: it would double the space the wheels take.
+fn install_requirements(python: &Path, requirements: &Path) -> Result<()> {
+    let install = || {
+        run(Command::new(python)
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--no-cache-dir",
+            ])
+            .args(["--retries", "10", "--timeout", "60", "-r"])
+            .arg(requirements))
+    };
+    install()
+        .or_else(|first| {
+            println!("pip install failed ({first:#}); trying once more");
+            install()
+        })
+        .with_context(|| format!("installing {} with pip", requirements.display()))
 }
 
 /// Runs the export tool with `args`.

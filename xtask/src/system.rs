@@ -1,9 +1,10 @@
 //! Host prerequisites that cargo cannot install: Debian packages, installed with apt-get
 //! when they are missing (CI and fresh machines start bare).
 
+use std::path::Path;
 use std::process::Command;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 
 use crate::run;
 
@@ -89,4 +90,62 @@ fn is_root() -> bool {
         .arg("-u")
         .output()
         .is_ok_and(|out| String::from_utf8_lossy(&out.stdout).trim() == "0")
+}
+
+/// Fails with the numbers and the fix when the file system holding `path` (or the nearest
+/// folder above it that exists) has less than `needed_bytes` free, before a long install
+/// that would otherwise stop halfway with "No space left on device".
+pub fn ensure_free_disk(path: &Path, needed_bytes: u64, what: &str) -> Result<()> {
+    let existing = path
+        .ancestors()
+        .find(|folder| folder.exists())
+        .unwrap_or(Path::new("/"));
+    let out = Command::new("df")
+        .args(["-Pk"])
+        .arg(existing)
+        .output()
+        .with_context(|| format!("running df on {}", existing.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let Some(free_kib) = text
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|field| field.parse::<u64>().ok())
+    else {
+        println!("could not read the free disk space from df's output ({text:?}); going on");
+        return Ok(());
+    };
+    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
+    let free_bytes = free_kib * 1024;
+    println!(
+        "{:.1} GiB free on the disk of {} ({what} need about {:.1} GiB)",
+        gib(free_bytes),
+        existing.display(),
+        gib(needed_bytes)
+    );
+    if free_bytes < needed_bytes {
+        bail!(
+            "{what} need about {:.1} GiB in {}, but its disk has {:.1} GiB free; free some space \
+             (`cargo clean` frees the build cache) and run this again",
+            gib(needed_bytes),
+            path.display(),
+            gib(free_bytes)
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_disk_is_read_for_a_folder_not_made_yet() {
+        let folder = std::env::temp_dir().join("musicgen-no-such-folder").join("venv");
+        ensure_free_disk(&folder, 1, "a byte").unwrap();
+        let error = ensure_free_disk(&folder, u64::MAX, "everything")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("GiB free") && error.contains("cargo clean"), "{error}");
+    }
 }
