@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -11,6 +12,7 @@ use serde::Serialize;
 mod bench;
 mod play;
 mod render;
+mod wav;
 
 #[derive(Parser)]
 #[command(name = "musicgen", version, about = "MusicGen Live engine tools")]
@@ -176,12 +178,24 @@ struct PatternRow {
     streamable: bool,
 }
 
-fn main() -> Result<()> {
+/// An error prints as its whole chain, without a backtrace even where `RUST_BACKTRACE` is
+/// set: the message is meant for the person at the terminal.
+fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    match Cli::parse().command {
+    match run(Cli::parse().command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
         Command::Patterns(args) => patterns(&args),
         Command::Render(args) => render::render(&args),
         Command::Bench(args) => bench::bench(&args),

@@ -4,9 +4,11 @@
 use std::path::Path;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use cpal::traits::{DeviceTrait, HostTrait, StreamTrait};
 use musicgen_engine::{StreamResampler, playback_channel};
+
+use crate::wav;
 
 pub fn play(file: &Path) -> Result<()> {
     let host = cpal::default_host();
@@ -32,22 +34,10 @@ pub fn play(file: &Path) -> Result<()> {
     let rate_hz = config.sample_rate();
     let channels = usize::from(config.channels());
 
-    let mut reader = hound::WavReader::open(file).with_context(|| format!("reading {}", file.display()))?;
-    let spec = reader.spec();
-    let mono: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>()?,
-        hound::SampleFormat::Int => {
-            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|s| s as f32 / scale))
-                .collect::<Result<_, _>>()?
-        }
-    };
-    let mono: Vec<f32> = mono.chunks(usize::from(spec.channels)).map(|frame| frame[0]).collect();
+    let wav = wav::read_mono(file)?;
     let mut resampled = Vec::new();
-    let mut resampler = StreamResampler::new(spec.sample_rate, rate_hz)?;
-    resampler.process(&mono, &mut resampled);
+    let mut resampler = StreamResampler::new(wav.sample_rate_hz, rate_hz)?;
+    resampler.process(&wav.samples, &mut resampled);
     resampler.flush(&mut resampled);
 
     let (mut producer, mut consumer) = playback_channel(resampled.len().max(1));

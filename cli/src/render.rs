@@ -12,7 +12,7 @@ use musicgen_engine::{
     StreamConfig, StreamResampler, find_tiny_bundle, measure_seams,
 };
 
-use crate::RenderArgs;
+use crate::{RenderArgs, wav};
 
 /// The tiny bundle of the source tree the working directory or this binary is in.
 fn default_model() -> Result<PathBuf> {
@@ -205,32 +205,16 @@ fn write_codes(stream: &Stream, path: &Path) -> Result<()> {
 
 /// Reads a WAV file, mixes it to mono and encodes it with the model's codec encoder.
 fn encode_wav(model: &Model, path: &Path) -> Result<CodeGrid> {
-    let mut reader = hound::WavReader::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let spec = reader.spec();
-    let interleaved: Vec<f32> = match spec.sample_format {
-        hound::SampleFormat::Float => reader.samples::<f32>().collect::<Result<_, _>>(),
-        hound::SampleFormat::Int => {
-            let scale = (1u64 << (spec.bits_per_sample - 1)) as f32;
-            reader
-                .samples::<i32>()
-                .map(|s| s.map(|s| s as f32 / scale))
-                .collect::<Result<_, _>>()
-        }
-    }
-    .with_context(|| format!("reading the samples of {}", path.display()))?;
-    let channels = usize::from(spec.channels.max(1));
-    let mono: Vec<f32> = interleaved
-        .chunks(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+    let wav = wav::read_mono(path)?;
     let codes = model
-        .encode_audio(&mono, spec.sample_rate)
-        .with_context(|| format!("encoding {}", path.display()))?;
+        .encode_audio(&wav.samples, wav.sample_rate_hz)
+        .with_context(|| format!("encoding {} to continue it", path.display()))?;
     println!(
-        "continuing {} ({:.2} s at {} Hz): {} frames of codes",
+        "continuing {} ({:.2} s at {} Hz, {} channels mixed to mono): {} frames of codes",
         path.display(),
-        mono.len() as f64 / f64::from(spec.sample_rate),
-        spec.sample_rate,
+        wav.seconds(),
+        wav.sample_rate_hz,
+        wav.channels,
         codes.num_timesteps()
     );
     Ok(codes)
