@@ -136,7 +136,10 @@ fn demo(root: &Path) -> Result<()> {
 fn test(root: &Path) -> Result<()> {
     let steps: [(&str, &dyn Fn() -> Result<()>); 8] = [
         ("system packages", &system::ensure_build_prerequisites),
-        ("ONNX Runtime", &|| ort::ensure(root, ort::Provider::Cpu).map(|_| ())),
+        ("ONNX Runtime", &|| {
+            ort::ensure(root, ort::Provider::Cpu)?;
+            ort::ensure_too_old(root).map(|_| ())
+        }),
         ("cargo fmt --check", &|| cargo(root, &["fmt", "--all", "--check"])),
         ("cargo clippy", &|| {
             cargo(

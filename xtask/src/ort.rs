@@ -13,6 +13,12 @@ use crate::run;
 /// The ONNX Runtime release the engine's `ort` crate is built against (its API 1.31).
 pub const ORT_VERSION: &str = "1.31.1";
 
+/// A release older than the engine's API, which the tests check is refused by name.
+const TOO_OLD_VERSION: &str = "1.20.1";
+
+/// Where the tests find the too-old release (the engine's `old_runtime` test).
+const TOO_OLD_FOLDER: &str = "too-old";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Provider {
     Cpu,
@@ -60,16 +66,31 @@ pub fn ensure(root: &Path, provider: Provider) -> Result<PathBuf> {
     fetch(root, provider)
 }
 
+/// Fetches (once) the CPU library of a release too old for the engine into
+/// `target/onnxruntime/too-old/`, where a test loads it and expects a refusal.
+pub fn ensure_too_old(root: &Path) -> Result<PathBuf> {
+    let out = root.join("target").join("onnxruntime").join(TOO_OLD_FOLDER);
+    let library = out.join(library_file_name());
+    if library.is_file() {
+        return Ok(library);
+    }
+    fetch_release(root, Provider::Cpu, TOO_OLD_VERSION, &out)
+}
+
 /// Downloads the provider's wheel for this platform with pip and unpacks its shared
 /// libraries to `target/onnxruntime/<provider>/`.
 pub fn fetch(root: &Path, provider: Provider) -> Result<PathBuf> {
+    fetch_release(root, provider, ORT_VERSION, &library_dir(root, provider))
+}
+
+fn fetch_release(root: &Path, provider: Provider, version: &str, out: &Path) -> Result<PathBuf> {
     let wheels = root
         .join("target")
         .join("onnxruntime")
         .join("wheels")
         .join(provider.folder());
     fs::create_dir_all(&wheels)?;
-    let requirement = format!("{}=={ORT_VERSION}", provider.wheel());
+    let requirement = format!("{}=={version}", provider.wheel());
     println!("fetching {requirement} from PyPI with pip ...");
     run(Command::new("python3")
         .args([
@@ -84,19 +105,18 @@ pub fn fetch(root: &Path, provider: Provider) -> Result<PathBuf> {
         .arg(&wheels)
         .arg(&requirement))
     .with_context(|| format!("pip could not download {requirement}; it needs python3 with pip and access to PyPI"))?;
-    let wheel = newest_wheel(&wheels, provider)?;
-    let out = library_dir(root, provider);
-    let library = unpack_libraries(&wheel, &out)?;
+    let wheel = find_wheel(&wheels, provider, version)?;
+    let library = unpack_libraries(&wheel, out)?;
     println!(
-        "ONNX Runtime {ORT_VERSION} ({}) ready: {}",
+        "ONNX Runtime {version} ({}) ready: {}",
         provider.folder(),
         library.display()
     );
     Ok(library)
 }
 
-fn newest_wheel(dir: &Path, provider: Provider) -> Result<PathBuf> {
-    let prefix = format!("{}-{ORT_VERSION}-", provider.wheel().replace('-', "_"));
+fn find_wheel(dir: &Path, provider: Provider, version: &str) -> Result<PathBuf> {
+    let prefix = format!("{}-{version}-", provider.wheel().replace('-', "_"));
     fs::read_dir(dir)?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .find(|path| {
