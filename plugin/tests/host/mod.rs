@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
 use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
+use clack_extensions::params::{ParamInfoBuffer, ParamInfoFlags, PluginParams};
 use clack_extensions::state::PluginState;
 use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags};
 use clack_host::events::{EventFlags, EventHeader};
@@ -43,12 +44,14 @@ pub struct Shared {
     callback_requested: AtomicBool,
     state: OnceLock<Option<PluginState>>,
     latency: OnceLock<Option<PluginLatency>>,
+    params: OnceLock<Option<PluginParams>>,
 }
 
 impl<'a> SharedHandler<'a> for Shared {
     fn initializing(&self, instance: InitializingPluginHandle<'a>) {
         let _ = self.state.set(instance.get_extension());
         let _ = self.latency.set(instance.get_extension());
+        let _ = self.params.set(instance.get_extension());
     }
 
     fn request_restart(&self) {}
@@ -129,6 +132,50 @@ pub fn latency_samples(instance: &mut PluginInstance<TestHost>) -> u32 {
     latency.get(&instance.plugin_handle())
 }
 
+/// A parameter as the host sees it: CLAP id, name, plain range and value.
+pub struct Parameter {
+    pub id: ClapId,
+    pub name: String,
+    pub min: f64,
+    pub max: f64,
+    pub stepped: bool,
+    /// Its plain value when it was listed.
+    pub value: f64,
+}
+
+impl Parameter {
+    /// The plain value a fraction `position` (0 to 1) of the way through the range.
+    pub fn at(&self, position: f64) -> f64 {
+        let value = self.min + position.clamp(0.0, 1.0) * (self.max - self.min);
+        if self.stepped { value.round() } else { value }
+    }
+}
+
+pub fn parameters(instance: &mut PluginInstance<TestHost>) -> Vec<Parameter> {
+    let params = instance
+        .access_shared_handler(|s| s.params.get().copied().flatten())
+        .expect("the plugin implements the params extension");
+    let handle = instance.plugin_handle();
+    let mut buffer = ParamInfoBuffer::new();
+    (0..params.count(&handle))
+        .map(|index| {
+            let info = params
+                .get_info(&handle, index, &mut buffer)
+                .expect("an index below the count");
+            Parameter {
+                id: info.id,
+                name: String::from_utf8_lossy(info.name).trim_end_matches('\0').to_owned(),
+                min: info.min_value,
+                max: info.max_value,
+                stepped: info.flags.contains(ParamInfoFlags::IS_STEPPED),
+                value: params
+                    .get_value(&handle, info.id)
+                    .expect("a listed parameter has a value"),
+            }
+        })
+        .collect()
+}
+
 pub struct Played {
     /// Left and right channels, one `Vec` each.
     pub channels: [Vec<f32>; 2],
@@ -158,26 +205,69 @@ pub fn play_note(
     rate_hz: u32,
     block: usize,
     timing: &Timing,
-    mut action: Option<MainThreadAction<'_>>,
+    action: Option<MainThreadAction<'_>>,
 ) -> (StoppedPluginAudioProcessor<TestHost>, Played) {
     let samples = |seconds: f64| (seconds * f64::from(rate_hz)) as usize;
     let note_on_at = samples(timing.before_s).next_multiple_of(block);
     let note_off_at = note_on_at + samples(timing.held_s);
-    let total = note_off_at + samples(timing.after_s);
+    let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
+    let mut notes = move |done: usize, frames: usize, events: &mut EventBuffer| {
+        if done == note_on_at {
+            events.push(&NoteOnEvent::new(0, key, 1.0));
+        }
+        if (done..done + frames).contains(&note_off_at) {
+            events.push(&NoteOffEvent::new((note_off_at - done) as u32, key, 0.0));
+        }
+    };
+    let performance = Performance {
+        rate_hz,
+        block,
+        total: note_off_at + samples(timing.after_s),
+        transport: timing.transport,
+        real_time: true,
+    };
+    let (processor, channels) = perform(instance, processor, &performance, &mut notes, action);
+    (
+        processor,
+        Played {
+            channels,
+            note_on_at,
+            note_off_at,
+        },
+    )
+}
+
+/// How the host's audio thread runs: blocks of `block` frames up to `total` samples.
+pub struct Performance {
+    pub rate_hz: u32,
+    pub block: usize,
+    pub total: usize,
+    /// A host transport playing 4/4 at 120 bpm from the first block (bar lines every 2 s).
+    pub transport: bool,
+    /// Blocks at the pace of the audio they hold, as an audio device asks for them;
+    /// otherwise as fast as the plugin returns them (an offline bounce).
+    pub real_time: bool,
+}
+
+/// The events of one block, asked with the samples played before it and its length.
+pub type BlockEvents<'a> = dyn FnMut(usize, usize, &mut EventBuffer) + Send + 'a;
+
+/// Runs `performance` on an audio thread while this thread pumps main-thread callbacks
+/// (and runs `action` once its sample is played); returns the output's two channels.
+pub fn perform(
+    instance: &mut PluginInstance<TestHost>,
+    processor: StoppedPluginAudioProcessor<TestHost>,
+    performance: &Performance,
+    events: &mut BlockEvents<'_>,
+    mut action: Option<MainThreadAction<'_>>,
+) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
     let played = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let played = &played;
-        let audio = scope.spawn(move || {
-            let notes = NoteTimes {
-                on_at: note_on_at,
-                off_at: note_off_at,
-                total,
-                transport: timing.transport,
-            };
-            process_in_real_time(processor, rate_hz, block, notes, played)
-        });
+        let audio = scope.spawn(move || process_blocks(processor, performance, events, played));
         // Real-time pace plus a minute for the plugin's first load.
-        let deadline = Instant::now() + Duration::from_secs_f64(total as f64 / f64::from(rate_hz) + 60.0);
+        let audio_s = performance.total as f64 / f64::from(performance.rate_hz);
+        let deadline = Instant::now() + Duration::from_secs_f64(audio_s + 60.0);
         while !audio.is_finished() {
             assert!(
                 Instant::now() < deadline,
@@ -192,43 +282,27 @@ pub fn play_note(
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        let (processor, channels) = audio.join().expect("the audio thread does not panic");
+        let output = audio.join().expect("the audio thread does not panic");
         pump_main_thread(instance);
-        (
-            processor,
-            Played {
-                channels,
-                note_on_at,
-                note_off_at,
-            },
-        )
+        output
     })
 }
 
-/// Where a note starts and ends and how long the performance is, in samples.
-#[derive(Clone, Copy)]
-pub struct NoteTimes {
-    on_at: usize,
-    off_at: usize,
-    total: usize,
-    transport: bool,
-}
-
-/// The host's audio thread: blocks of `block` frames at real-time pace with the note's
-/// events, the sidechain port fed silence; returns the output's two channels.
-pub fn process_in_real_time(
+/// The host's audio thread: `performance`'s blocks with the events `events` gives, the
+/// sidechain port fed silence; returns the output's two channels.
+fn process_blocks(
     processor: StoppedPluginAudioProcessor<TestHost>,
-    rate_hz: u32,
-    block: usize,
-    notes: NoteTimes,
+    performance: &Performance,
+    events: &mut BlockEvents<'_>,
     played: &AtomicUsize,
 ) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
-    let NoteTimes {
-        on_at: note_on_at,
-        off_at: note_off_at,
+    let &Performance {
+        rate_hz,
+        block,
         total,
         transport,
-    } = notes;
+        real_time,
+    } = performance;
     let mut processor = processor.start_processing().expect("processing starts");
     let mut left = vec![0.0f32; block];
     let mut right = vec![0.0f32; block];
@@ -237,21 +311,14 @@ pub fn process_in_real_time(
     // The sidechain port: hosts give every declared port its buffers.
     let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
     let mut ports_in = AudioPorts::with_capacity(2, 1);
+    let mut events_in = EventBuffer::with_capacity(4 * block);
     let mut events_out = EventBuffer::new();
-    let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
     let started = Instant::now();
     let mut done = 0;
     while done < total {
         let frames = block.min(total - done);
-        let note_on = NoteOnEvent::new(0, key, 1.0);
-        let note_off = NoteOffEvent::new(note_off_at.saturating_sub(done) as u32, key, 0.0);
-        let events_in = if done == note_on_at {
-            InputEvents::from_buffer(&note_on)
-        } else if (done..done + frames).contains(&note_off_at) {
-            InputEvents::from_buffer(&note_off)
-        } else {
-            InputEvents::empty()
-        };
+        events_in.clear();
+        events(done, frames, &mut events_in);
         let inputs = ports_in.with_input_buffers([AudioPortBuffer {
             latency: 0,
             channels: AudioPortBufferType::f32_input_only(
@@ -268,7 +335,7 @@ pub fn process_in_real_time(
             .process(
                 &inputs,
                 &mut outputs,
-                &events_in,
+                &InputEvents::from_buffer(&events_in),
                 &mut OutputEvents::from_buffer(&mut events_out),
                 Some(done as u64),
                 transport.then(|| transport_at(done, rate_hz)).as_ref(),
@@ -280,7 +347,7 @@ pub fn process_in_real_time(
         done += frames;
         played.store(done, Ordering::Release);
         let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
+        if let Some(wait) = due.checked_sub(started.elapsed()).filter(|_| real_time) {
             std::thread::sleep(wait);
         }
     }
