@@ -34,6 +34,13 @@ pub fn read_mono(path: &Path) -> Result<MonoWav> {
             spec.bits_per_sample
         );
     }
+    if spec.sample_format == hound::SampleFormat::Int && !(1..=32).contains(&spec.bits_per_sample) {
+        bail!(
+            "{} says its samples are {}-bit integers; {CONVERT_HINT}",
+            path.display(),
+            spec.bits_per_sample
+        );
+    }
     if spec.sample_rate == 0 || spec.channels == 0 {
         bail!(
             "{} says it has {} channels at {} Hz; {CONVERT_HINT}",
@@ -241,6 +248,10 @@ mod tests {
         let mut odd_bits = good.clone();
         odd_bits[34..36].copy_from_slice(&13u16.to_le_bytes());
         cases.push(("13-bit.wav", odd_bits));
+        // Found by fuzzing: an extensible header's valid bits at 280 overflowed a shift.
+        let mut extensible = std::fs::read(write_sine("3ch.wav", 3, 24, hound::SampleFormat::Int, 8_000)).unwrap();
+        extensible[39] = 1;
+        cases.push(("280-valid-bits.wav", extensible));
         for (name, bytes) in cases {
             let path = temp_wav(name);
             std::fs::write(&path, bytes).unwrap();
@@ -249,6 +260,64 @@ mod tests {
                 Err(error) => format!("{error:#}"),
             };
             assert!(error.contains(name) && error.contains("sox"), "{name}: {error}");
+        }
+    }
+
+    /// Damaged files as a disk or a download leaves them: bytes of a valid file overwritten
+    /// (mostly in the header) or cut off, or noise. Each reads or is refused by name.
+    #[test]
+    fn fuzz_wav_reading() {
+        use musicgen_fuzz::proptest::prelude::*;
+
+        let valid = std::fs::read(write_sine("fuzz-base.wav", 3, 24, hound::SampleFormat::Int, 8_000)).unwrap();
+        let header_edits = prop::collection::vec((0..64usize, any::<u8>()), 1..6);
+        let anywhere_edits = prop::collection::vec((0..valid.len(), any::<u8>()), 1..6);
+        let strategy = prop_oneof![
+            5 => (header_edits, 0..=valid.len()).prop_map(|(edits, keep)| Damage::Header { edits, keep }),
+            3 => anywhere_edits.prop_map(Damage::Anywhere),
+            2 => prop::collection::vec(any::<u8>(), 0..128).prop_map(Damage::Noise),
+        ];
+        let path = temp_wav("fuzz-case.wav");
+        musicgen_fuzz::fuzz("wav", strategy, |damage| {
+            let bytes = damage.apply(&valid);
+            std::fs::write(&path, &bytes).unwrap();
+            match read_mono(&path) {
+                Ok(wav) => prop_assert!(wav.samples.iter().all(|s| s.is_finite())),
+                Err(error) => {
+                    let message = format!("{error:#}");
+                    prop_assert!(message.contains("fuzz-case.wav"), "{}", message);
+                }
+            }
+            Ok(())
+        });
+    }
+
+    /// How the fuzz test damages a valid file.
+    #[derive(Debug, Clone)]
+    enum Damage {
+        /// Bytes of the header overwritten, and the file cut after `keep` bytes.
+        Header { edits: Vec<(usize, u8)>, keep: usize },
+        /// Bytes anywhere overwritten.
+        Anywhere(Vec<(usize, u8)>),
+        /// No WAV at all.
+        Noise(Vec<u8>),
+    }
+
+    impl Damage {
+        fn apply(&self, valid: &[u8]) -> Vec<u8> {
+            let overwrite = |mut bytes: Vec<u8>, edits: &[(usize, u8)]| {
+                for &(at, byte) in edits {
+                    if let Some(slot) = bytes.get_mut(at) {
+                        *slot = byte;
+                    }
+                }
+                bytes
+            };
+            match self {
+                Self::Header { edits, keep } => overwrite(valid[..*keep].to_vec(), edits),
+                Self::Anywhere(edits) => overwrite(valid.to_vec(), edits),
+                Self::Noise(bytes) => bytes.clone(),
+            }
         }
     }
 }

@@ -22,6 +22,10 @@ pub struct Coord {
     pub k: usize,
 }
 
+/// The longest delay a delay pattern takes: MusicGen's are a few steps, and a delay
+/// beyond this is a broken manifest or flag, not a pattern worth building.
+pub const MAX_DELAY_STEPS: usize = 1024;
+
 /// Why a pattern, or an operation on one, was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum PatternError {
@@ -29,6 +33,8 @@ pub enum PatternError {
     NoCodebooks,
     #[error("delay pattern has {delays} delays for {codebooks} codebooks; give one delay per codebook")]
     DelayCount { delays: usize, codebooks: usize },
+    #[error("a delay of {delay} steps is more than the {MAX_DELAY_STEPS} a delay pattern allows")]
+    DelayTooLong { delay: usize },
     #[error("MusicLM grouping needs a group size of at least 1")]
     EmptyGroup,
     #[error("unknown pattern `{0}`; expected one of: {names}", names = PatternKind::NAMES.join(", "))]
@@ -151,6 +157,9 @@ impl PatternKind {
                     });
                 }
                 let max_delay = delays.iter().copied().max().unwrap_or(0);
+                if max_delay > MAX_DELAY_STEPS {
+                    return Err(PatternError::DelayTooLong { delay: max_delay });
+                }
                 let generation_steps = if t_count == 0 { 0 } else { t_count + max_delay };
                 steps.extend((0..generation_steps).map(|s| {
                     delays
@@ -518,6 +527,15 @@ mod tests {
         assert_eq!(
             PatternKind::Parallel.build(4, 0).unwrap_err(),
             PatternError::NoCodebooks
+        );
+        // Found by fuzzing the manifest: a huge delay asked for a vector of that length.
+        assert_eq!(
+            PatternKind::Delay {
+                delays: vec![0, usize::MAX / 2]
+            }
+            .build(4, 2)
+            .unwrap_err(),
+            PatternError::DelayTooLong { delay: usize::MAX / 2 }
         );
         assert!(matches!(
             PatternKind::from_name("zigzag", 4),

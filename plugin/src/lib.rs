@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use musicgen_engine::PlaybackConsumer;
+use nice_plug::plugin::ParamValue;
 use nice_plug::prelude::*;
 use ringbuf::traits::{Consumer, Producer};
 use tracing_subscriber::EnvFilter;
@@ -149,6 +150,20 @@ impl Plugin for MusicGenLive {
 
     fn params(&self) -> Arc<dyn Params> {
         self.params.clone()
+    }
+
+    /// A damaged or hand-edited project may hold a number no parameter can take (found by
+    /// fuzzing: 1e277 became an infinite gain that saved as `null`, so the project could
+    /// not be loaded again). Such a value is dropped: the parameter keeps its default, as
+    /// when a state lacks it.
+    fn filter_state(state: &mut PluginState) {
+        state.params.retain(|id, value| {
+            let finite = !matches!(value, ParamValue::F32(number) if !number.is_finite());
+            if !finite {
+                tracing::warn!("the saved state's `{id}` is not a finite number; it keeps its default");
+            }
+            finite
+        });
     }
 
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {

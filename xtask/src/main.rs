@@ -3,6 +3,7 @@
 mod bench;
 mod bench_report;
 mod bundle;
+mod fuzz;
 mod ort;
 mod python;
 mod system;
@@ -59,6 +60,13 @@ enum Task {
     /// both reference validators on them and run every test (the CLAP host test loads the
     /// bundle).
     Test,
+    /// Run the fuzz targets (manifest, prompts, plugin state, WAV reading) for a while on a
+    /// fresh seed, and print how many inputs each tried.
+    Fuzz {
+        /// Minutes in all, shared between the targets.
+        #[arg(long, default_value_t = 5.0)]
+        minutes: f64,
+    },
     /// Build the plugin bundles and run clap-validator and the VST3 validator on them (built
     /// once from ../shared/tools); any failure or warning fails.
     Validate {
@@ -89,6 +97,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Demo => demo(&root),
         Task::Test => test(&root),
         Task::Validate { release } => validate::validate(&root, release),
+        Task::Fuzz { minutes } => fuzz::fuzz(&root, minutes),
     }
 }
 
