@@ -39,5 +39,6 @@ pub use runtime::{ExecutionProvider, Runtime, RuntimeError, library_file_name};
 pub use sampler::{SamplingError, SamplingSettings};
 pub use seam::{SeamMeasure, measure_seams};
 pub use stream::{
-    Command, DEFAULT_BUFFER_AHEAD_SECONDS, RECENT_FRAMES, Readiness, Stream, StreamConfig, StreamError, StreamStatus,
+    Command, DEFAULT_BUFFER_AHEAD_SECONDS, InjectedPanic, RECENT_FRAMES, Readiness, Stream, StreamConfig, StreamError,
+    StreamStatus, StreamThread,
 };

@@ -4,7 +4,10 @@
 
 use std::path::PathBuf;
 
+use common::target_dir;
 use musicgen_engine::Runtime;
+
+mod common;
 
 /// `target/onnxruntime/too-old/`, where `cargo xtask test` unpacks ONNX Runtime 1.20.1.
 fn too_old_library() -> PathBuf {

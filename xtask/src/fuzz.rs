@@ -37,7 +37,11 @@ pub fn fuzz(root: &Path, minutes: f64) -> Result<()> {
         let line = line?;
         println!("{line}");
         // The harness prints `test <name> ... ` before a test's own output on that line.
-        if let Some(report) = line.find("fuzz ").map(|at| &line[at..]).filter(|r| r.contains(" inputs in ")) {
+        if let Some(report) = line
+            .find("fuzz ")
+            .map(|at| &line[at..])
+            .filter(|r| r.contains(" inputs in "))
+        {
             summary.push(report.to_owned());
         }
     }

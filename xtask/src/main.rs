@@ -143,7 +143,7 @@ fn demo(root: &Path) -> Result<()> {
 }
 
 fn test(root: &Path) -> Result<()> {
-    let steps: [(&str, &dyn Fn() -> Result<()>); 8] = [
+    let steps: [(&str, &dyn Fn() -> Result<()>); 9] = [
         ("system packages", &system::ensure_build_prerequisites),
         ("ONNX Runtime", &|| {
             ort::ensure(root, ort::Provider::Cpu)?;
@@ -161,6 +161,7 @@ fn test(root: &Path) -> Result<()> {
             bundle::bundle(root, vec!["musicgen-plugin".to_owned()])
         }),
         ("reference validators", &|| validate::validate_bundles(root)),
+        ("a bundle whose decoder fails", &|| python::write_fault_bundle(root)),
         ("cargo test", &|| cargo(root, &["test", "--workspace"])),
         ("fresh tiny export", &|| python::check_tiny_export(root)),
     ];

@@ -72,6 +72,26 @@ pub fn export(root: &Path, args: &[String]) -> Result<()> {
         .current_dir(root))
 }
 
+/// The decoder step at which the fault tests' bundle fails.
+const FAULT_STEP: u32 = 40;
+
+/// Writes `target/fault-bundles/decoder-fails-at-step-40`: the tiny bundle with a decoder
+/// that fails at that step, for the engine's fault tests (`models/fault_bundle.py`).
+pub fn write_fault_bundle(root: &Path) -> Result<()> {
+    let python = ensure_venv(root)?;
+    let out = root
+        .join("target")
+        .join("fault-bundles")
+        .join(format!("decoder-fails-at-step-{FAULT_STEP}"));
+    run(Command::new(python)
+        .arg(root.join("models").join("fault_bundle.py"))
+        .arg("--bundle")
+        .arg(root.join("models").join("tiny"))
+        .arg("--out")
+        .arg(out)
+        .args(["--step", &FAULT_STEP.to_string()]))
+}
+
 /// Exports the tiny bundle afresh and checks that it reproduces the committed one: the
 /// same manifest and the same golden codes from transformers.
 pub fn check_tiny_export(root: &Path) -> Result<()> {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::status::{StreamStatus, store_f32};
-use super::{DEFAULT_BUFFER_AHEAD_SECONDS, Shared, StreamConfig, StreamError};
+use super::{DEFAULT_BUFFER_AHEAD_SECONDS, InjectedPanic, Shared, StreamConfig, StreamError, StreamThread};
 use crate::codec::StreamingCodec;
 use crate::dc_blocker::DcBlocker;
 use crate::playback::{PlaybackConsumer, PlaybackProducer, playback_channel};
@@ -83,6 +83,9 @@ pub(super) struct DecodingLoop {
     status: Arc<StreamStatus>,
     stop: Arc<AtomicBool>,
     started: Instant,
+    injected_panic: Option<InjectedPanic>,
+    /// Frames received to play, counted for `injected_panic`.
+    frames_to_play: usize,
 }
 
 /// What the generation thread sends the codec thread.
@@ -135,16 +138,16 @@ impl DecodingLoop {
             buffer_ahead,
             delivered_seconds: 0.0,
             waited_for_room: Duration::ZERO,
+            injected_panic: config.injected_panic,
+            frames_to_play: 0,
         };
         (decoding, consumer)
     }
 
     pub(super) fn run(mut self) {
-        if let Err(error) = self.decode() {
-            tracing::error!(%error, "decoding stopped");
-            *self.status.error.lock() = Some(error.to_string());
-        }
-        self.status.finished.store(true, Ordering::Release);
+        let status = Arc::clone(&self.status);
+        StreamThread::Codec.run(&status, || self.decode());
+        status.finished.store(true, Ordering::Release);
     }
 
     fn decode(&mut self) -> Result<(), StreamError> {
@@ -154,6 +157,8 @@ impl DecodingLoop {
         for input in self.from_generation.clone().iter() {
             match input {
                 CodecInput::Play(frame) => {
+                    StreamThread::Codec.injected_panic(self.injected_panic, self.frames_to_play);
+                    self.frames_to_play += 1;
                     self.old_prompt_codec = None;
                     self.codec.push_frame(&frame);
                     self.codec.decode_ready(&mut audio)?;

@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 
 use super::decoding::CodecInput;
 use super::status::{RECENT_FRAMES, StreamStatus, store_f32};
-use super::{Command, Shared, StreamConfig, StreamError};
+use super::{Command, InjectedPanic, Shared, StreamConfig, StreamError, StreamThread};
 use crate::conditioning::CrossAttention;
 use crate::decoder::Decoder;
 use crate::model::Model;
@@ -49,6 +49,7 @@ pub(super) struct GenerationLoop {
     /// windows holding the fade's last frames have their right context.
     blend_margin_frames: usize,
     step_delay: Duration,
+    injected_panic: Option<InjectedPanic>,
 }
 
 /// The old prompt's continuation during a crossfade.
@@ -99,16 +100,15 @@ impl GenerationLoop {
             pending_prompts: VecDeque::new(),
             crossfade_frames: (config.prompt_crossfade_seconds.max(0.0) * frame_rate_hz).round() as usize,
             step_delay: config.step_delay,
+            injected_panic: config.injected_panic,
             old_prompt: None,
             blend_margin_frames: shared.codec_latency_frames + 1,
         })
     }
 
     pub(super) fn run(mut self) {
-        if let Err(error) = self.generate() {
-            tracing::error!(%error, "generation stopped");
-            *self.status.error.lock() = Some(error.to_string());
-        }
+        let status = Arc::clone(&self.status);
+        StreamThread::Generation.run(&status, || self.generate());
         *self.codes.lock() = Some(self.generator.codes());
     }
 
@@ -141,6 +141,7 @@ impl GenerationLoop {
             }
             busy += step_started.elapsed();
             for t in completed {
+                StreamThread::Generation.injected_panic(self.injected_panic, t);
                 if !self.send_frame(t)? {
                     return Ok(());
                 }

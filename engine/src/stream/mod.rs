@@ -106,6 +106,61 @@ pub struct StreamConfig {
     /// machine (tests, and trying the wait before playback on a fast machine).
     pub step_delay: Duration,
     pub codec_window: CodecWindow,
+    /// Makes one of the stream's threads panic, to test that a fault ends its stream only.
+    pub injected_panic: Option<InjectedPanic>,
+}
+
+/// A panic a test asks for: in `thread`, once it handles frame `frame`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InjectedPanic {
+    pub thread: StreamThread,
+    pub frame: usize,
+}
+
+/// The two threads of a stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamThread {
+    Generation,
+    Codec,
+}
+
+impl StreamThread {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Generation => "generation",
+            Self::Codec => "codec",
+        }
+    }
+
+    /// Panics here if `injected` asks for it at `frame`.
+    fn injected_panic(self, injected: Option<InjectedPanic>, frame: usize) {
+        if injected == Some(InjectedPanic { thread: self, frame }) {
+            panic!("a panic injected into the {} thread at frame {frame}", self.name());
+        }
+    }
+
+    /// Runs a thread's body; an error or a panic ends the stream and is kept in `status`
+    /// for the display, and the body's state is dropped either way.
+    fn run(self, status: &StreamStatus, body: impl FnOnce() -> Result<(), StreamError>) {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(body));
+        let error = match outcome {
+            Ok(Ok(())) => return,
+            Ok(Err(error)) => error.to_string(),
+            Err(panic) => {
+                let message = panic
+                    .downcast_ref::<&str>()
+                    .map(|text| (*text).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".to_owned());
+                format!(
+                    "the {} thread panicked ({message}); start the stream again",
+                    self.name()
+                )
+            }
+        };
+        tracing::error!(%error, "the stream's {} thread stopped", self.name());
+        status.error.lock().get_or_insert(error);
+    }
 }
 
 impl StreamConfig {
@@ -127,6 +182,7 @@ impl StreamConfig {
             buffer_ahead_seconds: None,
             step_delay: Duration::ZERO,
             codec_window: CodecWindow::default(),
+            injected_panic: None,
         }
     }
 }

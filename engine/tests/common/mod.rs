@@ -8,6 +8,16 @@ use std::time::{Duration, Instant};
 
 use musicgen_engine::{Model, ModelOptions, PlaybackConsumer, Stream, StreamConfig, StreamError};
 
+/// The cargo target folder the test runs from, where `cargo xtask test` leaves what the
+/// tests need beside the build (ONNX Runtime releases, fault bundles).
+pub fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    exe.ancestors()
+        .find(|dir| dir.file_name().is_some_and(|name| name == "target"))
+        .expect("tests run from inside target/")
+        .to_path_buf()
+}
+
 pub fn tiny() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
 }
@@ -36,8 +46,16 @@ pub fn config(prompt: &str, frames: usize) -> StreamConfig {
     config
 }
 
-/// Pulls everything the stream produces, as fast as it comes.
+/// Pulls everything the stream produces, as fast as it comes; the stream must end
+/// without an error.
 pub fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
+    let audio = drain_to_the_end(stream, consumer);
+    assert_eq!(stream.status().error(), None);
+    audio
+}
+
+/// Pulls everything the stream produces until it ends, with an error or without.
+pub fn drain_to_the_end(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
     let mut audio = Vec::new();
     let mut block = [0.0f32; 512];
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -59,7 +77,6 @@ pub fn drain(stream: &Stream, consumer: &mut PlaybackConsumer) -> Vec<f32> {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
-    assert_eq!(stream.status().error(), None);
     audio
 }
 
