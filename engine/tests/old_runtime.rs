@@ -11,12 +11,7 @@ mod common;
 
 /// `target/onnxruntime/too-old/`, where `cargo xtask test` unpacks ONNX Runtime 1.20.1.
 fn too_old_library() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .find(|dir| dir.file_name().is_some_and(|name| name == "target"))
-        .expect("tests run from inside target/");
-    let library = target.join("onnxruntime").join("too-old").join(format!(
+    let library = target_dir().join("onnxruntime").join("too-old").join(format!(
         "{}onnxruntime{}",
         std::env::consts::DLL_PREFIX,
         std::env::consts::DLL_SUFFIX
