@@ -6,6 +6,7 @@ mod bundle;
 mod fuzz;
 mod ort;
 mod python;
+mod soak;
 mod system;
 mod validate;
 
@@ -67,6 +68,13 @@ enum Task {
         #[arg(long, default_value_t = 5.0)]
         minutes: f64,
     },
+    /// Play the release plugin through a CLAP host at real-time pace for a while (notes,
+    /// prompt changes, automation, a rate change) and print underruns, memory, threads and
+    /// the audio callback's time each minute.
+    Soak {
+        #[arg(long, default_value_t = 60.0)]
+        minutes: f64,
+    },
     /// Build the plugin bundles and run clap-validator and the VST3 validator on them (built
     /// once from ../shared/tools); any failure or warning fails.
     Validate {
@@ -98,6 +106,7 @@ fn run_task(task: Task) -> Result<()> {
         Task::Test => test(&root),
         Task::Validate { release } => validate::validate(&root, release),
         Task::Fuzz { minutes } => fuzz::fuzz(&root, minutes),
+        Task::Soak { minutes } => soak::soak(&root, minutes),
     }
 }
 

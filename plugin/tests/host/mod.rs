@@ -261,10 +261,53 @@ pub fn perform(
     events: &mut BlockEvents<'_>,
     mut action: Option<MainThreadAction<'_>>,
 ) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
+    let mut channels = [
+        Vec::with_capacity(performance.total),
+        Vec::with_capacity(performance.total),
+    ];
+    let mut collect = |block: &BlockOutput<'_>| {
+        channels[0].extend_from_slice(block.left);
+        channels[1].extend_from_slice(block.right);
+    };
+    let mut once = |instance: &mut PluginInstance<TestHost>, played: usize| {
+        if let Some((at, run)) = &mut action
+            && played >= *at
+        {
+            run(instance);
+            action = None;
+        }
+    };
+    let processor = perform_with(instance, processor, performance, events, &mut collect, &mut once);
+    (processor, channels)
+}
+
+/// One processed block as the host's audio thread hands it on.
+pub struct BlockOutput<'a> {
+    /// Samples played before this block.
+    pub done: usize,
+    pub left: &'a [f32],
+    pub right: &'a [f32],
+    /// How long the plugin's `process()` took.
+    pub callback: Duration,
+}
+
+/// Where the audio thread hands each block.
+pub type BlockSink<'a> = dyn FnMut(&BlockOutput<'_>) + Send + 'a;
+
+/// Runs `performance` on an audio thread, handing each block to `output`, while this
+/// thread pumps main-thread callbacks and calls `main_thread` with the samples played.
+pub fn perform_with(
+    instance: &mut PluginInstance<TestHost>,
+    processor: StoppedPluginAudioProcessor<TestHost>,
+    performance: &Performance,
+    events: &mut BlockEvents<'_>,
+    output: &mut BlockSink<'_>,
+    main_thread: &mut dyn FnMut(&mut PluginInstance<TestHost>, usize),
+) -> StoppedPluginAudioProcessor<TestHost> {
     let played = AtomicUsize::new(0);
     std::thread::scope(|scope| {
         let played = &played;
-        let audio = scope.spawn(move || process_blocks(processor, performance, events, played));
+        let audio = scope.spawn(move || process_blocks(processor, performance, events, output, played));
         // Real-time pace plus a minute for the plugin's first load.
         let audio_s = performance.total as f64 / f64::from(performance.rate_hz);
         let deadline = Instant::now() + Duration::from_secs_f64(audio_s + 60.0);
@@ -274,28 +317,24 @@ pub fn perform(
                 "the host's audio thread ran past its deadline"
             );
             pump_main_thread(instance);
-            if let Some((at, run)) = &mut action
-                && played.load(Ordering::Acquire) >= *at
-            {
-                run(instance);
-                action = None;
-            }
+            main_thread(instance, played.load(Ordering::Acquire));
             std::thread::sleep(Duration::from_millis(5));
         }
-        let output = audio.join().expect("the audio thread does not panic");
+        let processor = audio.join().expect("the audio thread does not panic");
         pump_main_thread(instance);
-        output
+        processor
     })
 }
 
 /// The host's audio thread: `performance`'s blocks with the events `events` gives, the
-/// sidechain port fed silence; returns the output's two channels.
+/// sidechain port fed silence, each output block handed to `output`.
 fn process_blocks(
     processor: StoppedPluginAudioProcessor<TestHost>,
     performance: &Performance,
     events: &mut BlockEvents<'_>,
+    output: &mut BlockSink<'_>,
     played: &AtomicUsize,
-) -> (StoppedPluginAudioProcessor<TestHost>, [Vec<f32>; 2]) {
+) -> StoppedPluginAudioProcessor<TestHost> {
     let &Performance {
         rate_hz,
         block,
@@ -306,7 +345,6 @@ fn process_blocks(
     let mut processor = processor.start_processing().expect("processing starts");
     let mut left = vec![0.0f32; block];
     let mut right = vec![0.0f32; block];
-    let mut channels = [Vec::with_capacity(total), Vec::with_capacity(total)];
     let mut ports_out = AudioPorts::with_capacity(2, 1);
     // The sidechain port: hosts give every declared port its buffers.
     let mut sidechain = [vec![0.0f32; block], vec![0.0f32; block]];
@@ -331,6 +369,7 @@ fn process_blocks(
             latency: 0,
             channels: AudioPortBufferType::f32_output_only([&mut left[..frames], &mut right[..frames]].into_iter()),
         }]);
+        let callback_started = Instant::now();
         processor
             .process(
                 &inputs,
@@ -341,9 +380,14 @@ fn process_blocks(
                 transport.then(|| transport_at(done, rate_hz)).as_ref(),
             )
             .expect("process succeeds");
+        let callback = callback_started.elapsed();
         events_out.clear();
-        channels[0].extend_from_slice(&left[..frames]);
-        channels[1].extend_from_slice(&right[..frames]);
+        output(&BlockOutput {
+            done,
+            left: &left[..frames],
+            right: &right[..frames],
+            callback,
+        });
         done += frames;
         played.store(done, Ordering::Release);
         let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
@@ -351,7 +395,7 @@ fn process_blocks(
             std::thread::sleep(wait);
         }
     }
-    (processor.stop_processing(), channels)
+    processor.stop_processing()
 }
 
 /// A transport playing 4/4 at 120 bpm, at `sample` samples from the song's start.

@@ -1,0 +1,204 @@
+//! The soak: the plugin played through the CLAP host at real-time pace for
+//! `MUSICGEN_SOAK_MINUTES` (3 in the tests; `cargo xtask soak --minutes 60` for an hour,
+//! on the release bundle), with a held note and another struck every 2 s, a prompt change
+//! every 15 s, random automation of the sampling parameters on every block, and a change
+//! of sample rate halfway. Each minute it prints underruns after warm-up, resident memory,
+//! threads alive, and the audio callback's longest and mean time as a share of the block.
+
+mod host;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, ParamValueEvent};
+use clack_host::prelude::*;
+use host::*;
+
+const BLOCK: usize = 512;
+/// The two rates the soak plays at, one after the other.
+const RATES_HZ: [u32; 2] = [48_000, 44_100];
+/// Seconds after each activation before a silent block counts as an underrun.
+const WARM_UP_S: f64 = 10.0;
+const PROMPT_EVERY_S: f64 = 15.0;
+const PROMPTS: [&str; 4] = [
+    "warm lo-fi piano with soft drums",
+    "fast techno with a driving bass",
+    "slow ambient strings",
+    "funky guitar and brass",
+];
+
+fn soak_minutes() -> f64 {
+    std::env::var("MUSICGEN_SOAK_MINUTES")
+        .ok()
+        .and_then(|text| text.parse().ok())
+        .unwrap_or(3.0)
+}
+
+fn threads_alive() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count())
+        .unwrap_or(0)
+}
+
+/// What the audio thread measures, read by the main thread each minute.
+#[derive(Default)]
+struct Measures {
+    underruns: u64,
+    blocks: u64,
+    callback_total: Duration,
+    callback_max: Duration,
+    block_duration: Duration,
+    played_s: f64,
+}
+
+impl Measures {
+    fn callback_shares(&self) -> (f64, f64) {
+        let block_s = self.block_duration.as_secs_f64();
+        let mean_s = self.callback_total.as_secs_f64() / self.blocks.max(1) as f64;
+        (self.callback_max.as_secs_f64() / block_s, mean_s / block_s)
+    }
+}
+
+/// One minute's line of the report.
+struct Minute {
+    rss_mb: f64,
+    threads: usize,
+}
+
+/// A xorshift generator: the automation is the same on every run.
+fn next_random(state: &mut u64) -> f64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    (*state >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[test]
+fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
+    let minutes = soak_minutes();
+    let Loaded { mut instance, _entry } = load();
+    let automated: Vec<Parameter> = parameters(&mut instance)
+        .into_iter()
+        .filter(|p| ["Guidance", "Temperature", "Top-k", "Top-p"].contains(&p.name.as_str()))
+        .collect();
+    assert_eq!(automated.len(), 4, "the sampling parameters are listed");
+    let measures = Arc::new(Mutex::new(Measures::default()));
+    let mut report: Vec<Minute> = Vec::new();
+    let mut prompts_sent = 0usize;
+    let mut random = 0x2545_F491_4F6C_DD1Du64;
+    let phase_s = minutes * 60.0 / RATES_HZ.len() as f64;
+    let mut played_before_s = 0.0;
+    println!("soak: {minutes} min, {phase_s:.0} s at each of {RATES_HZ:?} Hz, blocks of {BLOCK}");
+    println!("minute | underruns | RSS MB | threads | callback max | callback mean");
+    for rate_hz in RATES_HZ {
+        let config = PluginAudioConfiguration {
+            sample_rate: f64::from(rate_hz),
+            min_frames_count: 1,
+            max_frames_count: BLOCK as u32,
+        };
+        let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
+        let samples = |seconds: f64| (seconds * f64::from(rate_hz)) as usize;
+        let (held, struck) = (Pckn::new(0u16, 0u16, 60u16, 0u32), Pckn::new(0u16, 0u16, 67u16, 0u32));
+        let mut events = |done: usize, frames: usize, events: &mut EventBuffer| {
+            if done == 0 {
+                events.push(&NoteOnEvent::new(0, held, 1.0));
+            }
+            let every = samples(2.0);
+            let strike = done.next_multiple_of(every);
+            if strike < done + frames {
+                events.push(&NoteOnEvent::new((strike - done) as u32, struck, 0.8));
+            }
+            let release = (done + every / 2).next_multiple_of(every) - every / 2;
+            if (done..done + frames).contains(&release) {
+                events.push(&NoteOffEvent::new((release - done) as u32, struck, 0.0));
+            }
+            let parameter = &automated[(next_random(&mut random) * 4.0) as usize % 4];
+            let value = parameter.at(0.2 + 0.6 * next_random(&mut random));
+            events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), value));
+        };
+        let block_duration = Duration::from_secs_f64(BLOCK as f64 / f64::from(rate_hz));
+        let sink_measures = Arc::clone(&measures);
+        let mut sink = move |block: &BlockOutput<'_>| {
+            let mut m = sink_measures.lock().unwrap();
+            m.blocks += 1;
+            m.callback_total += block.callback;
+            m.callback_max = m.callback_max.max(block.callback);
+            m.block_duration = block_duration;
+            m.played_s = played_before_s + block.done as f64 / f64::from(rate_hz);
+            let warm = block.done as f64 / f64::from(rate_hz) >= WARM_UP_S;
+            if warm && block.left.iter().all(|&s| s == 0.0) {
+                m.underruns += 1;
+            }
+        };
+        let mut every_minute = |instance: &mut PluginInstance<TestHost>, played: usize| {
+            let played_s = played_before_s + played as f64 / f64::from(rate_hz);
+            if played_s >= (prompts_sent + 1) as f64 * PROMPT_EVERY_S {
+                prompts_sent += 1;
+                let mut state = save(instance);
+                let prompt = PROMPTS[prompts_sent % PROMPTS.len()];
+                state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
+                restore(instance, &state);
+            }
+            if played_s >= (report.len() + 1) as f64 * 60.0 {
+                let m = measures.lock().unwrap();
+                let (max_share, mean_share) = m.callback_shares();
+                let minute = Minute {
+                    rss_mb: resident_mb().unwrap_or(0.0),
+                    threads: threads_alive(),
+                };
+                println!(
+                    "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}%",
+                    report.len() + 1,
+                    m.underruns,
+                    minute.rss_mb,
+                    minute.threads,
+                    100.0 * max_share,
+                    100.0 * mean_share
+                );
+                report.push(minute);
+            }
+        };
+        let performance = Performance {
+            rate_hz,
+            block: BLOCK,
+            total: samples(phase_s),
+            transport: false,
+            real_time: true,
+        };
+        let processor = perform_with(
+            &mut instance,
+            processor,
+            &performance,
+            &mut events,
+            &mut sink,
+            &mut every_minute,
+        );
+        instance.deactivate(processor);
+        played_before_s += phase_s;
+    }
+
+    let m = measures.lock().unwrap();
+    let (max_share, mean_share) = m.callback_shares();
+    println!(
+        "soak: {:.0} s played, {} prompt changes, {} underruns after warm-up, callback max {:.2}% and mean {:.3}% of a block",
+        m.played_s,
+        prompts_sent,
+        m.underruns,
+        100.0 * max_share,
+        100.0 * mean_share
+    );
+    assert_eq!(m.underruns, 0, "underruns after warm-up");
+    let (first, last) = (report.first().expect("a minute was reported"), report.last().unwrap());
+    assert!(
+        last.rss_mb <= first.rss_mb * 1.05,
+        "resident memory grew from {:.1} MB after the first minute to {:.1} MB",
+        first.rss_mb,
+        last.rss_mb
+    );
+    assert!(
+        last.threads <= first.threads,
+        "threads went from {} to {}",
+        first.threads,
+        last.threads
+    );
+}
