@@ -160,7 +160,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 
     let mut stream_config = StreamConfig::new(PROMPT);
     stream_config.seconds = Some(args.stream_seconds);
-    stream_config.output_rate_hz = args.sample_rate;
+    stream_config.output_rate_hz = f64::from(args.sample_rate);
     stream_config.sampling = SamplingSettings::default();
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
     let stream = time_stream(&model, stream_config, args, bundle.pattern(frames).num_steps())?;
@@ -263,7 +263,7 @@ fn time_stream(
     args: &BenchArgs,
     pattern_steps: usize,
 ) -> Result<StreamTiming> {
-    let total = (args.stream_seconds * f64::from(config.output_rate_hz)).round() as u64;
+    let total = (args.stream_seconds * config.output_rate_hz).round() as u64;
     let progress = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("  stream {bar:30} {percent:>3}% {elapsed_precise} {msg}")
             .expect("the template is valid"),
@@ -335,7 +335,7 @@ fn snr_against(args: &BenchArgs, reference: &Path) -> Result<f64> {
         let mut config = StreamConfig::new(PROMPT);
         config.seconds = Some(args.snr_seconds);
         config.sampling = SamplingSettings::greedy();
-        config.output_rate_hz = model.manifest().sample_rate_hz;
+        config.output_rate_hz = f64::from(model.manifest().sample_rate_hz);
         config.block_dc = false;
         let (stream, mut consumer) = Stream::start(&model, config)?;
         let mut audio = Vec::new();

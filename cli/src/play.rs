@@ -36,7 +36,7 @@ pub fn play(file: &Path) -> Result<()> {
 
     let wav = wav::read_mono(file)?;
     let mut resampled = Vec::new();
-    let mut resampler = StreamResampler::new(wav.sample_rate_hz, rate_hz)?;
+    let mut resampler = StreamResampler::new(f64::from(wav.sample_rate_hz), f64::from(rate_hz))?;
     resampler.process(&wav.samples, &mut resampled);
     resampler.flush(&mut resampled);
 

@@ -41,7 +41,8 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         .transpose()?;
     let given_seconds = given.as_ref().map_or(0, CodeGrid::num_timesteps) as f64 / manifest.frame_rate_hz;
     let config = stream_config(args, given, manifest.sample_rate_hz);
-    let rate_hz = config.output_rate_hz;
+    // A WAV file's rate is whole hertz.
+    let rate_hz = config.output_rate_hz as u32;
     let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize;
 
     let (stream, mut consumer) = Stream::start(&model, config)?;
@@ -118,7 +119,7 @@ fn stream_config(args: &RenderArgs, given: Option<CodeGrid>, model_rate_hz: u32)
     config.seconds = Some(args.seconds);
     config.buffer_ahead_seconds = args.buffer_ahead;
     config.step_delay = Duration::from_secs_f64(args.step_delay_ms.max(0.0) / 1000.0);
-    config.output_rate_hz = args.sample_rate.unwrap_or(model_rate_hz);
+    config.output_rate_hz = f64::from(args.sample_rate.unwrap_or(model_rate_hz));
     config
 }
 
@@ -138,7 +139,7 @@ fn pull_audio(
     );
     let rate_hz = stream.sample_rate_hz();
     let mut block = [0.0f32; CALLBACK_FRAMES];
-    let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / f64::from(rate_hz));
+    let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / rate_hz);
     let mut next_callback = Instant::now();
     let mut pulled = 0;
     while args.realtime || pulled < total {
@@ -207,7 +208,7 @@ fn write_codes(stream: &Stream, path: &Path) -> Result<()> {
 fn encode_wav(model: &Model, path: &Path) -> Result<CodeGrid> {
     let wav = wav::read_mono(path)?;
     let codes = model
-        .encode_audio(&wav.samples, wav.sample_rate_hz)
+        .encode_audio(&wav.samples, f64::from(wav.sample_rate_hz))
         .with_context(|| format!("encoding {} to continue it", path.display()))?;
     println!(
         "continuing {} ({:.2} s at {} Hz, {} channels mixed to mono): {} frames of codes",
@@ -238,7 +239,7 @@ fn report_seams(stream: &Stream, wav: &Path, manifest: &Manifest) -> Result<()> 
     }
     let audio: Vec<f32> = reader.samples::<f32>().collect::<Result<_, _>>()?;
     // Frame f's audio starts at f frames of output plus the resampler's delay.
-    let offset = StreamResampler::new(manifest.sample_rate_hz, rate_hz)?.delay_frames();
+    let offset = StreamResampler::new(f64::from(manifest.sample_rate_hz), f64::from(rate_hz))?.delay_frames();
     let measured = measure_seams(&audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
     println!("context window slid {} times:", seams.len());
     println!(

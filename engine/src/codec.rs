@@ -394,15 +394,15 @@ impl AudioEncoder {
     }
 
     /// Codes of mono `samples` at `rate_hz`, resampled to the bundle's rate first.
-    pub(crate) fn encode_at(&mut self, samples: &[f32], rate_hz: u32) -> Result<CodeGrid, CodecError> {
-        if rate_hz == self.sample_rate_hz {
+    pub(crate) fn encode_at(&mut self, samples: &[f32], rate_hz: f64) -> Result<CodeGrid, CodecError> {
+        if rate_hz == f64::from(self.sample_rate_hz) {
             return self.encode(samples);
         }
-        let mut resampler = StreamResampler::new(rate_hz, self.sample_rate_hz)?;
+        let mut resampler = StreamResampler::new(rate_hz, f64::from(self.sample_rate_hz))?;
         let mut resampled = Vec::new();
         resampler.process(samples, &mut resampled);
         resampler.flush(&mut resampled);
-        let expected = (samples.len() as u64 * u64::from(self.sample_rate_hz) / u64::from(rate_hz)) as usize;
+        let expected = (samples.len() as f64 * f64::from(self.sample_rate_hz) / rate_hz) as usize;
         let delay = resampler.delay_frames().min(resampled.len());
         resampled.drain(..delay);
         resampled.truncate(expected);

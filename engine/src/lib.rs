@@ -34,7 +34,7 @@ pub use decoder::{Decoder, DecoderError, KvCache};
 pub use model::{Model, ModelError, ModelOptions};
 pub use pattern::{CodeGrid, Coord, Delays, Pattern, PatternError, PatternKind};
 pub use playback::{PlaybackConsumer, PlaybackProducer, PlaybackStats, playback_channel};
-pub use resample::{ResampleError, SUPPORTED_RATES_HZ, StreamResampler};
+pub use resample::{ResampleError, SUPPORTED_RATES_HZ, StreamResampler, is_supported_rate};
 pub use runtime::{ExecutionProvider, Runtime, RuntimeError, library_file_name};
 pub use sampler::{SamplingError, SamplingSettings};
 pub use seam::{SeamMeasure, measure_seams};

@@ -123,7 +123,7 @@ impl Model {
     }
 
     /// Codes of mono `samples` at `rate_hz`, to continue them.
-    pub fn encode_audio(&self, samples: &[f32], rate_hz: u32) -> Result<CodeGrid, ModelError> {
+    pub fn encode_audio(&self, samples: &[f32], rate_hz: f64) -> Result<CodeGrid, ModelError> {
         let mut encoder = self.encoder.lock();
         if encoder.is_none() {
             *encoder = Some(AudioEncoder::load(&self.bundle, self.runtime, 1)?);

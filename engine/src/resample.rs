@@ -2,18 +2,36 @@
 //!
 //! Streams arrive in pieces of any length (one codec window at a time), so
 //! [`StreamResampler`] buffers input up to the resampler's fixed chunk and emits whatever
-//! output is ready. Rates are integers (Hz) and fixed per stream, so rubato's synchronous
-//! FFT resampler fits: exact ratio, no drift, a known delay. A new host rate makes a new
-//! resampler; nothing else in the engine has to change.
+//! output is ready. Rates are fixed per stream. Whole-hertz rates use rubato's synchronous
+//! FFT resampler: exact ratio, no drift, a known delay. A host may also run at a rate that
+//! is not a whole number of hertz (44100.5 Hz, the validators' 1234.5678 Hz): that ratio
+//! goes to rubato's windowed-sinc resampler, so the pitch is exact there too. A new host
+//! rate makes a new resampler; nothing else in the engine has to change.
 
-use rubato::{FftFixedIn, Resampler};
+use rubato::{FftFixedIn, Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction};
 
 /// The host rates the engine accepts: every rate a host may use, and the validators' odd
 /// ones (1235 Hz, 768 kHz, 1.23 MHz).
 pub const SUPPORTED_RATES_HZ: std::ops::RangeInclusive<u32> = 1_000..=2_000_000;
 
+/// [`SUPPORTED_RATES_HZ`] for rates that are not whole numbers.
+pub fn is_supported_rate(rate_hz: f64) -> bool {
+    rate_hz >= f64::from(*SUPPORTED_RATES_HZ.start()) && rate_hz <= f64::from(*SUPPORTED_RATES_HZ.end())
+}
+
 /// Input samples per resampler chunk: 20 ms at 32 kHz, one codec frame.
 const CHUNK_FRAMES: usize = 640;
+
+/// The windowed-sinc resampler for rates that are not whole hertz: a long filter, so
+/// that its passband and stopband match the FFT resampler's (the sine test holds both to
+/// 60 dB).
+const SINC: SincInterpolationParameters = SincInterpolationParameters {
+    sinc_len: 256,
+    f_cutoff: 0.95,
+    oversampling_factor: 256,
+    interpolation: SincInterpolationType::Cubic,
+    window: WindowFunction::BlackmanHarris2,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ResampleError {
@@ -22,16 +40,66 @@ pub enum ResampleError {
         SUPPORTED_RATES_HZ.start(),
         SUPPORTED_RATES_HZ.end()
     )]
-    UnsupportedRate { rate_hz: u32 },
+    UnsupportedRate { rate_hz: f64 },
     #[error("resampler from {from_hz} Hz to {to_hz} Hz: {reason}")]
-    Rubato { from_hz: u32, to_hz: u32, reason: String },
+    Rubato { from_hz: f64, to_hz: f64, reason: String },
+}
+
+/// rubato's two resamplers behind the calls this module makes (its `Resampler` trait has
+/// generic methods, so it cannot be a trait object).
+enum Kernel {
+    Fft(FftFixedIn<f32>),
+    Sinc(SincFixedIn<f32>),
+}
+
+impl Kernel {
+    fn resampler(&mut self) -> &mut dyn ResamplerCalls {
+        match self {
+            Self::Fft(fft) => fft,
+            Self::Sinc(sinc) => sinc,
+        }
+    }
+
+    fn output_delay(&self) -> usize {
+        match self {
+            Self::Fft(fft) => fft.output_delay(),
+            Self::Sinc(sinc) => sinc.output_delay(),
+        }
+    }
+}
+
+/// The non-generic part of rubato's `Resampler`, which is object safe.
+trait ResamplerCalls {
+    fn input_frames_next(&self) -> usize;
+    fn input_frames_max(&self) -> usize;
+    fn output_frames_max(&self) -> usize;
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize);
+}
+
+impl<R: Resampler<f32>> ResamplerCalls for R {
+    fn input_frames_next(&self) -> usize {
+        Resampler::input_frames_next(self)
+    }
+
+    fn input_frames_max(&self) -> usize {
+        Resampler::input_frames_max(self)
+    }
+
+    fn output_frames_max(&self) -> usize {
+        Resampler::output_frames_max(self)
+    }
+
+    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize) {
+        self.process_into_buffer(&[input], &mut [output], None)
+            .expect("buffers are sized from the resampler's own limits")
+    }
 }
 
 /// A mono streaming resampler; a pass-through when both rates are equal.
 pub struct StreamResampler {
-    input_rate_hz: u32,
-    output_rate_hz: u32,
-    inner: Option<FftFixedIn<f32>>,
+    input_rate_hz: f64,
+    output_rate_hz: f64,
+    inner: Option<Kernel>,
     pending: Vec<f32>,
     chunk_out: Vec<f32>,
     /// Samples taken in and given out so far, for the flush to know what is still inside.
@@ -40,26 +108,33 @@ pub struct StreamResampler {
 }
 
 impl StreamResampler {
-    pub fn new(input_rate_hz: u32, output_rate_hz: u32) -> Result<Self, ResampleError> {
+    /// Rates in hertz, whole or not, within [`SUPPORTED_RATES_HZ`].
+    pub fn new(input_rate_hz: f64, output_rate_hz: f64) -> Result<Self, ResampleError> {
         for rate_hz in [input_rate_hz, output_rate_hz] {
-            if !SUPPORTED_RATES_HZ.contains(&rate_hz) {
+            if !is_supported_rate(rate_hz) {
                 return Err(ResampleError::UnsupportedRate { rate_hz });
             }
         }
-        let inner = if input_rate_hz == output_rate_hz {
-            None
-        } else {
-            Some(
-                FftFixedIn::new(input_rate_hz as usize, output_rate_hz as usize, CHUNK_FRAMES, 2, 1).map_err(|e| {
-                    ResampleError::Rubato {
-                        from_hz: input_rate_hz,
-                        to_hz: output_rate_hz,
-                        reason: e.to_string(),
-                    }
-                })?,
-            )
+        let rubato_error = |e: rubato::ResamplerConstructionError| ResampleError::Rubato {
+            from_hz: input_rate_hz,
+            to_hz: output_rate_hz,
+            reason: e.to_string(),
         };
-        let max_out = inner.as_ref().map_or(0, |r| r.output_frames_max());
+        let whole = |rate_hz: f64| rate_hz.fract() == 0.0;
+        let mut inner = if input_rate_hz == output_rate_hz {
+            None
+        } else if whole(input_rate_hz) && whole(output_rate_hz) {
+            let fft = FftFixedIn::new(input_rate_hz as usize, output_rate_hz as usize, CHUNK_FRAMES, 2, 1)
+                .map_err(rubato_error)?;
+            Some(Kernel::Fft(fft))
+        } else {
+            let sinc =
+                SincFixedIn::new(output_rate_hz / input_rate_hz, 1.0, SINC, CHUNK_FRAMES, 1).map_err(rubato_error)?;
+            Some(Kernel::Sinc(sinc))
+        };
+        let max_out = inner
+            .as_mut()
+            .map_or(0, |kernel: &mut Kernel| kernel.resampler().output_frames_max());
         Ok(Self {
             input_rate_hz,
             output_rate_hz,
@@ -71,11 +146,11 @@ impl StreamResampler {
         })
     }
 
-    pub(crate) fn input_rate_hz(&self) -> u32 {
+    pub(crate) fn input_rate_hz(&self) -> f64 {
         self.input_rate_hz
     }
 
-    pub(crate) fn output_rate_hz(&self) -> u32 {
+    pub(crate) fn output_rate_hz(&self) -> f64 {
         self.output_rate_hz
     }
 
@@ -86,19 +161,18 @@ impl StreamResampler {
 
     /// Resamples `input` and appends every output sample that is ready to `out`.
     pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
-        let Some(inner) = self.inner.as_mut() else {
+        let Some(kernel) = self.inner.as_mut() else {
             out.extend_from_slice(input);
             return;
         };
+        let inner = kernel.resampler();
         self.taken += input.len() as u64;
         self.pending.extend_from_slice(input);
         let mut consumed = 0;
         // Odd ratios (32 kHz to 1235 Hz) make rubato's chunks longer than the one asked for.
         while self.pending.len() - consumed >= inner.input_frames_next() {
             let chunk = &self.pending[consumed..consumed + inner.input_frames_next()];
-            let (used, written) = inner
-                .process_into_buffer(&[chunk], &mut [&mut self.chunk_out[..]], None)
-                .expect("buffers are sized from the resampler's own limits");
+            let (used, written) = inner.process_chunk(chunk, &mut self.chunk_out);
             consumed += used;
             self.given += written as u64;
             out.extend_from_slice(&self.chunk_out[..written]);
@@ -109,15 +183,16 @@ impl StreamResampler {
     /// Pushes out what is still inside the resampler (the end of a stream), padding with
     /// silence, and appends it to `out`.
     pub fn flush(&mut self, out: &mut Vec<f32>) {
-        let Some(inner) = &self.inner else {
+        let Some(kernel) = self.inner.as_mut() else {
             return;
         };
+        let input_frames_max = kernel.resampler().input_frames_max();
         // Everything taken in, at the output rate, after the delay. Odd ratios hold a long
         // internal block back (32 kHz to 12346 Hz: half a second), so silence goes in
         // until all of it has come out.
-        let owed = (self.taken * u64::from(self.output_rate_hz)).div_ceil(u64::from(self.input_rate_hz))
-            + self.delay_frames() as u64;
-        let silence = vec![0.0; inner.input_frames_max()];
+        let owed =
+            (self.taken as f64 * self.output_rate_hz / self.input_rate_hz).ceil() as u64 + self.delay_frames() as u64;
+        let silence = vec![0.0; input_frames_max];
         let start = out.len();
         let before = self.given;
         while self.given < owed {
@@ -139,7 +214,7 @@ mod tests {
 
     #[test]
     fn equal_rates_pass_through() {
-        let mut r = StreamResampler::new(32_000, 32_000).unwrap();
+        let mut r = StreamResampler::new(32_000.0, 32_000.0).unwrap();
         let mut out = Vec::new();
         r.process(&[0.25, -0.5], &mut out);
         assert_eq!(out, [0.25, -0.5]);
@@ -148,9 +223,9 @@ mod tests {
 
     #[test]
     fn rates_outside_the_range_are_refused_with_the_value() {
-        let err = StreamResampler::new(32_000, 999).err().unwrap().to_string();
+        let err = StreamResampler::new(32_000.0, 999.0).err().unwrap().to_string();
         assert!(err.contains("999 Hz") && err.contains("1000 and 2000000"), "{err}");
-        assert!(StreamResampler::new(32_000, 2_000_001).is_err());
+        assert!(StreamResampler::new(32_000.0, 2_000_001.0).is_err());
     }
 
     #[test]
@@ -158,7 +233,7 @@ mod tests {
         for rate_hz in [
             1_000, 1_235, 8_000, 11_025, 12_346, 22_050, 44_100, 88_200, 123_457, 176_400, 352_800, 768_000, 1_234_568,
         ] {
-            let mut r = StreamResampler::new(32_000, rate_hz).unwrap();
+            let mut r = StreamResampler::new(32_000.0, f64::from(rate_hz)).unwrap();
             let mut out = Vec::new();
             for piece in sine(32_000, 220.0, 0.5).chunks(1_111) {
                 r.process(piece, &mut out);
@@ -176,8 +251,34 @@ mod tests {
 
     #[test]
     fn a_sine_keeps_its_frequency_and_length_at_44_1_khz() {
+        assert_keeps_a_sine(44_100.0);
+    }
+
+    #[test]
+    fn rates_that_are_not_whole_hertz_keep_the_pitch_and_the_length_exactly() {
+        assert_keeps_a_sine(44_100.5);
+        // The VST3 validator's rate: rounding it to 1235 Hz would give 4 samples too many
+        // in 10 s, and a pitch 0.6 cents sharp.
+        let rate_hz = 1_234.567_8;
+        let mut r = StreamResampler::new(32_000.0, rate_hz).unwrap();
+        let mut out = Vec::new();
+        for piece in sine(32_000, 110.0, 10.0).chunks(640) {
+            r.process(piece, &mut out);
+        }
+        r.flush(&mut out);
+        let expected = 10.0 * rate_hz + r.delay_frames() as f64;
+        assert!(
+            (out.len() as f64 - expected).abs() < 1.0,
+            "{} samples, expected {expected}",
+            out.len()
+        );
+    }
+
+    /// A 440 Hz sine resampled from 32 kHz to `rate_hz` is that sine at the new rate, to
+    /// within 60 dB.
+    fn assert_keeps_a_sine(rate_hz: f64) {
         let input = sine(32_000, 440.0, 1.0);
-        let mut r = StreamResampler::new(32_000, 44_100).unwrap();
+        let mut r = StreamResampler::new(32_000.0, rate_hz).unwrap();
         let mut out = Vec::new();
         // Odd piece sizes, as codec windows arrive.
         for piece in input.chunks(777) {
@@ -185,11 +286,16 @@ mod tests {
         }
         r.flush(&mut out);
         let delay = r.delay_frames();
-        assert!(out.len() >= 44_100 + delay, "{} < {}", out.len(), 44_100 + delay);
+        assert!(
+            out.len() >= 44_100 + delay,
+            "{rate_hz} Hz: {} < {}",
+            out.len(),
+            44_100 + delay
+        );
         // Fit a 440 Hz sinusoid at the output rate (the delay is fractional) and require
         // the rest to be at least 60 dB below it.
         let segment = &out[delay + 1_000..delay + 43_000];
-        let w = std::f64::consts::TAU * 440.0 / 44_100.0;
+        let w = std::f64::consts::TAU * 440.0 / rate_hz;
         let (mut a, mut b) = (0.0f64, 0.0f64);
         for (i, &x) in segment.iter().enumerate() {
             let t = (i + delay + 1_000) as f64 * w;
@@ -209,7 +315,7 @@ mod tests {
             / n;
         let amplitude = (a * a + b * b).sqrt();
         let snr_db = 10.0 * ((amplitude * amplitude / 2.0) / residual).log10();
-        assert!((amplitude - 1.0).abs() < 1e-2, "amplitude {amplitude}");
-        assert!(snr_db > 60.0, "signal-to-residual {snr_db:.1} dB");
+        assert!((amplitude - 1.0).abs() < 1e-2, "{rate_hz} Hz: amplitude {amplitude}");
+        assert!(snr_db > 60.0, "{rate_hz} Hz: signal-to-residual {snr_db:.1} dB");
     }
 }

@@ -45,7 +45,7 @@ fn an_hour_of_endless_stream_holds_no_more_memory_than_its_first_minutes() {
     let warm_up_minutes = 5.min(minutes / 2);
     let mut config = StreamConfig::new(PROMPTS[0]);
     config.seconds = None;
-    config.output_rate_hz = RATE_HZ;
+    config.output_rate_hz = f64::from(RATE_HZ);
     let (stream, mut consumer) = start(config).unwrap();
 
     let per_minute = u64::from(RATE_HZ) * 60;

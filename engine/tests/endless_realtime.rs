@@ -27,7 +27,7 @@ const PROMPTS: [&str; 4] = [
 fn two_minutes_at_real_time_pace_with_a_new_prompt_every_15_s_never_underrun() {
     let mut config = StreamConfig::new(PROMPTS[0]);
     config.seconds = Some(SECONDS);
-    config.output_rate_hz = RATE_HZ;
+    config.output_rate_hz = f64::from(RATE_HZ);
     config.window_seconds = 10.0;
     config.keep_seconds = 4.0;
     let buffer_samples = (config.buffer_seconds * f64::from(RATE_HZ)) as usize;
@@ -74,7 +74,9 @@ fn two_minutes_at_real_time_pace_with_a_new_prompt_every_15_s_never_underrun() {
     let seams = stream.status().seams();
     let expected: Vec<usize> = (500..6000).step_by(300).collect();
     assert_eq!(seams, expected);
-    let offset = StreamResampler::new(32_000, RATE_HZ).unwrap().delay_frames();
+    let offset = StreamResampler::new(32_000.0, f64::from(RATE_HZ))
+        .unwrap()
+        .delay_frames();
     let measured = measure_seams(&audio, RATE_HZ, 50.0, offset, &seams);
     assert_eq!(measured.len(), seams.len());
     println!("seam frame   jump ratio   flux ratio");

@@ -102,7 +102,7 @@ fn a_panic_in_either_thread_ends_that_stream_only_and_says_which() {
 fn dropping_a_stream_while_it_generates_or_waits_for_room_returns_promptly() {
     let model = tiny_model();
     let mut endless = StreamConfig::new("drone");
-    endless.output_rate_hz = 32_000;
+    endless.output_rate_hz = 32_000.0;
     endless.step_delay = Duration::from_millis(2);
     for wait_ms in [0, 50, 1_500] {
         let (stream, _consumer) = Stream::start(&model, endless.clone()).unwrap();

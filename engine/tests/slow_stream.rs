@@ -21,7 +21,7 @@ const STEP_DELAY: Duration = Duration::from_millis(40);
 fn slow_config(seconds: Option<f64>) -> StreamConfig {
     let mut config = StreamConfig::new("warm lo-fi piano");
     config.seconds = seconds;
-    config.output_rate_hz = RATE_HZ;
+    config.output_rate_hz = f64::from(RATE_HZ);
     config.step_delay = STEP_DELAY;
     config
 }

@@ -155,16 +155,16 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
         assert!(Instant::now() < deadline, "the stream did not reach frame 20 in 60 s");
         std::thread::sleep(Duration::from_millis(1));
     }
-    assert!(stream.set_output_rate(999).is_err(), "999 Hz is refused");
+    assert!(stream.set_output_rate(999.0).is_err(), "999 Hz is refused");
     let latency_32k = stream.latency_samples();
-    stream.set_output_rate(48_000).unwrap();
+    stream.set_output_rate(48_000.0).unwrap();
     assert!(
         stream.latency_samples() >= latency_32k * 3 / 2,
         "latency {} at 48 kHz, {latency_32k} at 32 kHz",
         stream.latency_samples()
     );
     let audio = drain(&stream, &mut consumer);
-    assert_eq!(stream.sample_rate_hz(), 48_000);
+    assert_eq!(stream.sample_rate_hz(), 48_000.0);
     // The full ring buffer held 32 kHz audio: it is skipped, not played at 48 kHz.
     assert!(stream.playback().samples_discarded() > 0);
     // Longer than all at 32 kHz, and no longer than all at 48 kHz plus the resampler's

@@ -12,7 +12,7 @@
 use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,7 +47,7 @@ pub enum Request {
     /// The host activated the plugin at this sample rate: the stream switches to it, and
     /// one starts if none runs, so that it fills its buffer and the first note plays at once.
     Activate {
-        rate_hz: u32,
+        rate_hz: f64,
     },
     /// Encode the last seconds of the sidechain input and continue the music from them.
     ContinueFromSidechain,
@@ -80,7 +80,7 @@ pub struct AudioLink {
     pub latency_samples: Arc<AtomicU32>,
     /// The output rate of the audio the stream queues now; the audio thread keeps quiet
     /// while it differs from the host's rate.
-    pub stream_rate_hz: Arc<AtomicU32>,
+    pub stream_rate_hz: Arc<AtomicU64>,
     pub transport: Arc<HostTransport>,
     /// The sidechain input, mono at the host's rate.
     pub sidechain: HeapProd<f32>,
@@ -98,7 +98,7 @@ impl Controller {
         let (audio_requests, audio_requests_rx) = HeapRb::<AudioRequest>::new(16).split();
         let (handoffs_tx, handoffs) = HeapRb::<Option<PlaybackConsumer>>::new(4).split();
         let latency_samples = Arc::new(AtomicU32::new(0));
-        let stream_rate_hz = Arc::new(AtomicU32::new(0));
+        let stream_rate_hz = Arc::new(AtomicU64::new(0));
         let transport = Arc::new(HostTransport::default());
         // Room for a second of audio at the highest rate: the controller drains it every few ms.
         let (sidechain, sidechain_rx) = HeapRb::<f32>::new(SIDECHAIN_QUEUE_SAMPLES).split();
@@ -127,7 +127,7 @@ impl Controller {
             pending: None,
             applied_prompt: String::new(),
             stream: None,
-            output_rate_hz: 48_000,
+            output_rate_hz: 48_000.0,
             applied: None,
             last_snapshot: Instant::now(),
         };
@@ -210,7 +210,7 @@ struct Worker {
     retired: HeapCons<PlaybackConsumer>,
     snapshot: Arc<Mutex<Snapshot>>,
     latency_samples: Arc<AtomicU32>,
-    stream_rate_hz: Arc<AtomicU32>,
+    stream_rate_hz: Arc<AtomicU64>,
     transport: Arc<HostTransport>,
     sidechain: HeapCons<f32>,
     /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate.
@@ -230,7 +230,7 @@ struct Worker {
     /// The prompt the stream was last conditioned on (tempo hint included).
     applied_prompt: String,
     stream: Option<Stream>,
-    output_rate_hz: u32,
+    output_rate_hz: f64,
     applied: Option<Applied>,
     last_snapshot: Instant,
 }
@@ -282,7 +282,8 @@ impl Worker {
                 self.latency_samples.store(stream.latency_samples(), Ordering::Relaxed);
                 // Release: the audio thread that sees the new rate also sees the old audio
                 // retracted (the stream published both in that order).
-                self.stream_rate_hz.store(stream.sample_rate_hz(), Ordering::Release);
+                self.stream_rate_hz
+                    .store(stream.sample_rate_hz().to_bits(), Ordering::Release);
             }
             self.apply_parameters();
             if self.last_snapshot.elapsed() >= SNAPSHOT_EVERY {
@@ -502,7 +503,7 @@ impl Worker {
     fn keep_sidechain(&mut self) {
         let history = &mut self.sidechain_history;
         history.extend(self.sidechain.pop_iter());
-        let keep = (SIDECHAIN_SECONDS * f64::from(self.output_rate_hz)) as usize;
+        let keep = (SIDECHAIN_SECONDS * self.output_rate_hz) as usize;
         let excess = history.len().saturating_sub(keep);
         history.drain(..excess);
     }
@@ -522,7 +523,7 @@ impl Worker {
             return Err(PluginError::NoKeptContext);
         }
         let rate_hz = self.output_rate_hz;
-        let wanted = ((seconds * f64::from(rate_hz)) as usize).min(self.sidechain_history.len());
+        let wanted = ((seconds * rate_hz) as usize).min(self.sidechain_history.len());
         let audio: Vec<f32> = self
             .sidechain_history
             .iter()
@@ -533,7 +534,7 @@ impl Worker {
         if audio.is_empty() || rms < 1e-4 {
             return Err(PluginError::SilentSidechain {
                 rms,
-                seconds: audio.len() as f64 / f64::from(rate_hz),
+                seconds: audio.len() as f64 / rate_hz,
             });
         }
         let Some((_, model)) = &self.model else {
@@ -573,7 +574,7 @@ impl Worker {
         self.set_state("stopped: play a note or press Generate".into(), None);
     }
 
-    fn set_output_rate(&mut self, rate_hz: u32) {
+    fn set_output_rate(&mut self, rate_hz: f64) {
         let changed = rate_hz != self.output_rate_hz;
         self.output_rate_hz = rate_hz;
         if changed

@@ -43,7 +43,7 @@ pub struct MusicGenLive {
     latency_samples: u32,
     start_requested: bool,
     /// The host's sample rate, from `activate`.
-    rate_hz: u32,
+    rate_hz: f64,
 }
 
 impl Default for MusicGenLive {
@@ -62,7 +62,7 @@ impl Default for MusicGenLive {
             gate_step: 1.0 / (GATE_FADE_S * 48_000.0),
             latency_samples: 0,
             start_requested: false,
-            rate_hz: 0,
+            rate_hz: 0.0,
         }
     }
 }
@@ -176,8 +176,8 @@ impl Plugin for MusicGenLive {
         buffer_config: &BufferConfig,
         _context: &mut impl ActivateContext<Self>,
     ) -> bool {
-        let rate_hz = buffer_config.sample_rate.round() as u32;
-        if !musicgen_engine::SUPPORTED_RATES_HZ.contains(&rate_hz) {
+        let rate_hz = f64::from(buffer_config.sample_rate);
+        if !musicgen_engine::is_supported_rate(rate_hz) {
             nice_error!("MusicGen Live cannot run at {rate_hz} Hz");
             return false;
         }
@@ -220,7 +220,8 @@ impl Plugin for MusicGenLive {
         let frames = buffer.samples();
         let mono = &mut self.scratch[..frames];
         // After a rate change, the queued audio is at the old rate until the stream switches.
-        let audible = (open || self.gate > 0.0) && self.link.stream_rate_hz.load(Ordering::Acquire) == self.rate_hz;
+        let audible = (open || self.gate > 0.0)
+            && f64::from_bits(self.link.stream_rate_hz.load(Ordering::Acquire)) == self.rate_hz;
         match (&mut self.consumer, audible) {
             (Some(consumer), true) => {
                 consumer.pop(mono);

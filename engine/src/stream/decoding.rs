@@ -3,7 +3,7 @@
 //! delivers and holding playback until a slow stream's buffer will last.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
@@ -76,7 +76,7 @@ pub(super) struct DecodingLoop {
     resampler: StreamResampler,
     /// Resamplers for new output rates, from [`Stream::set_output_rate`].
     resamplers: Receiver<StreamResampler>,
-    output_rate_hz: Arc<AtomicU32>,
+    output_rate_hz: Arc<AtomicU64>,
     producer: PlaybackProducer,
     /// Frames from the generation thread.
     from_generation: Receiver<CodecInput>,
@@ -120,7 +120,7 @@ impl DecodingLoop {
             ahead_seconds: config.buffer_ahead_seconds,
             fill_seconds: config.buffer_seconds,
         };
-        let capacity = (buffer_ahead.capacity_seconds() * f64::from(config.output_rate_hz)).ceil() as usize;
+        let capacity = (buffer_ahead.capacity_seconds() * config.output_rate_hz).ceil() as usize;
         let (producer, consumer) = playback_channel(capacity.max(1024));
         let codec_rate_hz = resampler.input_rate_hz();
         let decoding = Self {
@@ -215,7 +215,7 @@ impl DecodingLoop {
         }
         let mut offset = 0;
         while offset < resampled.len() {
-            let rate_hz = f64::from(self.resampler.output_rate_hz());
+            let rate_hz = self.resampler.output_rate_hz();
             let threshold = self.update_start_threshold(rate_hz);
             // Queue what the listener's wait needs, or the usual lead when none.
             let fill = (self.buffer_ahead.fill_seconds * rate_hz) as usize;
@@ -280,7 +280,7 @@ impl DecodingLoop {
         self.producer.discard_queued();
         // After the discard: whoever sees the new rate also sees the old audio retracted.
         self.output_rate_hz
-            .store(self.resampler.output_rate_hz(), Ordering::Release);
+            .store(self.resampler.output_rate_hz().to_bits(), Ordering::Release);
         true
     }
 }

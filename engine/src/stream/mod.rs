@@ -24,7 +24,7 @@ use generation::{GenerationLinks, GenerationLoop};
 pub use status::{RECENT_FRAMES, Readiness, StreamStatus};
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -92,7 +92,7 @@ pub struct StreamConfig {
     /// prompt to the music under the new one (0: the change cuts in). Both are generated
     /// and decoded over the fade.
     pub prompt_crossfade_seconds: f64,
-    pub output_rate_hz: u32,
+    pub output_rate_hz: f64,
     /// Audio the codec thread queues ahead of playback, in seconds at the output rate,
     /// when the stream keeps up: more survives longer hiccups, less hears prompt changes
     /// sooner.
@@ -177,7 +177,7 @@ impl StreamConfig {
             play_continued: true,
             prompt_crossfade_seconds: 0.0,
             block_dc: true,
-            output_rate_hz: 48_000,
+            output_rate_hz: 48_000.0,
             buffer_seconds: 2.0,
             buffer_ahead_seconds: None,
             step_delay: Duration::ZERO,
@@ -218,7 +218,7 @@ pub struct Stream {
     playback: Arc<PlaybackStats>,
     /// The rate of the audio the codec thread queues now; it follows
     /// [`Stream::set_output_rate`] once the codec thread has switched.
-    output_rate_hz: Arc<AtomicU32>,
+    output_rate_hz: Arc<AtomicU64>,
     resamplers: Sender<StreamResampler>,
     latency: Latency,
     latency_samples: AtomicU32,
@@ -248,7 +248,7 @@ impl Stream {
         let pattern = model.pattern(window.window_frames);
         pattern.require_streamable()?;
         let codec = model.streaming_codec(config.codec_window);
-        let resampler = StreamResampler::new(manifest.sample_rate_hz, config.output_rate_hz)?;
+        let resampler = StreamResampler::new(f64::from(manifest.sample_rate_hz), config.output_rate_hz)?;
         let latency = Latency {
             frames: pattern.frame_lag_steps() + codec.latency_frames(),
             samples_per_frame: manifest.samples_per_frame,
@@ -261,7 +261,7 @@ impl Stream {
             status: Arc::default(),
             stop: Arc::default(),
             codes: Arc::default(),
-            output_rate_hz: Arc::new(AtomicU32::new(config.output_rate_hz)),
+            output_rate_hz: Arc::new(AtomicU64::new(config.output_rate_hz.to_bits())),
             started: Instant::now(),
             codec_latency_frames: codec.latency_frames(),
         };
@@ -317,15 +317,15 @@ impl Stream {
     /// The output rate of the audio being queued now. After [`Stream::set_output_rate`] it
     /// changes once the codec thread has switched, and by then the consumer skips what was
     /// queued at the old rate.
-    pub fn sample_rate_hz(&self) -> u32 {
-        self.output_rate_hz.load(Ordering::Acquire)
+    pub fn sample_rate_hz(&self) -> f64 {
+        f64::from_bits(self.output_rate_hz.load(Ordering::Acquire))
     }
 
     /// Changes the output rate: the codec thread takes a new resampler before its next
     /// samples and retracts the audio it queued at the old rate (the consumer skips it);
     /// the model and the generation go on untouched.
-    pub fn set_output_rate(&self, rate_hz: u32) -> Result<(), StreamError> {
-        let resampler = StreamResampler::new(self.latency.codec_rate_hz, rate_hz)?;
+    pub fn set_output_rate(&self, rate_hz: f64) -> Result<(), StreamError> {
+        let resampler = StreamResampler::new(f64::from(self.latency.codec_rate_hz), rate_hz)?;
         let latency_samples = self.latency.samples(rate_hz, resampler.delay_frames());
         self.latency_samples.store(latency_samples, Ordering::Relaxed);
         // The codec thread ends only with the stream; a send to it cannot fail before.
@@ -346,7 +346,7 @@ impl Stream {
 
     /// The play head, in the stream's frames: the frame whose audio plays now.
     pub fn frames_played(&self) -> f64 {
-        let played = self.playback.samples_played() as f64 * self.frame_rate_hz / f64::from(self.sample_rate_hz());
+        let played = self.playback.samples_played() as f64 * self.frame_rate_hz / self.sample_rate_hz();
         self.first_played_frame as f64 + played
     }
 
@@ -356,7 +356,7 @@ impl Stream {
         let threshold = self.playback.start_threshold();
         let delivery_factor = self.status.delivery_factor();
         if self.playback.is_holding() && queued < threshold && !self.status.is_finished() {
-            let missing_seconds = (threshold - queued) as f64 / f64::from(self.sample_rate_hz());
+            let missing_seconds = (threshold - queued) as f64 / self.sample_rate_hz();
             let ready_in_seconds = (delivery_factor > 0.0).then(|| missing_seconds / f64::from(delivery_factor));
             Readiness::Waiting { ready_in_seconds }
         } else {
@@ -366,7 +366,7 @@ impl Stream {
 
     /// Audio waiting in the ring buffer, in seconds at the output rate.
     pub fn seconds_buffered(&self) -> f64 {
-        self.playback.samples_queued() as f64 / f64::from(self.sample_rate_hz())
+        self.playback.samples_queued() as f64 / self.sample_rate_hz()
     }
 
     /// The model this stream plays.
@@ -398,7 +398,7 @@ struct Shared {
     /// The generated codes, once generation has ended.
     codes: Arc<Mutex<Option<CodeGrid>>>,
     /// The rate of the audio the codec thread queues now.
-    output_rate_hz: Arc<AtomicU32>,
+    output_rate_hz: Arc<AtomicU64>,
     /// When the stream started: first audio is timed from here.
     started: Instant,
     /// Frames between a frame's completion and its audio.
@@ -426,10 +426,10 @@ struct Latency {
 }
 
 impl Latency {
-    fn samples(&self, output_rate_hz: u32, resampler_delay_frames: usize) -> u32 {
-        let codec_samples = (self.frames * self.samples_per_frame) as u64;
-        let output_samples = codec_samples * u64::from(output_rate_hz) / u64::from(self.codec_rate_hz);
-        (output_samples + resampler_delay_frames as u64) as u32
+    fn samples(&self, output_rate_hz: f64, resampler_delay_frames: usize) -> u32 {
+        let codec_samples = (self.frames * self.samples_per_frame) as f64;
+        let output_samples = (codec_samples * output_rate_hz / f64::from(self.codec_rate_hz)).floor();
+        output_samples as u32 + resampler_delay_frames as u32
     }
 }
 

@@ -42,7 +42,7 @@ pub fn start(config: StreamConfig) -> Result<(Stream, PlaybackConsumer), StreamE
 pub fn config(prompt: &str, frames: usize) -> StreamConfig {
     let mut config = StreamConfig::new(prompt);
     config.seconds = Some(frames as f64 / 50.0);
-    config.output_rate_hz = 32_000;
+    config.output_rate_hz = 32_000.0;
     config
 }
 
