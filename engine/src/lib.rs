@@ -14,6 +14,7 @@
 mod bundle;
 mod codec;
 mod conditioning;
+mod cuda;
 mod dc_blocker;
 mod decoder;
 mod generator;
@@ -30,6 +31,7 @@ mod window;
 pub use bundle::{Bundle, BundleError, Manifest, find_tiny_bundle};
 pub use codec::{CodecError, CodecWindow, StreamingCodec};
 pub use conditioning::{ConditioningError, CrossAttention};
+pub use cuda::CudaReadiness;
 pub use decoder::{Decoder, DecoderError, KvCache};
 pub use model::{Model, ModelError, ModelOptions};
 pub use pattern::{CodeGrid, Coord, Delays, Pattern, PatternError, PatternKind};

@@ -13,6 +13,8 @@ use std::sync::{Mutex, OnceLock};
 
 use ort::environment::Environment;
 
+use crate::cuda::CudaReadiness;
+
 /// The command that puts a development copy of the library where [`Runtime::init`] looks.
 pub(crate) const FETCH_COMMAND: &str = "cargo xtask ort";
 
@@ -100,6 +102,12 @@ pub(crate) fn session_builder(
             .map_err(ort::Error::<()>::from)?
             .with_intra_threads(threads)
             .map_err(ort::Error::<()>::from)?;
+        if provider == ExecutionProvider::Cuda
+            && let Some(reason) = &runtime.cuda_readiness().unavailable
+        {
+            passed_over.push(format!("cuda unavailable: {reason}"));
+            continue;
+        }
         let dispatch = match provider.dispatch() {
             Ok(Some(dispatch)) => dispatch,
             Ok(None) => {
@@ -227,6 +235,12 @@ impl Runtime {
         &self.environment
     }
 
+    /// CUDA's libraries beside this library, loaded once, and why the CUDA provider
+    /// cannot start here if it cannot.
+    pub fn cuda_readiness(&self) -> &'static CudaReadiness {
+        crate::cuda::readiness(&self.library_path)
+    }
+
     /// The version the library reports, e.g. `1.31.1`.
     pub fn version(&self) -> &str {
         &self.version
@@ -277,7 +291,7 @@ fn library_version(path: &Path) -> Result<String, RuntimeError> {
     };
     // SAFETY: loading runs the library's initialisers; ONNX Runtime's are safe to run, and
     // the same file is loaded by `ort` right after.
-    let library = unsafe { libloading::Library::new(path) }.map_err(|e| load_error(e.to_string()))?;
+    let library = unsafe { libloading::Library::new(path) }.map_err(|e| load_error(loader_error(&e)))?;
     // SAFETY: the symbol has this signature in every ONNX Runtime release.
     let get_base: libloading::Symbol<unsafe extern "C" fn() -> *const ort::sys::OrtApiBase> =
         unsafe { library.get(b"OrtGetApiBase") }
@@ -298,6 +312,15 @@ fn library_version(path: &Path) -> Result<String, RuntimeError> {
         )));
     }
     Ok(version)
+}
+
+/// The dynamic loader's own words: libloading's message alone is "dlopen failed", its
+/// source says which file was missing.
+pub(crate) fn loader_error(error: &libloading::Error) -> String {
+    match std::error::Error::source(error) {
+        Some(source) => format!("{error}: {source}"),
+        None => error.to_string(),
+    }
 }
 
 /// Every place [`Runtime::init`] looks, in order.

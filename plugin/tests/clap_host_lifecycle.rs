@@ -14,12 +14,6 @@ use host::*;
 const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
 
-fn threads_alive() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count())
-        .unwrap_or(0)
-}
-
 fn activate(instance: &mut PluginInstance<TestHost>) -> StoppedPluginAudioProcessor<TestHost> {
     let config = PluginAudioConfiguration {
         sample_rate: f64::from(RATE_HZ),

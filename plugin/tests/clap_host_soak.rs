@@ -34,12 +34,6 @@ fn soak_minutes() -> f64 {
         .unwrap_or(3.0)
 }
 
-fn threads_alive() -> usize {
-    std::fs::read_dir("/proc/self/task")
-        .map(|tasks| tasks.count())
-        .unwrap_or(0)
-}
-
 /// What the audio thread measures, read by the main thread each minute.
 #[derive(Default)]
 struct Measures {
@@ -73,6 +67,120 @@ fn next_random(state: &mut u64) -> f64 {
     (*state >> 11) as f64 / (1u64 << 53) as f64
 }
 
+/// The musician's side of each block at `rate_hz`: a note held from the start, another
+/// struck every 2 s and released a second later, and one sampling parameter moved.
+fn musician(rate_hz: u32, automated: &[Parameter]) -> impl FnMut(usize, usize, &mut EventBuffer) + Send + '_ {
+    let every = (2.0 * f64::from(rate_hz)) as usize;
+    let (held, struck) = (Pckn::new(0u16, 0u16, 60u16, 0u32), Pckn::new(0u16, 0u16, 67u16, 0u32));
+    let mut random = 0x2545_F491_4F6C_DD1Du64;
+    move |done: usize, frames: usize, events: &mut EventBuffer| {
+        if done == 0 {
+            events.push(&NoteOnEvent::new(0, held, 1.0));
+        }
+        let strike = done.next_multiple_of(every);
+        if strike < done + frames {
+            events.push(&NoteOnEvent::new((strike - done) as u32, struck, 0.8));
+        }
+        let release = (done + every / 2).next_multiple_of(every) - every / 2;
+        if (done..done + frames).contains(&release) {
+            events.push(&NoteOffEvent::new((release - done) as u32, struck, 0.0));
+        }
+        let parameter = &automated[(next_random(&mut random) * automated.len() as f64) as usize % automated.len()];
+        let value = parameter.at(0.2 + 0.6 * next_random(&mut random));
+        events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), value));
+    }
+}
+
+/// The audio thread's measures of each block at `rate_hz`, after `played_before_s`.
+fn measuring(
+    measures: Arc<Mutex<Measures>>,
+    rate_hz: u32,
+    played_before_s: f64,
+) -> impl FnMut(&BlockOutput<'_>) + Send {
+    let block_duration = Duration::from_secs_f64(BLOCK as f64 / f64::from(rate_hz));
+    move |block: &BlockOutput<'_>| {
+        let mut m = measures.lock().unwrap();
+        m.blocks += 1;
+        m.callback_total += block.callback;
+        m.callback_max = m.callback_max.max(block.callback);
+        m.block_duration = block_duration;
+        let phase_s = block.done as f64 / f64::from(rate_hz);
+        m.played_s = played_before_s + phase_s;
+        if phase_s >= WARM_UP_S && block.left.iter().all(|&s| s == 0.0) {
+            m.underruns += 1;
+        }
+    }
+}
+
+/// The main thread's side: a prompt change every 15 s, a report line every minute.
+struct Conductor {
+    measures: Arc<Mutex<Measures>>,
+    prompts_sent: usize,
+    report: Vec<Minute>,
+}
+
+impl Conductor {
+    fn at(&mut self, instance: &mut PluginInstance<TestHost>, played_s: f64) {
+        if played_s >= (self.prompts_sent + 1) as f64 * PROMPT_EVERY_S {
+            self.prompts_sent += 1;
+            let mut state = save(instance);
+            let prompt = PROMPTS[self.prompts_sent % PROMPTS.len()];
+            state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
+            restore(instance, &state);
+        }
+        if played_s >= (self.report.len() + 1) as f64 * 60.0 {
+            let m = self.measures.lock().unwrap();
+            let (max_share, mean_share) = m.callback_shares();
+            let minute = Minute {
+                rss_mb: resident_mb().unwrap_or(0.0),
+                threads: threads_alive(),
+            };
+            println!(
+                "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}%",
+                self.report.len() + 1,
+                m.underruns,
+                minute.rss_mb,
+                minute.threads,
+                100.0 * max_share,
+                100.0 * mean_share
+            );
+            self.report.push(minute);
+        }
+    }
+
+    /// The summary, and the soak's limits: no underrun after warm-up, memory flat within
+    /// 5% from the first minute, no more threads than then.
+    fn finish(&self) {
+        let m = self.measures.lock().unwrap();
+        let (max_share, mean_share) = m.callback_shares();
+        println!(
+            "soak: {:.0} s played, {} prompt changes, {} underruns after warm-up, callback max {:.2}% and mean {:.3}% of a block",
+            m.played_s,
+            self.prompts_sent,
+            m.underruns,
+            100.0 * max_share,
+            100.0 * mean_share
+        );
+        assert_eq!(m.underruns, 0, "underruns after warm-up");
+        let (first, last) = (
+            self.report.first().expect("a minute was reported"),
+            self.report.last().unwrap(),
+        );
+        assert!(
+            last.rss_mb <= first.rss_mb * 1.05,
+            "resident memory grew from {:.1} MB after the first minute to {:.1} MB",
+            first.rss_mb,
+            last.rss_mb
+        );
+        assert!(
+            last.threads <= first.threads,
+            "threads went from {} to {}",
+            first.threads,
+            last.threads
+        );
+    }
+}
+
 #[test]
 fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
     let minutes = soak_minutes();
@@ -83,85 +191,26 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
         .collect();
     assert_eq!(automated.len(), 4, "the sampling parameters are listed");
     let measures = Arc::new(Mutex::new(Measures::default()));
-    let mut report: Vec<Minute> = Vec::new();
-    let mut prompts_sent = 0usize;
-    let mut random = 0x2545_F491_4F6C_DD1Du64;
+    let mut conductor = Conductor {
+        measures: Arc::clone(&measures),
+        prompts_sent: 0,
+        report: Vec::new(),
+    };
     let phase_s = minutes * 60.0 / RATES_HZ.len() as f64;
-    let mut played_before_s = 0.0;
     println!("soak: {minutes} min, {phase_s:.0} s at each of {RATES_HZ:?} Hz, blocks of {BLOCK}");
     println!("minute | underruns | RSS MB | threads | callback max | callback mean");
-    for rate_hz in RATES_HZ {
+    for (phase, rate_hz) in RATES_HZ.into_iter().enumerate() {
+        let played_before_s = phase as f64 * phase_s;
         let config = PluginAudioConfiguration {
             sample_rate: f64::from(rate_hz),
             min_frames_count: 1,
             max_frames_count: BLOCK as u32,
         };
         let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
-        let samples = |seconds: f64| (seconds * f64::from(rate_hz)) as usize;
-        let (held, struck) = (Pckn::new(0u16, 0u16, 60u16, 0u32), Pckn::new(0u16, 0u16, 67u16, 0u32));
-        let mut events = |done: usize, frames: usize, events: &mut EventBuffer| {
-            if done == 0 {
-                events.push(&NoteOnEvent::new(0, held, 1.0));
-            }
-            let every = samples(2.0);
-            let strike = done.next_multiple_of(every);
-            if strike < done + frames {
-                events.push(&NoteOnEvent::new((strike - done) as u32, struck, 0.8));
-            }
-            let release = (done + every / 2).next_multiple_of(every) - every / 2;
-            if (done..done + frames).contains(&release) {
-                events.push(&NoteOffEvent::new((release - done) as u32, struck, 0.0));
-            }
-            let parameter = &automated[(next_random(&mut random) * 4.0) as usize % 4];
-            let value = parameter.at(0.2 + 0.6 * next_random(&mut random));
-            events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), value));
-        };
-        let block_duration = Duration::from_secs_f64(BLOCK as f64 / f64::from(rate_hz));
-        let sink_measures = Arc::clone(&measures);
-        let mut sink = move |block: &BlockOutput<'_>| {
-            let mut m = sink_measures.lock().unwrap();
-            m.blocks += 1;
-            m.callback_total += block.callback;
-            m.callback_max = m.callback_max.max(block.callback);
-            m.block_duration = block_duration;
-            m.played_s = played_before_s + block.done as f64 / f64::from(rate_hz);
-            let warm = block.done as f64 / f64::from(rate_hz) >= WARM_UP_S;
-            if warm && block.left.iter().all(|&s| s == 0.0) {
-                m.underruns += 1;
-            }
-        };
-        let mut every_minute = |instance: &mut PluginInstance<TestHost>, played: usize| {
-            let played_s = played_before_s + played as f64 / f64::from(rate_hz);
-            if played_s >= (prompts_sent + 1) as f64 * PROMPT_EVERY_S {
-                prompts_sent += 1;
-                let mut state = save(instance);
-                let prompt = PROMPTS[prompts_sent % PROMPTS.len()];
-                state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
-                restore(instance, &state);
-            }
-            if played_s >= (report.len() + 1) as f64 * 60.0 {
-                let m = measures.lock().unwrap();
-                let (max_share, mean_share) = m.callback_shares();
-                let minute = Minute {
-                    rss_mb: resident_mb().unwrap_or(0.0),
-                    threads: threads_alive(),
-                };
-                println!(
-                    "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}%",
-                    report.len() + 1,
-                    m.underruns,
-                    minute.rss_mb,
-                    minute.threads,
-                    100.0 * max_share,
-                    100.0 * mean_share
-                );
-                report.push(minute);
-            }
-        };
         let performance = Performance {
             rate_hz,
             block: BLOCK,
-            total: samples(phase_s),
+            total: (phase_s * f64::from(rate_hz)) as usize,
             transport: false,
             real_time: true,
         };
@@ -169,36 +218,11 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
             &mut instance,
             processor,
             &performance,
-            &mut events,
-            &mut sink,
-            &mut every_minute,
+            &mut musician(rate_hz, &automated),
+            &mut measuring(Arc::clone(&measures), rate_hz, played_before_s),
+            &mut |instance, played| conductor.at(instance, played_before_s + played as f64 / f64::from(rate_hz)),
         );
         instance.deactivate(processor);
-        played_before_s += phase_s;
     }
-
-    let m = measures.lock().unwrap();
-    let (max_share, mean_share) = m.callback_shares();
-    println!(
-        "soak: {:.0} s played, {} prompt changes, {} underruns after warm-up, callback max {:.2}% and mean {:.3}% of a block",
-        m.played_s,
-        prompts_sent,
-        m.underruns,
-        100.0 * max_share,
-        100.0 * mean_share
-    );
-    assert_eq!(m.underruns, 0, "underruns after warm-up");
-    let (first, last) = (report.first().expect("a minute was reported"), report.last().unwrap());
-    assert!(
-        last.rss_mb <= first.rss_mb * 1.05,
-        "resident memory grew from {:.1} MB after the first minute to {:.1} MB",
-        first.rss_mb,
-        last.rss_mb
-    );
-    assert!(
-        last.threads <= first.threads,
-        "threads went from {} to {}",
-        first.threads,
-        last.threads
-    );
+    conductor.finish();
 }

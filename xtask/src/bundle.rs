@@ -17,9 +17,12 @@ const BUNDLE_NAME: &str = "MusicGen Live";
 /// `controller::resources_dir` reads the same name).
 const RESOURCES: &str = "musicgen-live";
 
-pub fn bundle(root: &Path, args: Vec<String>) -> Result<()> {
+/// `args` go to nice-plug's bundler, less `--provider cpu|cuda|directml`: the ONNX
+/// Runtime build (with CUDA's libraries, for cuda) the bundles carry.
+pub fn bundle(root: &Path, mut args: Vec<String>) -> Result<()> {
     system::ensure_build_prerequisites()?;
-    let library = ort::ensure(root, ort::Provider::Cpu)?;
+    let provider = take_provider(&mut args)?;
+    let library = ort::ensure(root, provider)?;
     let release = args.iter().any(|a| a == "--release");
     nice_plug_xtask::chdir_workspace_root()?;
     nice_plug_xtask::main_with_args("cargo xtask", std::iter::once("bundle".to_owned()).chain(args))?;
@@ -30,6 +33,10 @@ pub fn bundle(root: &Path, args: Vec<String>) -> Result<()> {
             strip_debug_info(&dir)?;
         }
         let resources = dir.join(RESOURCES);
+        // A bundle made for another provider before leaves its libraries here.
+        if resources.exists() {
+            fs::remove_dir_all(&resources)?;
+        }
         copy_runtime(library.parent().expect("the library is in a folder"), &resources)?;
         copy_tree(
             &root.join("models").join("tiny"),
@@ -85,11 +92,33 @@ fn strip_debug_info(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Takes `--provider NAME` (or `--provider=NAME`) out of the bundler's arguments.
+fn take_provider(args: &mut Vec<String>) -> Result<ort::Provider> {
+    use clap::ValueEnum;
+
+    let Some(at) = args
+        .iter()
+        .position(|a| a == "--provider" || a.starts_with("--provider="))
+    else {
+        return Ok(ort::Provider::Cpu);
+    };
+    let flag = args.remove(at);
+    let name = match flag.strip_prefix("--provider=") {
+        Some(name) => name.to_owned(),
+        None if at < args.len() => args.remove(at),
+        None => bail!("--provider needs a value: cpu, cuda or directml"),
+    };
+    ort::Provider::from_str(&name, true)
+        .map_err(|_| anyhow::anyhow!("unknown provider `{name}`; use cpu, cuda or directml"))
+}
+
+/// Copies the runtime's shared libraries (ONNX Runtime's, and CUDA's for a CUDA build).
 fn copy_runtime(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to)?;
     for entry in fs::read_dir(from).with_context(|| format!("reading {}", from.display()))? {
         let path = entry?.path();
-        if path.is_file() {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if path.is_file() && (name.contains(".so") || name.ends_with(".dll") || name.ends_with(".dylib")) {
             fs::copy(&path, to.join(path.file_name().expect("a file has a name")))?;
         }
     }

@@ -37,7 +37,8 @@ enum Task {
     },
     /// Build the VST3 and CLAP bundles into target/bundled/ with the ONNX Runtime library
     /// and the tiny model inside (arguments go to nice-plug's bundler, e.g.
-    /// `musicgen-plugin --release`).
+    /// `musicgen-plugin --release`; `--provider cuda` bundles the CUDA build with CUDA's
+    /// libraries).
     Bundle {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
@@ -156,7 +157,8 @@ fn test(root: &Path) -> Result<()> {
         ("system packages", &system::ensure_build_prerequisites),
         ("ONNX Runtime", &|| {
             ort::ensure(root, ort::Provider::Cpu)?;
-            ort::ensure_too_old(root).map(|_| ())
+            ort::ensure_too_old(root)?;
+            ort::ensure_cuda_check(root).map(|_| ())
         }),
         ("cargo fmt --check", &|| cargo(root, &["fmt", "--all", "--check"])),
         ("cargo clippy", &|| {

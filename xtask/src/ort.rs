@@ -19,6 +19,11 @@ const TOO_OLD_VERSION: &str = "1.20.1";
 /// Where the tests find the too-old release (the engine's `old_runtime` test).
 const TOO_OLD_FOLDER: &str = "too-old";
 
+/// Where `cargo xtask test` puts the CUDA build and CUDA's libraries for the engine's
+/// `cuda_libraries` test: outside `target/onnxruntime/`, so that the other tests keep
+/// running on the CPU build the engine finds there.
+const CUDA_CHECK_FOLDER: &str = "onnxruntime-cuda-check";
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Provider {
     Cpu,
@@ -59,8 +64,10 @@ fn library_dir(root: &Path, provider: Provider) -> PathBuf {
 
 /// Fetches the library unless the development copy is already there.
 pub fn ensure(root: &Path, provider: Provider) -> Result<PathBuf> {
-    let library = library_dir(root, provider).join(library_file_name());
-    if library.is_file() {
+    let dir = library_dir(root, provider);
+    let library = dir.join(library_file_name());
+    let complete = provider != Provider::Cuda || dir.join(CUDA_STAMP).is_file();
+    if library.is_file() && complete {
         return Ok(library);
     }
     fetch(root, provider)
@@ -77,8 +84,18 @@ pub fn ensure_too_old(root: &Path) -> Result<PathBuf> {
     fetch_release(root, Provider::Cpu, TOO_OLD_VERSION, &out)
 }
 
+/// Fetches (once) the CUDA build with CUDA's libraries into `target/onnxruntime-cuda-check/`.
+pub fn ensure_cuda_check(root: &Path) -> Result<PathBuf> {
+    let out = root.join("target").join(CUDA_CHECK_FOLDER);
+    let library = out.join(library_file_name());
+    if library.is_file() && out.join(CUDA_STAMP).is_file() {
+        return Ok(library);
+    }
+    fetch_release(root, Provider::Cuda, ORT_VERSION, &out)
+}
+
 /// Downloads the provider's wheel for this platform with pip and unpacks its shared
-/// libraries to `target/onnxruntime/<provider>/`.
+/// libraries to `target/onnxruntime/<provider>/` (for CUDA, with CUDA's own libraries).
 pub fn fetch(root: &Path, provider: Provider) -> Result<PathBuf> {
     fetch_release(root, provider, ORT_VERSION, &library_dir(root, provider))
 }
@@ -107,12 +124,79 @@ fn fetch_release(root: &Path, provider: Provider, version: &str, out: &Path) -> 
     .with_context(|| format!("pip could not download {requirement}; it needs python3 with pip and access to PyPI"))?;
     let wheel = find_wheel(&wheels, provider, version)?;
     let library = unpack_libraries(&wheel, out)?;
+    if provider == Provider::Cuda {
+        fetch_cuda_libraries(&wheels, &requirement, out)?;
+    }
     println!(
         "ONNX Runtime {version} ({}) ready: {}",
         provider.folder(),
         library.display()
     );
     Ok(library)
+}
+
+/// Written once CUDA's libraries are unpacked, so that a fetch cut short is done again.
+const CUDA_STAMP: &str = "cuda-libraries.unpacked";
+
+/// Downloads the `nvidia-*` wheels that the onnxruntime-gpu release names in its `cuda` and
+/// `cudnn` extras (pip resolves their own dependencies, such as cuBLAS), unpacks their
+/// shared libraries beside ONNX Runtime in `out`, and deletes the wheels (1.6 GB).
+fn fetch_cuda_libraries(wheels: &Path, requirement: &str, out: &Path) -> Result<()> {
+    let with_extras = requirement.replacen("==", "[cuda,cudnn]==", 1);
+    crate::system::ensure_free_disk(out, 5 << 30, "CUDA's libraries (wheels and unpacked)")?;
+    println!("fetching CUDA's libraries for {with_extras} from PyPI with pip (about 1.6 GB) ...");
+    run(Command::new("python3")
+        .args(["-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest"])
+        .arg(wheels)
+        .arg(&with_extras))
+    .with_context(|| format!("pip could not download {with_extras}"))?;
+    let mut unpacked = 0;
+    for entry in fs::read_dir(wheels)? {
+        let path = entry?.path();
+        let is_nvidia = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("nvidia_") && n.ends_with(".whl"));
+        if !is_nvidia {
+            continue;
+        }
+        unpacked += unpack_nvidia_libraries(&path, out)?;
+        fs::remove_file(&path)?;
+    }
+    if unpacked == 0 {
+        bail!(
+            "pip downloaded no nvidia-* wheel for {with_extras} into {}",
+            wheels.display()
+        );
+    }
+    fs::write(out.join(CUDA_STAMP), format!("{unpacked} libraries\n"))?;
+    println!("unpacked {unpacked} CUDA libraries into {}", out.display());
+    Ok(())
+}
+
+/// Copies `nvidia/<part>/lib/*.so*` (or `bin/*.dll`) out of one NVIDIA wheel.
+fn unpack_nvidia_libraries(wheel: &Path, out: &Path) -> Result<usize> {
+    let file = fs::File::open(wheel).with_context(|| format!("opening {}", wheel.display()))?;
+    let mut archive = zip::ZipArchive::new(file).with_context(|| format!("reading {}", wheel.display()))?;
+    let mut count = 0;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i)?;
+        let entry_name = entry.name()?.into_owned();
+        let mut parts = entry_name.split('/');
+        let (Some("nvidia"), Some(_), Some("lib" | "bin"), Some(name), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            continue;
+        };
+        if !is_native_library(name) {
+            continue;
+        }
+        let target = out.join(name);
+        let mut dest = fs::File::create(&target).with_context(|| format!("writing {}", target.display()))?;
+        io::copy(&mut entry, &mut dest)?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 fn find_wheel(dir: &Path, provider: Provider, version: &str) -> Result<PathBuf> {

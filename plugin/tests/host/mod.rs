@@ -462,6 +462,13 @@ pub fn persisted_prompt(state: &serde_json::Value) -> String {
     serde_json::from_str(field).expect("the prompt field is a JSON string")
 }
 
+/// Threads alive in this process, where the system tells it (Linux).
+pub fn threads_alive() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .map(|tasks| tasks.count())
+        .unwrap_or(0)
+}
+
 /// This process's resident memory in MB, where the system tells it (Linux).
 pub fn resident_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
