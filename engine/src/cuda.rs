@@ -9,8 +9,15 @@ use std::sync::OnceLock;
 
 use crate::runtime::loader_error;
 
-/// The CUDA provider's library in an ONNX Runtime GPU build.
-const PROVIDER_LIBRARY: &str = "libonnxruntime_providers_cuda.so";
+/// The CUDA provider's library in an ONNX Runtime GPU build, in the platform's naming
+/// (`libonnxruntime_providers_cuda.so`, `onnxruntime_providers_cuda.dll`).
+fn provider_library() -> String {
+    format!(
+        "{}onnxruntime_providers_cuda{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    )
+}
 
 /// The NVIDIA driver's library: it comes with the driver, never from a wheel.
 const DRIVER_LIBRARY: &str = "libcuda.so.1";
@@ -36,7 +43,7 @@ pub(crate) fn readiness(library: &Path) -> &'static CudaReadiness {
 }
 
 fn examine(folder: &Path) -> CudaReadiness {
-    let provider = folder.join(PROVIDER_LIBRARY);
+    let provider = folder.join(provider_library());
     let mut readiness = CudaReadiness {
         folder: folder.to_path_buf(),
         ..CudaReadiness::default()

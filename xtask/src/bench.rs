@@ -223,11 +223,9 @@ fn build_baseline(root: &Path) -> Result<Tools> {
     }
     println!("building the baseline engine (release) ...");
     let target = root.join("target").join("bench").join("baseline-target");
-    let cargo_bin = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo_bin)
+    run(crate::cargo_command(&source)
         .args(build_musicgen("musicgen-engine"))
-        .env("CARGO_TARGET_DIR", &target)
-        .current_dir(&source))?;
+        .env("CARGO_TARGET_DIR", &target))?;
     Ok(Tools {
         musicgen: target.join("release").join("musicgen"),
         export_py: source.join("models").join("export.py"),

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
@@ -23,12 +23,10 @@ pub fn fuzz(root: &Path, minutes: f64) -> Result<()> {
     let seconds_per_target = (minutes * 60.0 / f64::from(TARGETS)).max(1.0);
     let seed = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     println!("fuzzing {TARGETS} targets for {seconds_per_target:.0} s each from seed {seed}");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let mut child = Command::new(cargo)
+    let mut child = crate::cargo_command(root)
         .args(["test", "--workspace", "fuzz_", "--", "--nocapture", "--test-threads=1"])
         .env(SECONDS_ENV, seconds_per_target.to_string())
         .env(SEED_ENV, seed.to_string())
-        .current_dir(root)
         .stdout(Stdio::piped())
         .spawn()
         .context("starting cargo test")?;

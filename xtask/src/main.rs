@@ -186,8 +186,15 @@ fn test(root: &Path) -> Result<()> {
 
 /// Runs cargo in the workspace root and fails if it fails.
 fn cargo(root: &Path, args: &[&str]) -> Result<()> {
+    run(cargo_command(root).args(args))
+}
+
+/// The cargo that runs this xtask, working in `dir`.
+fn cargo_command(dir: &Path) -> Command {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    run(Command::new(cargo).args(args).current_dir(root))
+    let mut command = Command::new(cargo);
+    command.current_dir(dir);
+    command
 }
 
 fn run(command: &mut Command) -> Result<()> {

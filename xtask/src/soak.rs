@@ -3,7 +3,6 @@
 //! prints each minute. The debug bundle the other tests load is built again afterwards.
 
 use std::path::Path;
-use std::process::Command;
 
 use anyhow::{Context, Result};
 
@@ -11,8 +10,7 @@ use crate::{bundle, run};
 
 pub fn soak(root: &Path, minutes: f64) -> Result<()> {
     bundle::bundle(root, vec!["musicgen-plugin".to_owned(), "--release".to_owned()])?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned());
-    let soaked = run(Command::new(cargo)
+    let soaked = run(crate::cargo_command(root)
         .args([
             "test",
             "-p",
@@ -22,8 +20,7 @@ pub fn soak(root: &Path, minutes: f64) -> Result<()> {
             "--",
             "--nocapture",
         ])
-        .env("MUSICGEN_SOAK_MINUTES", minutes.to_string())
-        .current_dir(root))
+        .env("MUSICGEN_SOAK_MINUTES", minutes.to_string()))
     .context("the soak failed (its report above says where)");
     bundle::bundle(root, vec!["musicgen-plugin".to_owned()])?;
     soaked
