@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use musicgen_engine::{
     Command, ExecutionProvider, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer, RECENT_FRAMES, Readiness,
-    SamplingSettings, Stream, StreamConfig, find_tiny_bundle,
+    Runtime, SamplingSettings, Stream, StreamConfig, find_tiny_bundle,
 };
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
@@ -616,7 +616,7 @@ impl Worker {
         };
         let mut options = ModelOptions::new(folder);
         options.provider = choice.provider;
-        options.ort_library = self.ort_library();
+        options.ort_library = bundled_ort_library();
         options
     }
 
@@ -633,11 +633,6 @@ impl Worker {
         config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
         config.output_rate_hz = self.output_rate_hz;
         config
-    }
-
-    /// The ONNX Runtime library shipped beside the plugin, if this is a bundle.
-    fn ort_library(&self) -> Option<PathBuf> {
-        resources_dir().map(|dir| dir.join(musicgen_engine::library_file_name()))
     }
 
     fn set_state(&self, state: String, error: Option<PluginError>) {
@@ -677,6 +672,25 @@ fn yield_to_the_host() {
         if result != 0 {
             tracing::debug!("could not lower the controller thread's priority");
         }
+    }
+}
+
+/// The ONNX Runtime library shipped beside the plugin, if this is a bundle.
+fn bundled_ort_library() -> Option<PathBuf> {
+    resources_dir().map(|dir| dir.join(musicgen_engine::library_file_name()))
+}
+
+/// Loads ONNX Runtime, and CUDA's libraries where `provider` may use them, unless this
+/// process already has. Called from the host's main thread at activation, so that no
+/// library is loaded while audio runs: loading one holds the dynamic loader's lock, and a
+/// host thread that touches a library's thread-locals for the first time waits on that
+/// lock (clap-validator's new audio threads waited 14 ms behind ONNX Runtime's load from
+/// a cold disk). A failure is left for the model's load to report.
+pub fn load_runtime(provider: ExecutionProvider) {
+    if let Ok(runtime) = Runtime::init(bundled_ort_library().as_deref())
+        && matches!(provider, ExecutionProvider::Auto | ExecutionProvider::Cuda)
+    {
+        runtime.cuda_readiness();
     }
 }
 

@@ -185,6 +185,7 @@ impl Plugin for MusicGenLive {
         self.scratch = vec![0.0; buffer_config.max_buffer_size as usize];
         self.sidechain = vec![0.0; buffer_config.max_buffer_size as usize];
         self.gate_step = 1.0 / (GATE_FADE_S * buffer_config.sample_rate);
+        controller::load_runtime(*self.params.provider.read());
         self.controller.send(Request::Activate { rate_hz });
         true
     }
