@@ -27,7 +27,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::error::PluginError;
 use crate::model_cache::shared_model;
-use crate::params::MusicGenParams;
+use crate::params::{MusicGenParams, Trigger};
 use crate::transport::HostTransport;
 
 /// What the audio thread asks for.
@@ -272,6 +272,7 @@ impl Worker {
                     self.generate();
                 }
             }
+            self.follow_triggers();
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
             self.keep_sidechain();
@@ -295,6 +296,20 @@ impl Worker {
         self.stream = None;
         if let Some(load) = self.loading.take() {
             let _ = load.thread.join();
+        }
+    }
+
+    /// Acts on the trigger parameters pressed since the last poll, Stop first.
+    fn follow_triggers(&mut self) {
+        let presses = Arc::clone(&self.params.presses);
+        if presses.take(Trigger::Stop) {
+            self.stop();
+        }
+        if presses.take(Trigger::Generate) {
+            self.generate();
+        }
+        if presses.take(Trigger::ContinueFromSidechain) {
+            self.continue_from_sidechain();
         }
     }
 

@@ -42,6 +42,11 @@ pub struct MusicGenLive {
     gate_step: f32,
     latency_samples: u32,
     start_requested: bool,
+    /// The stream was stopped: no new one starts until a note is struck, the transport
+    /// starts (in free-run mode) or Generate is pressed, though notes are still held.
+    stopped: bool,
+    /// Whether the transport played (with free run on) in the last block.
+    transport_played: bool,
     /// The host's sample rate, from `activate`.
     rate_hz: f64,
 }
@@ -62,6 +67,8 @@ impl Default for MusicGenLive {
             gate_step: 1.0 / (GATE_FADE_S * 48_000.0),
             latency_samples: 0,
             start_requested: false,
+            stopped: false,
+            transport_played: false,
             rate_hz: 0.0,
         }
     }
@@ -100,6 +107,7 @@ impl MusicGenLive {
                 std::mem::forget(old);
             }
             self.start_requested = false;
+            self.stopped = self.consumer.is_none();
         }
         let latency_samples = self.link.latency_samples.load(Ordering::Relaxed);
         if latency_samples != self.latency_samples {
@@ -204,7 +212,10 @@ impl Plugin for MusicGenLive {
         self.capture_sidechain(aux);
         while let Some(event) = context.next_event() {
             match event {
-                NoteEvent::NoteOn { .. } => self.notes_held += 1,
+                NoteEvent::NoteOn { .. } => {
+                    self.notes_held += 1;
+                    self.stopped = false;
+                }
                 NoteEvent::NoteOff { .. } => self.notes_held = self.notes_held.saturating_sub(1),
                 _ => {}
             }
@@ -213,8 +224,12 @@ impl Plugin for MusicGenLive {
         let transport = context.transport();
         self.link.transport.publish(transport);
         let transport_plays = self.params.free_run.value() && transport.playing;
+        if transport_plays && !self.transport_played {
+            self.stopped = false;
+        }
+        self.transport_played = transport_plays;
         let open = !self.params.bypass.value() && (self.notes_held > 0 || transport_plays);
-        if open && self.consumer.is_none() && !self.start_requested {
+        if open && self.consumer.is_none() && !self.start_requested && !self.stopped {
             self.start_requested = self.link.requests.try_push(AudioRequest::Start).is_ok();
         }
 

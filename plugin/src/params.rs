@@ -1,6 +1,7 @@
 //! The plugin's parameters (automatable, in the host) and its persisted settings.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use musicgen_engine::ExecutionProvider;
 use nice_plug::prelude::*;
@@ -55,6 +56,17 @@ pub struct MusicGenParams {
     #[id = "prompt_fade"]
     pub prompt_crossfade: FloatParam,
 
+    /// Trigger parameters: each acts once on its rising edge (the host's automation, a
+    /// MIDI-learned control, a mapped button), through `presses`.
+    #[id = "generate"]
+    pub generate: BoolParam,
+    #[id = "stop"]
+    pub stop: BoolParam,
+    #[id = "continue_sidechain"]
+    pub continue_from_sidechain: BoolParam,
+    /// The trigger parameters' presses, not yet acted on.
+    pub presses: Arc<Presses>,
+
     #[persist = "prompt"]
     pub prompt: Arc<RwLock<String>>,
     /// Empty: the model bundled next to the plugin.
@@ -64,8 +76,53 @@ pub struct MusicGenParams {
     pub provider: Arc<RwLock<ExecutionProvider>>,
 }
 
+/// The actions the trigger parameters press.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trigger {
+    Generate,
+    Stop,
+    ContinueFromSidechain,
+}
+
+/// Presses of the trigger parameters since the controller last looked. A parameter's
+/// callback counts its rising edges on whichever thread sets it (the audio thread for
+/// automation, the main thread for a host's flush), so a press as short as one event
+/// within a block counts; atomics only, as the audio thread requires.
+#[derive(Debug, Default)]
+pub struct Presses {
+    generate: AtomicU32,
+    stop: AtomicU32,
+    continue_from_sidechain: AtomicU32,
+}
+
+impl Presses {
+    fn counter(&self, trigger: Trigger) -> &AtomicU32 {
+        match trigger {
+            Trigger::Generate => &self.generate,
+            Trigger::Stop => &self.stop,
+            Trigger::ContinueFromSidechain => &self.continue_from_sidechain,
+        }
+    }
+
+    /// Whether `trigger` was pressed since the last call; presses in between act once.
+    pub fn take(&self, trigger: Trigger) -> bool {
+        self.counter(trigger).swap(0, Ordering::AcqRel) > 0
+    }
+}
+
+/// A parameter that presses `trigger` when it turns on.
+fn trigger_param(name: &str, trigger: Trigger, presses: &Arc<Presses>) -> BoolParam {
+    let presses = Arc::clone(presses);
+    BoolParam::new(name, false).with_callback(Arc::new(move |on| {
+        if on {
+            presses.counter(trigger).fetch_add(1, Ordering::AcqRel);
+        }
+    }))
+}
+
 impl Default for MusicGenParams {
     fn default() -> Self {
+        let presses = Arc::new(Presses::default());
         Self {
             guidance: FloatParam::new("Guidance", 3.0, FloatRange::Linear { min: 1.0, max: 10.0 }).with_step_size(0.1),
             temperature: FloatParam::new(
@@ -113,6 +170,10 @@ impl Default for MusicGenParams {
             prompt_crossfade: FloatParam::new("Prompt crossfade", 0.0, FloatRange::Linear { min: 0.0, max: 8.0 })
                 .with_step_size(0.25)
                 .with_unit(" s"),
+            generate: trigger_param("Generate", Trigger::Generate, &presses),
+            stop: trigger_param("Stop", Trigger::Stop, &presses),
+            continue_from_sidechain: trigger_param("Continue from sidechain", Trigger::ContinueFromSidechain, &presses),
+            presses,
             prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
             model_dir: Arc::new(RwLock::new(String::new())),
             provider: Arc::new(RwLock::new(ExecutionProvider::Auto)),
