@@ -4,7 +4,9 @@
 //! every 15 s, random automation of the sampling parameters on every block, and a change
 //! of sample rate halfway. Each minute it prints underruns after warm-up, resident memory,
 //! threads alive, and the audio callback's longest and mean time in that minute as a share
-//! of the block; the summary gives them after warm-up and, apart, during the warm-ups.
+//! of the block, with the longest CPU time a callback used (wall time far above it means the
+//! OS ran another thread on the core meanwhile); the summary gives them after warm-up and,
+//! apart, during the warm-ups.
 
 mod host;
 
@@ -61,8 +63,17 @@ struct Measures {
     played_s: f64,
     /// The blocks since the last report line.
     minute: CallbackShares,
+    /// Their callbacks' CPU time: where the wall time is far longer, the OS had given
+    /// the core to another thread in between.
+    minute_cpu: CallbackShares,
+    minute_faults: u64,
     /// Every block after warm-up.
     settled: CallbackShares,
+    settled_cpu: CallbackShares,
+    /// Page faults the audio thread took inside callbacks after warm-up, and inside the
+    /// longest of those callbacks.
+    settled_faults: u64,
+    longest_faults: u64,
     /// The blocks of the warm-ups, which include the model's load and first steps.
     warming: CallbackShares,
 }
@@ -115,14 +126,23 @@ fn measuring(
     move |block: &BlockOutput<'_>| {
         let mut m = measures.lock().unwrap();
         let share = block.callback.as_secs_f64() / block_s;
+        let cpu_share = block.callback_cpu.map_or(f64::NAN, |cpu| cpu.as_secs_f64() / block_s);
         m.minute.add(share);
+        m.minute_cpu.add(cpu_share);
+        m.minute_faults += block.callback_faults.unwrap_or(0);
         let phase_s = block.done as f64 / f64::from(rate_hz);
         m.played_s = played_before_s + phase_s;
         if phase_s < WARM_UP_S {
             m.warming.add(share);
             return;
         }
+        let faults = block.callback_faults.unwrap_or(0);
+        if share > m.settled.max {
+            m.longest_faults = faults;
+        }
         m.settled.add(share);
+        m.settled_cpu.add(cpu_share);
+        m.settled_faults += faults;
         if block.left.iter().all(|&s| s == 0.0) {
             m.underruns += 1;
         }
@@ -148,18 +168,22 @@ impl Conductor {
         if played_s >= (self.report.len() + 1) as f64 * 60.0 {
             let mut m = self.measures.lock().unwrap();
             let shares = std::mem::take(&mut m.minute);
+            let cpu = std::mem::take(&mut m.minute_cpu);
+            let faults = std::mem::take(&mut m.minute_faults);
             let minute = Minute {
                 rss_mb: resident_mb().unwrap_or(0.0),
                 threads: threads_alive(),
             };
             println!(
-                "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}%",
+                "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}% | {:11.2}% | {:11}",
                 self.report.len() + 1,
                 m.underruns,
                 minute.rss_mb,
                 minute.threads,
                 100.0 * shares.max,
-                100.0 * shares.mean()
+                100.0 * shares.mean(),
+                100.0 * cpu.max,
+                faults
             );
             self.report.push(minute);
         }
@@ -171,12 +195,17 @@ impl Conductor {
         let m = self.measures.lock().unwrap();
         println!(
             "soak: {:.0} s played, {} prompt changes, {} underruns after warm-up; callback after warm-up: max {:.2}%, \
-             mean {:.3}% of a block; in the {WARM_UP_S:.0} s warm-ups: max {:.2}%",
+             mean {:.3}% of a block (CPU time: max {:.2}%, mean {:.3}%), {} page faults in callbacks ({} in the longest); \
+             in the {WARM_UP_S:.0} s warm-ups: max {:.2}%",
             m.played_s,
             self.prompts_sent,
             m.underruns,
             100.0 * m.settled.max,
             100.0 * m.settled.mean(),
+            100.0 * m.settled_cpu.max,
+            100.0 * m.settled_cpu.mean(),
+            m.settled_faults,
+            m.longest_faults,
             100.0 * m.warming.max
         );
         assert_eq!(m.underruns, 0, "underruns after warm-up");
@@ -216,7 +245,9 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
     };
     let phase_s = minutes * 60.0 / RATES_HZ.len() as f64;
     println!("soak: {minutes} min, {phase_s:.0} s at each of {RATES_HZ:?} Hz, blocks of {BLOCK}");
-    println!("minute | underruns | RSS MB | threads | callback max | callback mean (this minute's blocks)");
+    println!(
+        "minute | underruns | RSS MB | threads | callback max | callback mean | CPU time max | page faults (this minute's callbacks)"
+    );
     for (phase, rate_hz) in RATES_HZ.into_iter().enumerate() {
         let played_before_s = phase as f64 * phase_s;
         let config = PluginAudioConfiguration {

@@ -289,6 +289,11 @@ pub struct BlockOutput<'a> {
     pub right: &'a [f32],
     /// How long the plugin's `process()` took.
     pub callback: Duration,
+    /// The CPU time the audio thread spent in it (`None` where the OS does not say): the
+    /// wall time less what the OS gave the core to other threads meanwhile.
+    pub callback_cpu: Option<Duration>,
+    /// Page faults the audio thread took in it (minor and major; `None` off Linux).
+    pub callback_faults: Option<u64>,
 }
 
 /// Where the audio thread hands each block.
@@ -369,6 +374,8 @@ fn process_blocks(
             latency: 0,
             channels: AudioPortBufferType::f32_output_only([&mut left[..frames], &mut right[..frames]].into_iter()),
         }]);
+        let faults_before = thread_page_faults();
+        let cpu_started = thread_cpu_time();
         let callback_started = Instant::now();
         processor
             .process(
@@ -381,12 +388,20 @@ fn process_blocks(
             )
             .expect("process succeeds");
         let callback = callback_started.elapsed();
+        let callback_cpu = cpu_started
+            .zip(thread_cpu_time())
+            .map(|(before, after)| after.saturating_sub(before));
+        let callback_faults = faults_before
+            .zip(thread_page_faults())
+            .map(|(before, after)| after - before);
         events_out.clear();
         output(&BlockOutput {
             done,
             left: &left[..frames],
             right: &right[..frames],
             callback,
+            callback_cpu,
+            callback_faults,
         });
         done += frames;
         played.store(done, Ordering::Release);
@@ -470,6 +485,35 @@ pub fn threads_alive() -> usize {
 }
 
 /// This process's resident memory in MB, where the system tells it (Linux).
+/// The CPU time the calling thread has used.
+#[cfg(unix)]
+fn thread_cpu_time() -> Option<Duration> {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec through a valid pointer.
+    let result = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut now) };
+    (result == 0).then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
+}
+
+#[cfg(not(unix))]
+fn thread_cpu_time() -> Option<Duration> {
+    None
+}
+
+/// The page faults, minor and major, the calling thread has taken.
+#[cfg(target_os = "linux")]
+fn thread_page_faults() -> Option<u64> {
+    // SAFETY: getrusage fills one rusage struct through a valid pointer; zeroed is a
+    // valid value of that plain C struct.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let result = unsafe { libc::getrusage(libc::RUSAGE_THREAD, &mut usage) };
+    (result == 0).then(|| (usage.ru_minflt + usage.ru_majflt) as u64)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn thread_page_faults() -> Option<u64> {
+    None
+}
+
 pub fn resident_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
