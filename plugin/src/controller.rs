@@ -301,14 +301,13 @@ impl Worker {
 
     /// Acts on the trigger parameters pressed since the last poll, Stop first.
     fn follow_triggers(&mut self) {
-        let presses = Arc::clone(&self.params.presses);
-        if presses.take(Trigger::Stop) {
+        if self.params.presses.take(Trigger::Stop) {
             self.stop();
         }
-        if presses.take(Trigger::Generate) {
+        if self.params.presses.take(Trigger::Generate) {
             self.generate();
         }
-        if presses.take(Trigger::ContinueFromSidechain) {
+        if self.params.presses.take(Trigger::ContinueFromSidechain) {
             self.continue_from_sidechain();
         }
     }
