@@ -84,12 +84,26 @@ pub fn ensure_too_old(root: &Path) -> Result<PathBuf> {
     fetch_release(root, Provider::Cpu, TOO_OLD_VERSION, &out)
 }
 
+/// The most CUDA's libraries hold on disk while they are fetched: the wheels (1.6 GB) and
+/// their unpacked libraries (2.4 GB).
+pub const CUDA_FETCH_BYTES: u64 = 5 << 30;
+
+/// The CUDA check's folder, `target/onnxruntime-cuda-check/`.
+pub fn cuda_check_dir(root: &Path) -> PathBuf {
+    root.join("target").join(CUDA_CHECK_FOLDER)
+}
+
+/// Whether the CUDA check's libraries are all unpacked already.
+pub fn cuda_check_is_ready(root: &Path) -> bool {
+    let out = cuda_check_dir(root);
+    out.join(library_file_name()).is_file() && out.join(CUDA_STAMP).is_file()
+}
+
 /// Fetches (once) the CUDA build with CUDA's libraries into `target/onnxruntime-cuda-check/`.
 pub fn ensure_cuda_check(root: &Path) -> Result<PathBuf> {
-    let out = root.join("target").join(CUDA_CHECK_FOLDER);
-    let library = out.join(library_file_name());
-    if library.is_file() && out.join(CUDA_STAMP).is_file() {
-        return Ok(library);
+    let out = cuda_check_dir(root);
+    if cuda_check_is_ready(root) {
+        return Ok(out.join(library_file_name()));
     }
     fetch_release(root, Provider::Cuda, ORT_VERSION, &out)
 }
@@ -143,7 +157,7 @@ const CUDA_STAMP: &str = "cuda-libraries.unpacked";
 /// shared libraries beside ONNX Runtime in `out`, and deletes the wheels (1.6 GB).
 fn fetch_cuda_libraries(wheels: &Path, requirement: &str, out: &Path) -> Result<()> {
     let with_extras = requirement.replacen("==", "[cuda,cudnn]==", 1);
-    crate::system::ensure_free_disk(out, 5 << 30, "CUDA's libraries (wheels and unpacked)")?;
+    crate::system::ensure_free_disk(out, CUDA_FETCH_BYTES, "CUDA's libraries (wheels and unpacked)")?;
     println!("fetching CUDA's libraries for {with_extras} from PyPI with pip (about 1.6 GB) ...");
     run(Command::new("python3")
         .args(["-m", "pip", "download", "--quiet", "--only-binary=:all:", "--dest"])

@@ -96,31 +96,13 @@ fn is_root() -> bool {
 /// folder above it that exists) has less than `needed_bytes` free, before a long install
 /// that would otherwise stop halfway with "No space left on device".
 pub fn ensure_free_disk(path: &Path, needed_bytes: u64, what: &str) -> Result<()> {
-    let existing = path
-        .ancestors()
-        .find(|folder| folder.exists())
-        .unwrap_or(Path::new("/"));
-    let out = Command::new("df")
-        .args(["-Pk"])
-        .arg(existing)
-        .output()
-        .with_context(|| format!("running df on {}", existing.display()))?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let Some(free_kib) = text
-        .lines()
-        .nth(1)
-        .and_then(|line| line.split_whitespace().nth(3))
-        .and_then(|field| field.parse::<u64>().ok())
-    else {
-        println!("could not read the free disk space from df's output ({text:?}); going on");
+    let Some(free_bytes) = free_disk_bytes(path)? else {
         return Ok(());
     };
-    let gib = |bytes: u64| bytes as f64 / f64::from(1u32 << 30);
-    let free_bytes = free_kib * 1024;
     println!(
         "{:.1} GiB free on the disk of {} ({what} need about {:.1} GiB)",
         gib(free_bytes),
-        existing.display(),
+        path.display(),
         gib(needed_bytes)
     );
     if free_bytes < needed_bytes {
@@ -133,6 +115,34 @@ pub fn ensure_free_disk(path: &Path, needed_bytes: u64, what: &str) -> Result<()
         );
     }
     Ok(())
+}
+
+/// The bytes free on the file system holding `path` (or the nearest folder above it that
+/// exists), as df reports them; `None`, said on stdout, where df's output cannot be read.
+pub fn free_disk_bytes(path: &Path) -> Result<Option<u64>> {
+    let existing = path
+        .ancestors()
+        .find(|folder| folder.exists())
+        .unwrap_or(Path::new("/"));
+    let out = Command::new("df")
+        .args(["-Pk"])
+        .arg(existing)
+        .output()
+        .with_context(|| format!("running df on {}", existing.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let free_kib = text
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|field| field.parse::<u64>().ok());
+    if free_kib.is_none() {
+        println!("could not read the free disk space from df's output ({text:?}); going on");
+    }
+    Ok(free_kib.map(|kib| kib * 1024))
+}
+
+pub fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
 }
 
 #[cfg(test)]
