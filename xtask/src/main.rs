@@ -164,6 +164,12 @@ fn test(root: &Path) -> Result<()> {
             ort::ensure_too_old(root).map(|_| ())
         }),
         ("cargo fmt --check", &|| cargo(root, &["fmt", "--all", "--check"])),
+        // Before the build: torch's environment at its install peak and the build cache
+        // would together need 1 GiB more than either needs beside the other.
+        ("fresh tiny export, and a bundle whose decoder fails", &|| {
+            python::check_tiny_export(root)?;
+            python::write_fault_bundle(root)
+        }),
         ("cargo clippy", &|| {
             cargo(
                 root,
@@ -175,11 +181,7 @@ fn test(root: &Path) -> Result<()> {
             bundle::bundle(root, vec!["musicgen-plugin".to_owned()])
         }),
         ("reference validators", &|| validate::validate_bundles(root)),
-        ("fresh tiny export, and a bundle whose decoder fails", &|| {
-            python::check_tiny_export(root)?;
-            python::write_fault_bundle(root)
-        }),
-        // Torch's environment and CUDA's libraries together fill 7 GB: on a small disk the
+        // Torch's environment and CUDA's libraries together fill 7 GiB: on a small disk the
         // first makes room for the second, which the tests need.
         ("CUDA's libraries", &|| {
             if !ort::cuda_check_is_ready(root) {
