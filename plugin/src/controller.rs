@@ -51,6 +51,8 @@ pub enum Request {
     },
     /// Encode the last seconds of the sidechain input and continue the music from them.
     ContinueFromSidechain,
+    /// Play the prompt in this slot (0-based) of the bank.
+    ChooseSlot(usize),
     Shutdown,
 }
 
@@ -113,6 +115,7 @@ impl Controller {
             requests: requests_rx,
             audio_requests: audio_requests_rx,
             handoffs: handoffs_tx,
+            unsent_handoff: None,
             retired: retired_rx,
             snapshot: Arc::clone(&snapshot),
             latency_samples: Arc::clone(&latency_samples),
@@ -207,6 +210,10 @@ struct Worker {
     requests: Receiver<Request>,
     audio_requests: HeapCons<AudioRequest>,
     handoffs: HeapProd<Option<PlaybackConsumer>>,
+    /// The newest handoff, while the audio thread's queue has no room for it: sent on a
+    /// later poll, or replaced by a newer one (a Stop and a Generate pressed faster than
+    /// the host's blocks would otherwise lose the last of them).
+    unsent_handoff: Option<Option<PlaybackConsumer>>,
     retired: HeapCons<PlaybackConsumer>,
     snapshot: Arc<Mutex<Snapshot>>,
     latency_samples: Arc<AtomicU32>,
@@ -255,6 +262,7 @@ impl Worker {
                 Ok(Request::Generate) => self.generate(),
                 Ok(Request::Stop) => self.stop(),
                 Ok(Request::ContinueFromSidechain) => self.continue_from_sidechain(),
+                Ok(Request::ChooseSlot(slot)) => self.choose_slot(slot),
                 Ok(Request::Activate { rate_hz }) => {
                     if rate_hz != self.output_rate_hz {
                         // Audio at the old rate cannot be encoded as if it were at the new one.
@@ -268,6 +276,8 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => {}
             }
             while let Some(AudioRequest::Start) = self.audio_requests.try_pop() {
+                // The note that asked may have chosen a slot: its stream starts on that slot.
+                self.follow_triggers();
                 if self.stream.is_none() {
                     self.generate();
                 }
@@ -275,6 +285,7 @@ impl Worker {
             self.follow_triggers();
             // Consumers the audio thread let go of are freed here, not there.
             while self.retired.try_pop().is_some() {}
+            self.send_handoff();
             self.keep_sidechain();
             self.follow_model();
             self.take_over_when_ready();
@@ -299,10 +310,22 @@ impl Worker {
         }
     }
 
-    /// Acts on the trigger parameters pressed since the last poll, Stop first.
+    /// Acts on the trigger parameters pressed and the slot chosen since the last poll,
+    /// Stop first, the slot before Generate.
     fn follow_triggers(&mut self) {
         if self.params.presses.take(Trigger::Stop) {
             self.stop();
+        }
+        if let Some(slot) = self.params.presses.take_chosen_slot() {
+            self.choose_slot(slot);
+        }
+        if self.params.presses.take(Trigger::NextSlot) {
+            let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+            let next = self.params.bank.read().next_filled(active);
+            match next {
+                Some(slot) => self.choose_slot(slot),
+                None => self.set_state("every slot is empty: fill one in the editor".into(), None),
+            }
         }
         if self.params.presses.take(Trigger::Generate) {
             self.generate();
@@ -310,6 +333,20 @@ impl Worker {
         if self.params.presses.take(Trigger::ContinueFromSidechain) {
             self.continue_from_sidechain();
         }
+    }
+
+    /// Makes slot `slot`'s prompt the one that plays: a running stream takes it by the
+    /// prompt's rules (on the next bar with bar sync, crossfaded with a crossfade set); the
+    /// next stream starts on it. An empty slot changes nothing.
+    fn choose_slot(&mut self, slot: usize) {
+        let prompt = self.params.bank.read().prompt(slot).map(str::to_owned);
+        let Some(prompt) = prompt else {
+            self.set_state(format!("slot {} is empty", slot + 1), None);
+            return;
+        };
+        self.params.active_slot.store(slot as u32, Ordering::Relaxed);
+        *self.params.prompt.write() = prompt;
+        self.follow_prompt();
     }
 
     fn settings(&self) -> Applied {
@@ -501,10 +538,7 @@ impl Worker {
     /// Hands `stream`'s consumer to the audio thread and keeps the stream, with the
     /// prompt and parameters it was started with.
     fn install(&mut self, stream: Stream, consumer: PlaybackConsumer, prompt: String, state: &str) {
-        if self.handoffs.try_push(Some(consumer)).is_err() {
-            self.set_state("the audio thread is not taking new streams".into(), None);
-            return;
-        }
+        self.hand_off(Some(consumer));
         self.applied = Some(self.settings());
         self.applied_prompt = prompt;
         self.snapshot.lock().pattern = Some(stream.model().pattern(RECENT_FRAMES));
@@ -579,12 +613,27 @@ impl Worker {
         self.install(stream, consumer, prompt, "continuing the sidechain");
     }
 
+    /// Queues `handoff` for the audio thread, after any already queued; one that finds no
+    /// room waits for a later poll, and a newer handoff replaces it.
+    fn hand_off(&mut self, handoff: Option<PlaybackConsumer>) {
+        self.unsent_handoff = Some(handoff);
+        self.send_handoff();
+    }
+
+    fn send_handoff(&mut self) {
+        if let Some(handoff) = self.unsent_handoff.take()
+            && let Err(handoff) = self.handoffs.try_push(handoff)
+        {
+            self.unsent_handoff = Some(handoff);
+        }
+    }
+
     fn stop(&mut self) {
         self.pending = None;
         self.stream = None;
         // The audio thread lets go of the drained consumer, so that the next note starts
-        // a new stream (were the queue full, it would keep it until the next Generate).
-        let _ = self.handoffs.try_push(None);
+        // a new stream.
+        self.hand_off(None);
         self.set_state("stopped: play a note or press Generate".into(), None);
     }
 
@@ -655,7 +704,12 @@ impl Worker {
         snapshot.error = error.map(|error| error.to_string());
     }
 
+    /// Copies the stream's status into the snapshot, only while the editor is open: no one
+    /// else reads it, and the recent frames cost a copy each time.
     fn publish(&self) {
+        if !self.params.editor_state.is_open() {
+            return;
+        }
         let mut snapshot = self.snapshot.lock();
         let Some(stream) = &self.stream else {
             return;

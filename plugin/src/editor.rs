@@ -3,22 +3,21 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
 use musicgen_engine::{Bundle, Coord, ExecutionProvider, Readiness};
 use nice_plug::context::gui::GuiContext;
-use nice_plug::editor::dpi::LogicalSize;
 use nice_plug_egui::widgets::ParamSlider;
-use nice_plug_egui::{EguiEditor, EguiEditorState, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
+use nice_plug_egui::{EguiEditor, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
 use parking_lot::Mutex;
 
 use crate::controller::{Controller, Request, Snapshot};
 use crate::params::MusicGenParams;
+use crate::slots::{PromptBank, SLOT_COUNT, note_name};
 
-const WIDTH: u32 = 760;
-const HEIGHT: u32 = 690;
 /// Frames the pattern view shows: 3 s at 50 Hz.
 const VIEW_FRAMES: usize = 150;
 
@@ -36,6 +35,10 @@ pub struct EditorApp {
     model_problem: Option<String>,
     /// The folder dialog's answer, while one is open.
     browsing: Option<Receiver<Browsed>>,
+    /// A bank file dialog's answer, while one is open.
+    bank_dialog: Option<Receiver<BankDialog>>,
+    /// What the last bank load or save said.
+    bank_message: Option<(String, bool)>,
     view: Snapshot,
 }
 
@@ -52,10 +55,12 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         model_dir,
         model_problem: None,
         browsing: None,
+        bank_dialog: None,
+        bank_message: None,
         view: Snapshot::default(),
     };
     create_egui_editor(
-        EguiEditorState::from_size(LogicalSize::new(f64::from(WIDTH), f64::from(HEIGHT)), 1.0),
+        Arc::clone(&app.params.editor_state),
         Default::default(),
         EguiNiceSettings {
             title: "MusicGen Live".into(),
@@ -86,7 +91,8 @@ impl NiceEguiApp for EditorApp {
         }
         ui.ctx().request_repaint();
         ui.heading("MusicGen Live");
-        ui.label("Prompt");
+        self.slots(ui);
+        ui.label("Prompt (of the playing slot)");
         ui.add(
             egui::TextEdit::multiline(&mut self.prompt)
                 .desired_rows(2)
@@ -94,6 +100,11 @@ impl NiceEguiApp for EditorApp {
         );
         ui.horizontal(|ui| {
             if ui.button("Generate").clicked() {
+                // The text box edits the playing slot's prompt.
+                let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+                if let Some(slot) = self.params.bank.write().slots.get_mut(active) {
+                    slot.prompt = self.prompt.clone();
+                }
                 *self.params.prompt.write() = self.prompt.clone();
                 self.stored_prompt = self.prompt.clone();
                 let _ = self.requests.send(Request::Generate);
@@ -135,6 +146,75 @@ fn readiness_text(readiness: Option<Readiness>) -> String {
 }
 
 impl EditorApp {
+    /// The bank's slots as a grid of buttons (the playing one lit), each with the note that
+    /// chooses it, and the bank's menu: factory banks, load and save.
+    fn slots(&mut self, ui: &mut egui::Ui) {
+        if let Some(answer) = self.bank_dialog.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.bank_dialog = None;
+            self.bank_message = match answer {
+                BankDialog::Load(Some(path)) => Some(match PromptBank::load(&path) {
+                    Ok(bank) => {
+                        let message = format!("loaded {}", path.display());
+                        *self.params.bank.write() = bank;
+                        (message, false)
+                    }
+                    Err(error) => (error.to_string(), true),
+                }),
+                BankDialog::Save(Some(path)) => Some(match self.params.bank.read().save(&path) {
+                    Ok(()) => (format!("saved {}", path.display()), false),
+                    Err(error) => (error.to_string(), true),
+                }),
+                BankDialog::Load(None) | BankDialog::Save(None) => None,
+            };
+        }
+        let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+        let first_note = self.params.first_slot_note.value();
+        let bank = self.params.bank.read().clone();
+        ui.horizontal(|ui| {
+            ui.label("Bank");
+            egui::ComboBox::from_id_salt("bank")
+                .selected_text(&bank.name)
+                .show_ui(ui, |ui| {
+                    for factory in PromptBank::factory() {
+                        if ui.selectable_label(factory.name == bank.name, &factory.name).clicked() {
+                            *self.params.bank.write() = factory;
+                        }
+                    }
+                });
+            let idle = self.bank_dialog.is_none();
+            if ui.add_enabled(idle, egui::Button::new("Load bank...")).clicked() {
+                self.bank_dialog = Some(bank_file_dialog(false));
+            }
+            if ui.add_enabled(idle, egui::Button::new("Save bank...")).clicked() {
+                self.bank_dialog = Some(bank_file_dialog(true));
+            }
+        });
+        if let Some((message, is_error)) = &self.bank_message {
+            let color = if *is_error {
+                Color32::from_rgb(230, 90, 80)
+            } else {
+                ui.visuals().weak_text_color()
+            };
+            ui.colored_label(color, message);
+        }
+        egui::Grid::new("slots").num_columns(SLOT_COUNT / 2).show(ui, |ui| {
+            for (index, slot) in bank.slots.iter().enumerate() {
+                let note = note_name(first_note + index as i32);
+                let text = egui::RichText::new(format!("{}  {}\n{note}", index + 1, slot.name)).size(15.0);
+                let button = egui::Button::new(text)
+                    .min_size(Vec2::new(170.0, 44.0))
+                    .selected(index == active);
+                let response = ui.add_enabled(!slot.prompt.trim().is_empty(), button);
+                if response.on_hover_text(&slot.prompt).clicked() {
+                    let _ = self.requests.send(Request::ChooseSlot(index));
+                }
+                if index % (SLOT_COUNT / 2) == SLOT_COUNT / 2 - 1 {
+                    ui.end_row();
+                }
+            }
+        });
+    }
+
     fn parameters(&self, ui: &mut egui::Ui) {
         let Some(gui) = &self.gui else {
             return;
@@ -180,6 +260,12 @@ impl EditorApp {
             ui.end_row();
             ui.label("Buffer ahead");
             ui.add(ParamSlider::for_param(&p.buffer_ahead, &setter));
+            ui.end_row();
+            ui.label("Slot");
+            ui.add(ParamSlider::for_param(&p.slot, &setter));
+            ui.end_row();
+            ui.label("Slot notes from");
+            ui.add(ParamSlider::for_param(&p.first_slot_note, &setter));
             ui.end_row();
         });
     }
@@ -307,6 +393,31 @@ impl EditorApp {
             egui::StrokeKind::Inside,
         );
     }
+}
+
+/// What a bank file dialog answered: the file to load or to save to, or none.
+enum BankDialog {
+    Load(Option<PathBuf>),
+    Save(Option<PathBuf>),
+}
+
+/// Opens the system's file dialog for a bank (to save, or to load) on its own thread.
+fn bank_file_dialog(save: bool) -> Receiver<BankDialog> {
+    let (answer, answer_rx) = bounded(1);
+    std::thread::Builder::new()
+        .name("musicgen-bank-dialog".into())
+        .spawn(move || {
+            let dialog = rfd::AsyncFileDialog::new().add_filter("Prompt bank", &["json"]);
+            let _ = answer.send(if save {
+                let picked = pollster::block_on(dialog.set_title("Save the prompt bank").save_file());
+                BankDialog::Save(picked.map(|handle| handle.path().to_path_buf()))
+            } else {
+                let picked = pollster::block_on(dialog.set_title("Load a prompt bank").pick_file());
+                BankDialog::Load(picked.map(|handle| handle.path().to_path_buf()))
+            });
+        })
+        .expect("the OS can start a thread");
+    answer_rx
 }
 
 /// What the folder dialog answered, and after how long.

@@ -1,5 +1,6 @@
 //! MusicGen Live as an instrument: a note (or the host's transport, in free-run mode)
-//! plays the music the engine generates; the editor sets the prompt and the model.
+//! plays the music the engine generates; notes from *Slot notes from* up choose a prompt
+//! slot as they play; the editor sets the prompts and the model.
 //!
 //! The audio thread only pops samples from the engine's ring buffer, applies gain and a
 //! short gate fade, and writes both channels. Everything else (loading, generating,
@@ -10,6 +11,7 @@ mod editor;
 mod error;
 mod model_cache;
 mod params;
+mod slots;
 mod transport;
 
 use std::num::NonZeroU32;
@@ -212,7 +214,13 @@ impl Plugin for MusicGenLive {
         self.capture_sidechain(aux);
         while let Some(event) = context.next_event() {
             match event {
-                NoteEvent::NoteOn { .. } => {
+                NoteEvent::NoteOn { key, .. } => {
+                    // A slot's note chooses it before the request to start, so that a
+                    // stream it starts plays that slot from its first frame.
+                    let first_note = self.params.first_slot_note.value();
+                    if let Some(slot) = key.number().and_then(|note| slots::slot_of_note(note, first_note)) {
+                        self.params.presses.choose_slot(slot);
+                    }
                     self.notes_held += 1;
                     self.stopped = false;
                 }

@@ -3,9 +3,17 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use crate::slots::{DEFAULT_FIRST_SLOT_NOTE, PromptBank, SLOT_COUNT, note_name, parse_note};
+
 use musicgen_engine::ExecutionProvider;
+use nice_plug::editor::dpi::LogicalSize;
 use nice_plug::prelude::*;
+use nice_plug_egui::EguiEditorState;
 use parking_lot::RwLock;
+
+/// The editor's size in logical pixels.
+const EDITOR_WIDTH: u32 = 760;
+const EDITOR_HEIGHT: u32 = 800;
 
 /// The prompt a fresh instance starts with.
 pub const DEFAULT_PROMPT: &str = "warm lo-fi piano with soft drums, 80 bpm";
@@ -64,8 +72,22 @@ pub struct MusicGenParams {
     pub stop: BoolParam,
     #[id = "continue_sidechain"]
     pub continue_from_sidechain: BoolParam,
-    /// The trigger parameters' presses, not yet acted on.
+    #[id = "next_slot"]
+    pub next_slot: BoolParam,
+    /// The trigger parameters' presses and the slots chosen, not yet acted on.
     pub presses: Arc<Presses>,
+
+    /// Chooses a prompt slot when the host changes it (automation, a mapped control).
+    #[id = "slot"]
+    pub slot: IntParam,
+    /// The note that chooses slot 1; the next seven notes choose slots 2 to 8, and play.
+    #[id = "first_slot_note"]
+    pub first_slot_note: IntParam,
+    #[persist = "bank"]
+    pub bank: Arc<RwLock<PromptBank>>,
+    /// The slot whose prompt plays (0-based), or the last one chosen.
+    #[persist = "active_slot"]
+    pub active_slot: Arc<AtomicU32>,
 
     #[persist = "prompt"]
     pub prompt: Arc<RwLock<String>>,
@@ -74,6 +96,10 @@ pub struct MusicGenParams {
     pub model_dir: Arc<RwLock<String>>,
     #[persist = "provider"]
     pub provider: Arc<RwLock<ExecutionProvider>>,
+
+    /// The editor's window: its size, and whether it is open (the controller publishes its
+    /// status only then).
+    pub editor_state: Arc<EguiEditorState>,
 }
 
 /// The actions the trigger parameters press.
@@ -82,17 +108,22 @@ pub enum Trigger {
     Generate,
     Stop,
     ContinueFromSidechain,
+    NextSlot,
 }
 
-/// Presses of the trigger parameters since the controller last looked. A parameter's
-/// callback counts its rising edges on whichever thread sets it (the audio thread for
-/// automation, the main thread for a host's flush), so a press as short as one event
-/// within a block counts; atomics only, as the audio thread requires.
+/// Presses of the trigger parameters, and the slot last chosen, since the controller last
+/// looked. A parameter's callback counts its rising edges on whichever thread sets it (the
+/// audio thread for automation, the main thread for a host's flush), so a press as short
+/// as one event within a block counts; a slot note is written by the audio thread. Atomics
+/// only, as the audio thread requires.
 #[derive(Debug, Default)]
 pub struct Presses {
     generate: AtomicU32,
     stop: AtomicU32,
     continue_from_sidechain: AtomicU32,
+    next_slot: AtomicU32,
+    /// The slot chosen last, plus one; 0: none.
+    chosen_slot: AtomicU32,
 }
 
 impl Presses {
@@ -101,12 +132,27 @@ impl Presses {
             Trigger::Generate => &self.generate,
             Trigger::Stop => &self.stop,
             Trigger::ContinueFromSidechain => &self.continue_from_sidechain,
+            Trigger::NextSlot => &self.next_slot,
         }
     }
 
     /// Whether `trigger` was pressed since the last call; presses in between act once.
     pub fn take(&self, trigger: Trigger) -> bool {
         self.counter(trigger).swap(0, Ordering::AcqRel) > 0
+    }
+
+    /// Chooses slot `index` (0-based); of several chosen before the controller looks, the
+    /// last wins.
+    pub fn choose_slot(&self, index: usize) {
+        self.chosen_slot.store(index as u32 + 1, Ordering::Release);
+    }
+
+    /// The slot chosen since the last call, if any.
+    pub fn take_chosen_slot(&self) -> Option<usize> {
+        match self.chosen_slot.swap(0, Ordering::AcqRel) {
+            0 => None,
+            plus_one => Some(plus_one as usize - 1),
+        }
     }
 }
 
@@ -118,6 +164,21 @@ fn trigger_param(name: &str, trigger: Trigger, presses: &Arc<Presses>) -> BoolPa
             presses.counter(trigger).fetch_add(1, Ordering::AcqRel);
         }
     }))
+}
+
+/// The *Slot* parameter (1 to 8): a change of its value chooses that slot. A host that
+/// restores a project sets it too, which chooses the slot saved with it.
+fn slot_param(presses: &Arc<Presses>) -> IntParam {
+    let presses = Arc::clone(presses);
+    IntParam::new(
+        "Slot",
+        1,
+        IntRange::Linear {
+            min: 1,
+            max: SLOT_COUNT as i32,
+        },
+    )
+    .with_callback(Arc::new(move |slot| presses.choose_slot((slot - 1).max(0) as usize)))
 }
 
 impl Default for MusicGenParams {
@@ -173,10 +234,29 @@ impl Default for MusicGenParams {
             generate: trigger_param("Generate", Trigger::Generate, &presses),
             stop: trigger_param("Stop", Trigger::Stop, &presses),
             continue_from_sidechain: trigger_param("Continue from sidechain", Trigger::ContinueFromSidechain, &presses),
+            next_slot: trigger_param("Next slot", Trigger::NextSlot, &presses),
+            slot: slot_param(&presses),
+            first_slot_note: IntParam::new(
+                "Slot notes from",
+                DEFAULT_FIRST_SLOT_NOTE,
+                IntRange::Linear {
+                    min: 0,
+                    max: 127 - SLOT_COUNT as i32 + 1,
+                },
+            )
+            .with_value_to_string(Arc::new(|note| format!("{} ({note})", note_name(note))))
+            .with_string_to_value(Arc::new(parse_note))
+            .non_automatable(),
+            bank: Arc::new(RwLock::new(PromptBank::default())),
+            active_slot: Arc::new(AtomicU32::new(0)),
             presses,
             prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
             model_dir: Arc::new(RwLock::new(String::new())),
             provider: Arc::new(RwLock::new(ExecutionProvider::Auto)),
+            editor_state: EguiEditorState::from_size(
+                LogicalSize::new(f64::from(EDITOR_WIDTH), f64::from(EDITOR_HEIGHT)),
+                1.0,
+            ),
         }
     }
 }

@@ -83,6 +83,7 @@ fn every_parameter_automated_on_every_sample_neither_crashes_nor_allocates_and_t
         total: at(END_S),
         transport: false,
         real_time: true,
+        sidechain: None,
     };
     let (processor, [left, right]) = perform(&mut instance, processor, &performance, &mut automation, None);
     instance.deactivate(processor);

@@ -42,6 +42,7 @@ fn hold_a_note(
         total: (seconds * f64::from(RATE_HZ)) as usize,
         transport: false,
         real_time,
+        sidechain: None,
     };
     perform(instance, processor, &performance, &mut note, None).0
 }

@@ -262,6 +262,7 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
             total: (phase_s * f64::from(rate_hz)) as usize,
             transport: false,
             real_time: true,
+            sidechain: None,
         };
         let processor = perform_with(
             &mut instance,

@@ -66,6 +66,7 @@ fn stop_silences_a_held_note_until_generate_brings_the_music_back() {
         total: at(END_S),
         transport: false,
         real_time: true,
+        sidechain: None,
     };
     let (processor, [left, _]) = perform(&mut instance, processor, &performance, &mut presses, None);
     instance.deactivate(processor);

@@ -133,6 +133,7 @@ pub fn latency_samples(instance: &mut PluginInstance<TestHost>) -> u32 {
 }
 
 /// A parameter as the host sees it: CLAP id, name, plain range and value.
+#[derive(Clone)]
 pub struct Parameter {
     pub id: ClapId,
     pub name: String,
@@ -225,6 +226,7 @@ pub fn play_note(
         total: note_off_at + samples(timing.after_s),
         transport: timing.transport,
         real_time: true,
+        sidechain: None,
     };
     let (processor, channels) = perform(instance, processor, &performance, &mut notes, action);
     (
@@ -247,6 +249,8 @@ pub struct Performance {
     /// Blocks at the pace of the audio they hold, as an audio device asks for them;
     /// otherwise as fast as the plugin returns them (an offline bounce).
     pub real_time: bool,
+    /// The sidechain's signal at each sample, on both channels; silence where `None`.
+    pub sidechain: Option<fn(usize) -> f32>,
 }
 
 /// The events of one block, asked with the samples played before it and its length.
@@ -331,8 +335,8 @@ pub fn perform_with(
     })
 }
 
-/// The host's audio thread: `performance`'s blocks with the events `events` gives, the
-/// sidechain port fed silence, each output block handed to `output`.
+/// The host's audio thread: `performance`'s blocks with the events `events` gives and its
+/// sidechain signal, each output block handed to `output`.
 fn process_blocks(
     processor: StoppedPluginAudioProcessor<TestHost>,
     performance: &Performance,
@@ -346,6 +350,7 @@ fn process_blocks(
         total,
         transport,
         real_time,
+        sidechain: sidechain_signal,
     } = performance;
     let mut processor = processor.start_processing().expect("processing starts");
     let mut left = vec![0.0f32; block];
@@ -362,13 +367,22 @@ fn process_blocks(
         let frames = block.min(total - done);
         events_in.clear();
         events(done, frames, &mut events_in);
+        if let Some(signal) = sidechain_signal {
+            for channel in &mut sidechain {
+                for (i, sample) in channel[..frames].iter_mut().enumerate() {
+                    *sample = signal(done + i);
+                }
+            }
+        }
         let inputs = ports_in.with_input_buffers([AudioPortBuffer {
             latency: 0,
-            channels: AudioPortBufferType::f32_input_only(
-                sidechain
-                    .iter_mut()
-                    .map(|channel| InputChannel::constant(&mut channel[..frames])),
-            ),
+            channels: AudioPortBufferType::f32_input_only(sidechain.iter_mut().map(|channel| {
+                if sidechain_signal.is_some() {
+                    InputChannel::variable(&mut channel[..frames])
+                } else {
+                    InputChannel::constant(&mut channel[..frames])
+                }
+            })),
         }]);
         let mut outputs = ports_out.with_output_buffers([AudioPortBuffer {
             latency: 0,
