@@ -53,6 +53,8 @@ pub enum Request {
     ContinueFromSidechain,
     /// Play the prompt in this slot (0-based) of the bank.
     ChooseSlot(usize),
+    /// Play the next slot that holds a prompt.
+    NextSlot,
     Shutdown,
 }
 
@@ -70,6 +72,10 @@ pub struct Snapshot {
     /// The playing model's pattern over the frames `recent_frames` holds at most.
     pub pattern: Option<Pattern>,
     pub recent_frames: Vec<(usize, Vec<u32>)>,
+    /// The slot whose prompt is heard now, and the one chosen that is not heard yet (it
+    /// waits for a bar line, or for the audio generated before it to play).
+    pub playing_slot: Option<usize>,
+    pub queued_slot: Option<usize>,
 }
 
 /// The audio thread's ends of the queues.
@@ -86,12 +92,16 @@ pub struct AudioLink {
     pub transport: Arc<HostTransport>,
     /// The sidechain input, mono at the host's rate.
     pub sidechain: HeapProd<f32>,
+    /// The output's peak since the editor last read it, as `f32` bits (non-negative
+    /// floats order as their bits do, so `fetch_max` keeps the largest).
+    pub output_peak: Arc<AtomicU32>,
 }
 
 /// The handle the plugin keeps; dropping it stops the thread and the stream.
 pub struct Controller {
     requests: Sender<Request>,
     snapshot: Arc<Mutex<Snapshot>>,
+    output_peak: Arc<AtomicU32>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -106,6 +116,7 @@ impl Controller {
         let (sidechain, sidechain_rx) = HeapRb::<f32>::new(SIDECHAIN_QUEUE_SAMPLES).split();
         let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
         let (requests, requests_rx) = unbounded();
+        let output_peak = Arc::new(AtomicU32::new(0));
         let snapshot = Arc::new(Mutex::new(Snapshot {
             state: "idle: play a note or press Generate".into(),
             ..Snapshot::default()
@@ -132,6 +143,8 @@ impl Controller {
             stream: None,
             output_rate_hz: 48_000.0,
             applied: None,
+            playing_slot: None,
+            queued_slot: None,
             last_snapshot: Instant::now(),
         };
         let thread = std::thread::Builder::new()
@@ -142,6 +155,7 @@ impl Controller {
             Controller {
                 requests,
                 snapshot,
+                output_peak: Arc::clone(&output_peak),
                 thread: Some(thread),
             },
             AudioLink {
@@ -152,6 +166,7 @@ impl Controller {
                 stream_rate_hz,
                 transport,
                 sidechain,
+                output_peak,
             },
         )
     }
@@ -167,6 +182,10 @@ impl Controller {
 
     pub fn snapshot(&self) -> Arc<Mutex<Snapshot>> {
         Arc::clone(&self.snapshot)
+    }
+
+    pub fn output_peak(&self) -> Arc<AtomicU32> {
+        Arc::clone(&self.output_peak)
     }
 }
 
@@ -239,6 +258,9 @@ struct Worker {
     stream: Option<Stream>,
     output_rate_hz: f64,
     applied: Option<Applied>,
+    /// The slot heard now, and one chosen with the stream frame its prompt takes effect on.
+    playing_slot: Option<usize>,
+    queued_slot: Option<(usize, f64)>,
     last_snapshot: Instant,
 }
 
@@ -263,6 +285,7 @@ impl Worker {
                 Ok(Request::Stop) => self.stop(),
                 Ok(Request::ContinueFromSidechain) => self.continue_from_sidechain(),
                 Ok(Request::ChooseSlot(slot)) => self.choose_slot(slot),
+                Ok(Request::NextSlot) => self.next_slot(),
                 Ok(Request::Activate { rate_hz }) => {
                     if rate_hz != self.output_rate_hz {
                         // Audio at the old rate cannot be encoded as if it were at the new one.
@@ -290,6 +313,7 @@ impl Worker {
             self.follow_model();
             self.take_over_when_ready();
             self.follow_prompt();
+            self.advance_slots();
             if let Some(stream) = &self.stream {
                 self.latency_samples.store(stream.latency_samples(), Ordering::Relaxed);
                 // Release: the audio thread that sees the new rate also sees the old audio
@@ -320,12 +344,7 @@ impl Worker {
             self.choose_slot(slot);
         }
         if self.params.presses.take(Trigger::NextSlot) {
-            let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
-            let next = self.params.bank.read().next_filled(active);
-            match next {
-                Some(slot) => self.choose_slot(slot),
-                None => self.set_state("every slot is empty: fill one in the editor".into(), None),
-            }
+            self.next_slot();
         }
         if self.params.presses.take(Trigger::Generate) {
             self.generate();
@@ -346,7 +365,34 @@ impl Worker {
         };
         self.params.active_slot.store(slot as u32, Ordering::Relaxed);
         *self.params.prompt.write() = prompt;
-        self.follow_prompt();
+        match self.follow_prompt() {
+            Some(frame) => self.queued_slot = Some((slot, frame)),
+            None => {
+                self.playing_slot = Some(slot);
+                self.queued_slot = None;
+            }
+        }
+    }
+
+    /// Chooses the first slot after the active one that holds a prompt.
+    fn next_slot(&mut self) {
+        let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+        let next = self.params.bank.read().next_filled(active);
+        match next {
+            Some(slot) => self.choose_slot(slot),
+            None => self.set_state("every slot is empty: fill one in the editor".into(), None),
+        }
+    }
+
+    /// Moves a queued slot to playing once the stream plays the frame its prompt took
+    /// effect on.
+    fn advance_slots(&mut self) {
+        if let (Some((slot, frame)), Some(stream)) = (self.queued_slot, &self.stream)
+            && stream.frames_played() >= frame
+        {
+            self.playing_slot = Some(slot);
+            self.queued_slot = None;
+        }
     }
 
     fn settings(&self) -> Applied {
@@ -374,33 +420,34 @@ impl Worker {
     }
 
     /// Re-conditions a running stream when the prompt changed (from the editor, a loaded
-    /// state, or the tempo under the tempo hint).
-    fn follow_prompt(&mut self) {
+    /// state, or the tempo under the tempo hint); returns the stream frame it takes effect on.
+    fn follow_prompt(&mut self) -> Option<f64> {
         if self.is_running() {
             let prompt = self.effective_prompt();
             if prompt != self.applied_prompt {
-                self.send_prompt(prompt);
+                return self.send_prompt(prompt);
             }
         }
+        None
     }
 
     /// Sends `prompt` to the stream: on the host's next bar line that generation has not
-    /// reached yet when bar sync is on and the transport plays, otherwise at once.
-    fn send_prompt(&mut self, prompt: String) {
-        let Some(stream) = &self.stream else {
-            return;
-        };
+    /// reached yet when bar sync is on and the transport plays, otherwise at once. Returns
+    /// the stream frame it takes effect on.
+    fn send_prompt(&mut self, prompt: String) -> Option<f64> {
+        let stream = self.stream.as_ref()?;
+        // Frames already started keep the old prompt.
+        let earliest = stream.status().started_frames() as f64 + 1.0;
         let next_bar = self
             .transport
             .view()
             .next_bar()
             .filter(|_| self.params.bar_sync.value());
-        let state = match next_bar {
+        let (state, takes_effect) = match next_bar {
             Some((to_bar_s, bar_s)) => {
                 let frame_rate_hz = stream.frame_rate_hz();
                 let play_head = stream.frames_played();
-                // Frames already started keep the old prompt: take the first bar line after them.
-                let earliest = stream.status().started_frames() as f64 + 1.0;
+                // The first bar line after the frames already started.
                 let mut at = play_head + to_bar_s * frame_rate_hz;
                 while at < earliest {
                     at += bar_s * frame_rate_hz;
@@ -409,18 +456,20 @@ impl Worker {
                     prompt: prompt.clone(),
                     frame: at.ceil() as usize,
                 });
-                format!(
+                let state = format!(
                     "prompt on the bar line in {:.1} s: {prompt}",
                     (at - play_head) / frame_rate_hz
-                )
+                );
+                (state, at.ceil())
             }
             None => {
                 stream.send(Command::SetPrompt(prompt.clone()));
-                format!("prompt sent: {prompt}")
+                (format!("prompt sent: {prompt}"), earliest)
             }
         };
         self.applied_prompt = prompt;
         self.set_state(state, None);
+        Some(takes_effect)
     }
 
     /// A stream runs and is still generating.
@@ -539,6 +588,10 @@ impl Worker {
     /// prompt and parameters it was started with.
     fn install(&mut self, stream: Stream, consumer: PlaybackConsumer, prompt: String, state: &str) {
         self.hand_off(Some(consumer));
+        let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+        let is_active_slots = self.params.bank.read().prompt(active) == Some(self.params.prompt.read().trim());
+        self.playing_slot = is_active_slots.then_some(active);
+        self.queued_slot = None;
         self.applied = Some(self.settings());
         self.applied_prompt = prompt;
         self.snapshot.lock().pattern = Some(stream.model().pattern(RECENT_FRAMES));
@@ -711,6 +764,8 @@ impl Worker {
             return;
         }
         let mut snapshot = self.snapshot.lock();
+        snapshot.playing_slot = self.playing_slot;
+        snapshot.queued_slot = self.queued_slot.map(|(slot, _)| slot);
         let Some(stream) = &self.stream else {
             return;
         };

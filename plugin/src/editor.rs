@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
@@ -39,6 +39,9 @@ pub struct EditorApp {
     bank_dialog: Option<Receiver<BankDialog>>,
     /// What the last bank load or save said.
     bank_message: Option<(String, bool)>,
+    /// The output's peak as the audio thread leaves it, and the meter's falling level.
+    output_peak: Arc<AtomicU32>,
+    meter_db: f32,
     view: Snapshot,
 }
 
@@ -57,6 +60,8 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         browsing: None,
         bank_dialog: None,
         bank_message: None,
+        output_peak: controller.output_peak(),
+        meter_db: SILENCE_DB,
         view: Snapshot::default(),
     };
     create_egui_editor(
@@ -89,8 +94,10 @@ impl NiceEguiApp for EditorApp {
             self.prompt = stored.clone();
             self.stored_prompt = stored;
         }
-        ui.ctx().request_repaint();
+        ui.ctx().request_repaint_after(REPAINT_EVERY);
+        self.shortcuts(ui);
         ui.heading("MusicGen Live");
+        self.meters(ui);
         self.slots(ui);
         ui.label("Prompt (of the playing slot)");
         ui.add(
@@ -99,17 +106,10 @@ impl NiceEguiApp for EditorApp {
                 .desired_width(f32::INFINITY),
         );
         ui.horizontal(|ui| {
-            if ui.button("Generate").clicked() {
-                // The text box edits the playing slot's prompt.
-                let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
-                if let Some(slot) = self.params.bank.write().slots.get_mut(active) {
-                    slot.prompt = self.prompt.clone();
-                }
-                *self.params.prompt.write() = self.prompt.clone();
-                self.stored_prompt = self.prompt.clone();
-                let _ = self.requests.send(Request::Generate);
+            if ui.button("Generate").on_hover_text("Enter").clicked() {
+                self.generate();
             }
-            if ui.button("Stop").clicked() {
+            if ui.button("Stop").on_hover_text("Esc").clicked() {
                 let _ = self.requests.send(Request::Stop);
             }
             if ui
@@ -146,6 +146,90 @@ fn readiness_text(readiness: Option<Readiness>) -> String {
 }
 
 impl EditorApp {
+    /// Stores the prompt box in the playing slot and as the prompt, and asks for it.
+    fn generate(&mut self) {
+        let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+        if let Some(slot) = self.params.bank.write().slots.get_mut(active) {
+            slot.prompt = self.prompt.clone();
+        }
+        *self.params.prompt.write() = self.prompt.clone();
+        self.stored_prompt = self.prompt.clone();
+        let _ = self.requests.send(Request::Generate);
+    }
+
+    /// Keys for the stage, while no text field has the keyboard: Enter generates, Esc
+    /// stops, 1 to 8 choose a slot, N the next one.
+    fn shortcuts(&mut self, ui: &egui::Ui) {
+        if ui.ctx().egui_wants_keyboard_input() {
+            return;
+        }
+        let (generate, stop, next, slot) = ui.input(|input| {
+            let slot = SLOT_KEYS.iter().position(|key| input.key_pressed(*key));
+            (
+                input.key_pressed(egui::Key::Enter),
+                input.key_pressed(egui::Key::Escape),
+                input.key_pressed(egui::Key::N),
+                slot,
+            )
+        });
+        if generate {
+            self.generate();
+        }
+        if stop {
+            let _ = self.requests.send(Request::Stop);
+        }
+        if next {
+            let _ = self.requests.send(Request::NextSlot);
+        }
+        if let Some(slot) = slot {
+            let _ = self.requests.send(Request::ChooseSlot(slot));
+        }
+    }
+
+    /// What a performer glances at: the state, how far generation is ahead of playback
+    /// and its margin on real time, the output level and the underruns.
+    fn meters(&mut self, ui: &mut egui::Ui) {
+        let peak = f32::from_bits(self.output_peak.swap(0, Ordering::Relaxed));
+        let peak_db = 20.0 * peak.max(1e-6).log10();
+        let fall_db = METER_FALL_DB_PER_S * ui.input(|input| input.stable_dt).min(0.1);
+        self.meter_db = peak_db.max(self.meter_db - fall_db).max(SILENCE_DB);
+        let v = &self.view;
+        ui.label(egui::RichText::new(&v.state).size(20.0).strong());
+        if let Some(error) = &v.error {
+            ui.colored_label(RED, egui::RichText::new(error).size(16.0));
+        }
+        let buffer_ahead_s = f64::from(self.params.buffer_ahead.value());
+        let waiting = matches!(v.readiness, Some(Readiness::Waiting { .. }));
+        let health = (v.seconds_buffered / buffer_ahead_s.min(2.0)).clamp(0.0, 1.0) as f32;
+        let health_color = if waiting || health < 0.25 { AMBER } else { GREEN };
+        let level = (self.meter_db - SILENCE_DB) / -SILENCE_DB;
+        let level_color = match self.meter_db {
+            db if db >= -1.0 => RED,
+            db if db >= -6.0 => AMBER,
+            _ => GREEN,
+        };
+        ui.horizontal(|ui| {
+            meter_bar(
+                ui,
+                health,
+                health_color,
+                &format!("{:.1} s ahead | {}", v.seconds_buffered, readiness_text(v.readiness)),
+            );
+            let level_text = if self.meter_db <= SILENCE_DB {
+                "output: silent".to_owned()
+            } else {
+                format!("output {:.1} dBFS", self.meter_db)
+            };
+            meter_bar(ui, level, level_color, &level_text);
+            let underruns = egui::RichText::new(format!("underruns {}", v.underruns)).size(18.0);
+            if v.underruns > 0 {
+                ui.label(underruns.color(RED).strong());
+            } else {
+                ui.label(underruns);
+            }
+        });
+    }
+
     /// The bank's slots as a grid of buttons (the playing one lit), each with the note that
     /// chooses it, and the bank's menu: factory banks, load and save.
     fn slots(&mut self, ui: &mut egui::Ui) {
@@ -167,7 +251,7 @@ impl EditorApp {
                 BankDialog::Load(None) | BankDialog::Save(None) => None,
             };
         }
-        let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
+        let (playing, queued) = (self.view.playing_slot, self.view.queued_slot);
         let first_note = self.params.first_slot_note.value();
         let bank = self.params.bank.read().clone();
         ui.horizontal(|ui| {
@@ -190,20 +274,20 @@ impl EditorApp {
             }
         });
         if let Some((message, is_error)) = &self.bank_message {
-            let color = if *is_error {
-                Color32::from_rgb(230, 90, 80)
-            } else {
-                ui.visuals().weak_text_color()
-            };
+            let color = if *is_error { RED } else { ui.visuals().weak_text_color() };
             ui.colored_label(color, message);
         }
         egui::Grid::new("slots").num_columns(SLOT_COUNT / 2).show(ui, |ui| {
             for (index, slot) in bank.slots.iter().enumerate() {
                 let note = note_name(first_note + index as i32);
-                let text = egui::RichText::new(format!("{}  {}\n{note}", index + 1, slot.name)).size(15.0);
-                let button = egui::Button::new(text)
-                    .min_size(Vec2::new(170.0, 44.0))
-                    .selected(index == active);
+                let next = if queued == Some(index) { "  next" } else { "" };
+                let text = egui::RichText::new(format!("{}  {}\n{note}{next}", index + 1, slot.name)).size(17.0);
+                let mut button = egui::Button::new(text)
+                    .min_size(Vec2::new(178.0, 50.0))
+                    .selected(playing == Some(index));
+                if queued == Some(index) {
+                    button = button.fill(AMBER.gamma_multiply(0.5)).stroke(Stroke::new(2.0, AMBER));
+                }
                 let response = ui.add_enabled(!slot.prompt.trim().is_empty(), button);
                 if response.on_hover_text(&slot.prompt).clicked() {
                     let _ = self.requests.send(Request::ChooseSlot(index));
@@ -305,7 +389,7 @@ impl EditorApp {
             }
         });
         if let Some(problem) = &self.model_problem {
-            ui.colored_label(Color32::from_rgb(230, 90, 80), problem);
+            ui.colored_label(RED, problem);
         }
         ui.horizontal(|ui| {
             ui.label("Execution provider");
@@ -337,17 +421,10 @@ impl EditorApp {
     fn status(&self, ui: &mut egui::Ui) {
         let v = &self.view;
         ui.label(format!(
-            "{} | provider {} | {:.1} steps/s | {} | buffer {:.2} s | underruns {}",
-            v.state,
+            "provider {} | {:.1} steps/s",
             if v.provider.is_empty() { "-" } else { &v.provider },
             v.steps_per_second,
-            readiness_text(v.readiness),
-            v.seconds_buffered,
-            v.underruns
         ));
-        if let Some(error) = &v.error {
-            ui.colored_label(Color32::from_rgb(230, 90, 80), error);
-        }
     }
 
     /// Codebooks as rows, frames as columns; each token coloured by the decoder step that
@@ -394,6 +471,42 @@ impl EditorApp {
         );
     }
 }
+
+/// A labelled horizontal bar, `fraction` full.
+fn meter_bar(ui: &mut egui::Ui, fraction: f32, color: Color32, text: &str) {
+    let (response, painter) = ui.allocate_painter(Vec2::new(250.0, 28.0), Sense::hover());
+    let area = response.rect;
+    painter.rect_filled(area, 3.0, Color32::from_gray(30));
+    let mut filled = area;
+    filled.set_width(area.width() * fraction.clamp(0.0, 1.0));
+    painter.rect_filled(filled, 3.0, color.gamma_multiply(0.6));
+    painter.text(
+        area.left_center() + Vec2::new(8.0, 0.0),
+        egui::Align2::LEFT_CENTER,
+        text,
+        egui::FontId::proportional(16.0),
+        Color32::WHITE,
+    );
+}
+
+const RED: Color32 = Color32::from_rgb(230, 90, 80);
+const AMBER: Color32 = Color32::from_rgb(230, 170, 40);
+const GREEN: Color32 = Color32::from_rgb(70, 180, 90);
+/// The level meter's floor, and how fast it falls after a peak.
+const SILENCE_DB: f32 = -60.0;
+const METER_FALL_DB_PER_S: f32 = 20.0;
+/// The editor redraws at 30 frames a second (only while it is open).
+const REPAINT_EVERY: Duration = Duration::from_millis(33);
+const SLOT_KEYS: [egui::Key; SLOT_COUNT] = [
+    egui::Key::Num1,
+    egui::Key::Num2,
+    egui::Key::Num3,
+    egui::Key::Num4,
+    egui::Key::Num5,
+    egui::Key::Num6,
+    egui::Key::Num7,
+    egui::Key::Num8,
+];
 
 /// What a bank file dialog answered: the file to load or to save to, or none.
 enum BankDialog {

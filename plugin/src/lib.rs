@@ -166,6 +166,10 @@ impl Plugin for MusicGenLive {
     /// fuzzing: 1e277 became an infinite gain that saved as `null`, so the project could
     /// not be loaded again). Such a value is dropped: the parameter keeps its default, as
     /// when a state lacks it.
+    ///
+    /// A project restores what plays from its prompt and active slot: loading one presses
+    /// no trigger (a host may have saved one on) and chooses no slot (the *Slot* parameter
+    /// acts when the host moves it), so nothing changes after the load behind the host's back.
     fn filter_state(state: &mut PluginState) {
         state.params.retain(|id, value| {
             let finite = !matches!(value, ParamValue::F32(number) if !number.is_finite());
@@ -174,6 +178,12 @@ impl Plugin for MusicGenLive {
             }
             finite
         });
+        for id in params::TRIGGER_IDS {
+            if let Some(value) = state.params.get_mut(id) {
+                *value = ParamValue::Bool(false);
+            }
+        }
+        state.params.remove(params::SLOT_ID);
     }
 
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {
@@ -252,6 +262,7 @@ impl Plugin for MusicGenLive {
             }
             _ => mono.fill(0.0),
         }
+        let mut peak = 0.0f32;
         for (i, mut channels) in buffer.iter_samples().enumerate() {
             self.gate = if open {
                 (self.gate + self.gate_step).min(1.0)
@@ -259,10 +270,12 @@ impl Plugin for MusicGenLive {
                 (self.gate - self.gate_step).max(0.0)
             };
             let sample = mono[i] * self.gate * self.params.gain.smoothed.next();
+            peak = peak.max(sample.abs());
             for out in channels.iter_mut() {
                 *out = sample;
             }
         }
+        self.link.output_peak.fetch_max(peak.to_bits(), Ordering::Relaxed);
         ProcessStatus::KeepAlive
     }
 }

@@ -13,7 +13,7 @@ use parking_lot::RwLock;
 
 /// The editor's size in logical pixels.
 const EDITOR_WIDTH: u32 = 760;
-const EDITOR_HEIGHT: u32 = 800;
+const EDITOR_HEIGHT: u32 = 860;
 
 /// The prompt a fresh instance starts with.
 pub const DEFAULT_PROMPT: &str = "warm lo-fi piano with soft drums, 80 bpm";
@@ -101,6 +101,10 @@ pub struct MusicGenParams {
     /// status only then).
     pub editor_state: Arc<EguiEditorState>,
 }
+
+/// The trigger parameters' ids, and the *Slot* parameter's: a loaded state sets none of them.
+pub const TRIGGER_IDS: [&str; 4] = ["generate", "stop", "continue_sidechain", "next_slot"];
+pub const SLOT_ID: &str = "slot";
 
 /// The actions the trigger parameters press.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -103,6 +103,27 @@ fn saved_state_restores_the_prompt_in_a_new_instance() {
 }
 
 #[test]
+fn a_project_saved_with_triggers_on_and_another_slot_loads_its_prompt_and_presses_nothing() {
+    let Loaded { mut instance, _entry } = load();
+    let mut state = save(&mut instance);
+    let prompt = "a project's own prompt, edited after its slot was chosen";
+    state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
+    for trigger in ["generate", "stop", "continue_sidechain", "next_slot"] {
+        state["params"][trigger] = serde_json::json!({ "bool": true });
+    }
+    state["params"]["slot"] = serde_json::json!({ "i32": 5 });
+    restore(&mut instance, &state);
+    // The controller polls every 5 ms: a press or a slot choice would have acted by now.
+    std::thread::sleep(Duration::from_millis(300));
+    let loaded = save(&mut instance);
+    assert_eq!(persisted_prompt(&loaded), prompt, "no slot replaced the project's prompt");
+    assert_eq!(loaded["fields"]["active_slot"], "0", "no Next slot was pressed");
+    for trigger in ["generate", "stop", "continue_sidechain", "next_slot"] {
+        assert_eq!(loaded["params"][trigger], serde_json::json!({ "bool": false }), "{trigger}");
+    }
+}
+
+#[test]
 fn a_corrupt_state_is_refused_and_keeps_the_current_one() {
     let Loaded { mut instance, _entry } = load();
     let before = save(&mut instance);

@@ -7,7 +7,7 @@ mod host;
 
 use std::f32::consts::TAU;
 
-use clack_host::events::event_types::{NoteOnEvent, ParamValueEvent};
+use clack_host::events::event_types::NoteOnEvent;
 use clack_host::prelude::*;
 use host::*;
 
@@ -40,11 +40,7 @@ fn tone_b(sample: usize) -> f32 {
 fn perform_with_sidechain(sidechain: Option<fn(usize) -> f32>, pressed: bool) -> Vec<f32> {
     let Loaded { mut instance, _entry } = load();
     let parameters = parameters(&mut instance);
-    let press = parameters
-        .iter()
-        .find(|p| p.name == "Continue from sidechain")
-        .expect("a Continue from sidechain parameter")
-        .clone();
+    let continue_from_sidechain = find_parameter(&parameters, "Continue from sidechain");
     let config = PluginAudioConfiguration {
         sample_rate: f64::from(RATE_HZ),
         min_frames_count: 1,
@@ -58,8 +54,7 @@ fn perform_with_sidechain(sidechain: Option<fn(usize) -> f32>, pressed: bool) ->
             events.push(&NoteOnEvent::new(0, key, 1.0));
         }
         if pressed && block.contains(&at(PRESS_S)) {
-            events.push(&ParamValueEvent::new(0, press.id, Pckn::match_all(), press.max));
-            events.push(&ParamValueEvent::new(10, press.id, Pckn::match_all(), press.min));
+            press(events, &continue_from_sidechain);
         }
     };
     let performance = Performance {

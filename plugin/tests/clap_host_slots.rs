@@ -42,14 +42,10 @@ fn perform_choice(choice: Choice) -> (Vec<f32>, String) {
     state["params"]["buffer_ahead"] = serde_json::json!({ "f32": 1.0 });
     restore(&mut instance, &state);
     let parameters = parameters(&mut instance);
-    let find = |name: &str| {
-        parameters
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("a {name} parameter"))
-            .clone()
-    };
-    let (next_slot, slot) = (find("Next slot"), find("Slot"));
+    let (next_slot, slot) = (
+        find_parameter(&parameters, "Next slot"),
+        find_parameter(&parameters, "Slot"),
+    );
     assert!(next_slot.stepped && slot.stepped);
     // nice-plug shows the host a stepped parameter as its steps, from 0: slot 1 is 0.
     assert_eq!((slot.min, slot.max), (0.0, 7.0), "eight slots");
@@ -71,10 +67,7 @@ fn perform_choice(choice: Choice) -> (Vec<f32>, String) {
         if done == note_on_at {
             events.push(&NoteOnEvent::new(0, key, 1.0));
             match choice {
-                Choice::NextSlotTrigger => {
-                    events.push(&ParamValueEvent::new(0, next_slot.id, Pckn::match_all(), 1.0));
-                    events.push(&ParamValueEvent::new(10, next_slot.id, Pckn::match_all(), 0.0));
-                }
+                Choice::NextSlotTrigger => press(events, &next_slot),
                 Choice::SlotParameter => {
                     events.push(&ParamValueEvent::new(0, slot.id, Pckn::match_all(), 1.0));
                 }

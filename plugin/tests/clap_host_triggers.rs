@@ -4,7 +4,7 @@
 
 mod host;
 
-use clack_host::events::event_types::{NoteOnEvent, ParamValueEvent};
+use clack_host::events::event_types::NoteOnEvent;
 use clack_host::prelude::*;
 use host::*;
 
@@ -18,28 +18,14 @@ fn at(seconds: f64) -> usize {
     (seconds * f64::from(RATE_HZ)) as usize
 }
 
-/// A press: the parameter on at the block's first sample and off again at its tenth.
-fn press(events: &mut EventBuffer, parameter: &Parameter) {
-    events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), parameter.max));
-    events.push(&ParamValueEvent::new(
-        10,
-        parameter.id,
-        Pckn::match_all(),
-        parameter.min,
-    ));
-}
-
 #[test]
 fn stop_silences_a_held_note_until_generate_brings_the_music_back() {
     let Loaded { mut instance, _entry } = load();
     let parameters = parameters(&mut instance);
-    let find = |name: &str| {
-        parameters
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("a {name} parameter"))
-    };
-    let (stop, generate) = (find("Stop"), find("Generate"));
+    let (stop, generate) = (
+        find_parameter(&parameters, "Stop"),
+        find_parameter(&parameters, "Generate"),
+    );
     assert!(stop.stepped && generate.stepped, "triggers are switches");
     let config = PluginAudioConfiguration {
         sample_rate: f64::from(RATE_HZ),
@@ -54,10 +40,10 @@ fn stop_silences_a_held_note_until_generate_brings_the_music_back() {
             events.push(&NoteOnEvent::new(0, key, 1.0));
         }
         if block.contains(&at(STOP_S)) {
-            press(events, stop);
+            press(events, &stop);
         }
         if block.contains(&at(GENERATE_S)) {
-            press(events, generate);
+            press(events, &generate);
         }
     };
     let performance = Performance {

@@ -15,7 +15,7 @@ use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
 use clack_extensions::log::{HostLog, HostLogImpl, LogSeverity};
 use clack_extensions::params::{ParamInfoBuffer, ParamInfoFlags, PluginParams};
 use clack_extensions::state::PluginState;
-use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, TransportEvent, TransportFlags};
+use clack_host::events::event_types::{NoteOffEvent, NoteOnEvent, ParamValueEvent, TransportEvent, TransportFlags};
 use clack_host::events::{EventFlags, EventHeader};
 use clack_host::prelude::*;
 use clack_host::process::StoppedPluginAudioProcessor;
@@ -150,6 +150,27 @@ impl Parameter {
         let value = self.min + position.clamp(0.0, 1.0) * (self.max - self.min);
         if self.stepped { value.round() } else { value }
     }
+}
+
+/// The parameter named `name`.
+pub fn find_parameter(parameters: &[Parameter], name: &str) -> Parameter {
+    parameters
+        .iter()
+        .find(|p| p.name == name)
+        .unwrap_or_else(|| panic!("a {name} parameter"))
+        .clone()
+}
+
+/// A press of a trigger parameter: on at the block's first sample and off again at its
+/// tenth, as short as automation makes it.
+pub fn press(events: &mut EventBuffer, parameter: &Parameter) {
+    events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), parameter.max));
+    events.push(&ParamValueEvent::new(
+        10,
+        parameter.id,
+        Pckn::match_all(),
+        parameter.min,
+    ));
 }
 
 pub fn parameters(instance: &mut PluginInstance<TestHost>) -> Vec<Parameter> {
