@@ -14,7 +14,7 @@ use nice_plug_egui::widgets::ParamSlider;
 use nice_plug_egui::{EguiEditor, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
 use parking_lot::Mutex;
 
-use crate::controller::{Controller, Request, Snapshot};
+use crate::controller::{Controller, Request, Snapshot, resources_dir};
 use crate::params::MusicGenParams;
 use crate::slots::{PromptBank, SLOT_COUNT, note_name};
 
@@ -520,7 +520,11 @@ fn bank_file_dialog(save: bool) -> Receiver<BankDialog> {
     std::thread::Builder::new()
         .name("musicgen-bank-dialog".into())
         .spawn(move || {
-            let dialog = rfd::AsyncFileDialog::new().add_filter("Prompt bank", &["json"]);
+            let mut dialog = rfd::AsyncFileDialog::new().add_filter("Prompt bank", &["json"]);
+            // The factory banks' files, beside the plugin, to start from.
+            if let Some(banks) = resources_dir().map(|dir| dir.join("banks")).filter(|dir| dir.is_dir()) {
+                dialog = dialog.set_directory(banks);
+            }
             let _ = answer.send(if save {
                 let picked = pollster::block_on(dialog.set_title("Save the prompt bank").save_file());
                 BankDialog::Save(picked.map(|handle| handle.path().to_path_buf()))

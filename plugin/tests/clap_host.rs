@@ -116,10 +116,18 @@ fn a_project_saved_with_triggers_on_and_another_slot_loads_its_prompt_and_presse
     // The controller polls every 5 ms: a press or a slot choice would have acted by now.
     std::thread::sleep(Duration::from_millis(300));
     let loaded = save(&mut instance);
-    assert_eq!(persisted_prompt(&loaded), prompt, "no slot replaced the project's prompt");
+    assert_eq!(
+        persisted_prompt(&loaded),
+        prompt,
+        "no slot replaced the project's prompt"
+    );
     assert_eq!(loaded["fields"]["active_slot"], "0", "no Next slot was pressed");
     for trigger in ["generate", "stop", "continue_sidechain", "next_slot"] {
-        assert_eq!(loaded["params"][trigger], serde_json::json!({ "bool": false }), "{trigger}");
+        assert_eq!(
+            loaded["params"][trigger],
+            serde_json::json!({ "bool": false }),
+            "{trigger}"
+        );
     }
 }
 

@@ -1,6 +1,6 @@
 //! Plugin bundles: nice-plug's bundler builds the VST3 and CLAP bundles, then the ONNX
-//! Runtime library and the tiny default model are copied in beside the plugin binary, in
-//! a `musicgen-live/` folder, where the plugin looks for them.
+//! Runtime library, the tiny default model and the factory prompt banks are copied in
+//! beside the plugin binary, in a `musicgen-live/` folder, where the plugin looks for them.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -42,7 +42,13 @@ pub fn bundle(root: &Path, mut args: Vec<String>) -> Result<()> {
             &root.join("models").join("tiny"),
             &resources.join("models").join("tiny"),
         )?;
-        println!("added ONNX Runtime and the tiny model to {}", resources.display());
+        // The plugin has the factory banks compiled in; these copies are for people to
+        // open, edit and load as their own.
+        copy_tree(&root.join("plugin").join("banks"), &resources.join("banks"))?;
+        println!(
+            "added ONNX Runtime, the tiny model and the factory banks to {}",
+            resources.display()
+        );
         placed += 1;
     }
     if placed == 0 {
