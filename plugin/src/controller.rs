@@ -343,6 +343,12 @@ impl Worker {
         if let Some(slot) = self.params.presses.take_chosen_slot() {
             self.choose_slot(slot);
         }
+        if let Some(slot) = self.params.presses.take_slot_parameter() {
+            let chose_before = self.params.slot_parameter_chose.swap(slot as u32, Ordering::Relaxed);
+            if chose_before != slot as u32 {
+                self.choose_slot(slot);
+            }
+        }
         if self.params.presses.take(Trigger::NextSlot) {
             self.next_slot();
         }

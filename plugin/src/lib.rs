@@ -166,10 +166,6 @@ impl Plugin for MusicGenLive {
     /// fuzzing: 1e277 became an infinite gain that saved as `null`, so the project could
     /// not be loaded again). Such a value is dropped: the parameter keeps its default, as
     /// when a state lacks it.
-    ///
-    /// A project restores what plays from its prompt and active slot: loading one presses
-    /// no trigger (a host may have saved one on) and chooses no slot (the *Slot* parameter
-    /// acts when the host moves it), so nothing changes after the load behind the host's back.
     fn filter_state(state: &mut PluginState) {
         state.params.retain(|id, value| {
             let finite = !matches!(value, ParamValue::F32(number) if !number.is_finite());
@@ -178,12 +174,6 @@ impl Plugin for MusicGenLive {
             }
             finite
         });
-        for id in params::TRIGGER_IDS {
-            if let Some(value) = state.params.get_mut(id) {
-                *value = ParamValue::Bool(false);
-            }
-        }
-        state.params.remove(params::SLOT_ID);
     }
 
     fn editor(&mut self, _async_executor: AsyncExecutor<Self>) -> Option<Self::Editor> {

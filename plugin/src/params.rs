@@ -88,6 +88,10 @@ pub struct MusicGenParams {
     /// The slot whose prompt plays (0-based), or the last one chosen.
     #[persist = "active_slot"]
     pub active_slot: Arc<AtomicU32>,
+    /// The slot (0-based) the *Slot* parameter last chose: a project that restores the
+    /// parameter at that value chooses nothing (its active slot and prompt say what plays).
+    #[persist = "slot_parameter_chose"]
+    pub slot_parameter_chose: Arc<AtomicU32>,
 
     #[persist = "prompt"]
     pub prompt: Arc<RwLock<String>>,
@@ -101,10 +105,6 @@ pub struct MusicGenParams {
     /// status only then).
     pub editor_state: Arc<EguiEditorState>,
 }
-
-/// The trigger parameters' ids, and the *Slot* parameter's: a loaded state sets none of them.
-pub const TRIGGER_IDS: [&str; 4] = ["generate", "stop", "continue_sidechain", "next_slot"];
-pub const SLOT_ID: &str = "slot";
 
 /// The actions the trigger parameters press.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -126,8 +126,10 @@ pub struct Presses {
     stop: AtomicU32,
     continue_from_sidechain: AtomicU32,
     next_slot: AtomicU32,
-    /// The slot chosen last, plus one; 0: none.
+    /// The slot a note chose last, plus one; 0: none.
     chosen_slot: AtomicU32,
+    /// The *Slot* parameter's last value (0-based), plus one; 0: unchanged.
+    slot_parameter: AtomicU32,
 }
 
 impl Presses {
@@ -151,12 +153,25 @@ impl Presses {
         self.chosen_slot.store(index as u32 + 1, Ordering::Release);
     }
 
-    /// The slot chosen since the last call, if any.
+    /// The slot a note chose since the last call, if any.
     pub fn take_chosen_slot(&self) -> Option<usize> {
-        match self.chosen_slot.swap(0, Ordering::AcqRel) {
-            0 => None,
-            plus_one => Some(plus_one as usize - 1),
-        }
+        taken_slot(&self.chosen_slot)
+    }
+
+    fn move_slot_parameter(&self, index: usize) {
+        self.slot_parameter.store(index as u32 + 1, Ordering::Release);
+    }
+
+    /// The *Slot* parameter's value (0-based) if it changed since the last call.
+    pub fn take_slot_parameter(&self) -> Option<usize> {
+        taken_slot(&self.slot_parameter)
+    }
+}
+
+fn taken_slot(slot_plus_one: &AtomicU32) -> Option<usize> {
+    match slot_plus_one.swap(0, Ordering::AcqRel) {
+        0 => None,
+        plus_one => Some(plus_one as usize - 1),
     }
 }
 
@@ -170,8 +185,8 @@ fn trigger_param(name: &str, trigger: Trigger, presses: &Arc<Presses>) -> BoolPa
     }))
 }
 
-/// The *Slot* parameter (1 to 8): a change of its value chooses that slot. A host that
-/// restores a project sets it too, which chooses the slot saved with it.
+/// The *Slot* parameter (1 to 8): a change of its value chooses that slot, unless it is the
+/// slot the parameter last chose (a project restoring the value it was saved with).
 fn slot_param(presses: &Arc<Presses>) -> IntParam {
     let presses = Arc::clone(presses);
     IntParam::new(
@@ -182,7 +197,9 @@ fn slot_param(presses: &Arc<Presses>) -> IntParam {
             max: SLOT_COUNT as i32,
         },
     )
-    .with_callback(Arc::new(move |slot| presses.choose_slot((slot - 1).max(0) as usize)))
+    .with_callback(Arc::new(move |slot| {
+        presses.move_slot_parameter((slot - 1).max(0) as usize)
+    }))
 }
 
 impl Default for MusicGenParams {
@@ -253,6 +270,7 @@ impl Default for MusicGenParams {
             .non_automatable(),
             bank: Arc::new(RwLock::new(PromptBank::default())),
             active_slot: Arc::new(AtomicU32::new(0)),
+            slot_parameter_chose: Arc::new(AtomicU32::new(0)),
             presses,
             prompt: Arc::new(RwLock::new(DEFAULT_PROMPT.to_owned())),
             model_dir: Arc::new(RwLock::new(String::new())),

@@ -103,32 +103,37 @@ fn saved_state_restores_the_prompt_in_a_new_instance() {
 }
 
 #[test]
-fn a_project_saved_with_triggers_on_and_another_slot_loads_its_prompt_and_presses_nothing() {
+fn a_project_restores_its_prompt_and_its_slot_parameter_chooses_only_a_slot_it_did_not_choose() {
     let Loaded { mut instance, _entry } = load();
-    let mut state = save(&mut instance);
-    let prompt = "a project's own prompt, edited after its slot was chosen";
-    state["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
-    for trigger in ["generate", "stop", "continue_sidechain", "next_slot"] {
-        state["params"][trigger] = serde_json::json!({ "bool": true });
-    }
-    state["params"]["slot"] = serde_json::json!({ "i32": 5 });
-    restore(&mut instance, &state);
-    // The controller polls every 5 ms: a press or a slot choice would have acted by now.
+    let mut project = save(&mut instance);
+    let prompt = "a project's own prompt, edited after the Slot parameter chose slot 5";
+    project["fields"]["prompt"] = serde_json::to_string(prompt).unwrap().into();
+    project["fields"]["active_slot"] = "4".into();
+    project["params"]["slot"] = serde_json::json!({ "i32": 5 });
+    project["fields"]["slot_parameter_chose"] = "4".into();
+    restore(&mut instance, &project);
+    // The controller polls every 5 ms: a slot choice would have acted by now.
     std::thread::sleep(Duration::from_millis(300));
-    let loaded = save(&mut instance);
     assert_eq!(
-        persisted_prompt(&loaded),
+        persisted_prompt(&save(&mut instance)),
         prompt,
-        "no slot replaced the project's prompt"
+        "the Slot parameter restored at the slot it chose replaced the project's prompt"
     );
-    assert_eq!(loaded["fields"]["active_slot"], "0", "no Next slot was pressed");
-    for trigger in ["generate", "stop", "continue_sidechain", "next_slot"] {
-        assert_eq!(
-            loaded["params"][trigger],
-            serde_json::json!({ "bool": false }),
-            "{trigger}"
+
+    // A state whose Slot parameter moved since it last chose (as automation would have it)
+    // chooses that slot.
+    project["params"]["slot"] = serde_json::json!({ "i32": 3 });
+    restore(&mut instance, &project);
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let third = "driving techno with a punchy kick and hypnotic synth stabs, 130 bpm";
+    while persisted_prompt(&save(&mut instance)) != third {
+        assert!(
+            Instant::now() < deadline,
+            "the Slot parameter at 3 did not choose slot 3"
         );
+        std::thread::sleep(Duration::from_millis(5));
     }
+    assert_eq!(save(&mut instance)["fields"]["active_slot"], "2");
 }
 
 #[test]

@@ -57,13 +57,13 @@ pub fn ensure_venv(root: &Path) -> Result<PathBuf> {
     Ok(python)
 }
 
-/// The most the install holds on disk at once: measured 5.3 GiB at its peak, 4.4 GiB once
+/// The most the install holds on disk at once: measured 5.3 GiB at its peak, 4.7 GiB once
 /// installed (pip keeps each batch's downloaded wheels until that batch is installed).
 const VENV_BYTES: u64 = 11 << 29;
 
 /// Installs the pinned packages with `--no-deps` (the file pins every one) in two batches,
 /// CUDA's libraries first: pip keeps a batch's wheels on disk until all of it is installed,
-/// and one batch of everything took 6.9 GiB at its peak, two take 5.3 GiB.
+/// and one batch of everything took 7.3 GiB at its peak, two take 5.3 GiB.
 /// A dropped connection to PyPI in the middle should not fail a CI run: pip retries each
 /// request, and a batch is tried again once (pip skips what it already installed). No
 /// download cache: it would double the space the wheels take.
