@@ -595,8 +595,8 @@ impl Worker {
     fn install(&mut self, stream: Stream, consumer: PlaybackConsumer, prompt: String, state: &str) {
         self.hand_off(Some(consumer));
         let active = self.params.active_slot.load(Ordering::Relaxed) as usize;
-        let is_active_slots = self.params.bank.read().prompt(active) == Some(self.params.prompt.read().trim());
-        self.playing_slot = is_active_slots.then_some(active);
+        let plays_active_slot = self.params.bank.read().prompt(active) == Some(self.params.prompt.read().trim());
+        self.playing_slot = plays_active_slot.then_some(active);
         self.queued_slot = None;
         self.applied = Some(self.settings());
         self.applied_prompt = prompt;

@@ -35,8 +35,8 @@ pub struct EditorApp {
     model_problem: Option<String>,
     /// The folder dialog's answer, while one is open.
     browsing: Option<Receiver<Browsed>>,
-    /// A bank file dialog's answer, while one is open.
-    bank_dialog: Option<Receiver<BankDialog>>,
+    /// A bank file dialog's answer, while one is open, and what the file is for.
+    bank_dialog: Option<(BankAction, Receiver<Browsed>)>,
     /// What the last bank load or save said.
     bank_message: Option<(String, bool)>,
     /// The output's peak as the audio thread leaves it, and the meter's falling level.
@@ -233,10 +233,14 @@ impl EditorApp {
     /// The bank's slots as a grid of buttons (the playing one lit), each with the note that
     /// chooses it, and the bank's menu: factory banks, load and save.
     fn slots(&mut self, ui: &mut egui::Ui) {
-        if let Some(answer) = self.bank_dialog.as_ref().and_then(|rx| rx.try_recv().ok()) {
+        if let Some((action, answer)) = self
+            .bank_dialog
+            .as_ref()
+            .and_then(|(action, rx)| Some((*action, rx.try_recv().ok()?)))
+        {
             self.bank_dialog = None;
-            self.bank_message = match answer {
-                BankDialog::Load(Some(path)) => Some(match PromptBank::load(&path) {
+            self.bank_message = match (action, answer.path) {
+                (BankAction::Load, Some(path)) => Some(match PromptBank::load(&path) {
                     Ok(bank) => {
                         let message = format!("loaded {}", path.display());
                         *self.params.bank.write() = bank;
@@ -244,11 +248,12 @@ impl EditorApp {
                     }
                     Err(error) => (error.to_string(), true),
                 }),
-                BankDialog::Save(Some(path)) => Some(match self.params.bank.read().save(&path) {
+                (BankAction::Save, Some(path)) => Some(match self.params.bank.read().save(&path) {
                     Ok(()) => (format!("saved {}", path.display()), false),
                     Err(error) => (error.to_string(), true),
                 }),
-                BankDialog::Load(None) | BankDialog::Save(None) => None,
+                (_, None) if answer.open_for < NO_DIALOG_WITHIN => Some((NO_DIALOG.into(), true)),
+                (_, None) => None,
             };
         }
         let (playing, queued) = (self.view.playing_slot, self.view.queued_slot);
@@ -267,10 +272,10 @@ impl EditorApp {
                 });
             let idle = self.bank_dialog.is_none();
             if ui.add_enabled(idle, egui::Button::new("Load bank...")).clicked() {
-                self.bank_dialog = Some(bank_file_dialog(false));
+                self.bank_dialog = Some((BankAction::Load, bank_file_dialog(BankAction::Load)));
             }
             if ui.add_enabled(idle, egui::Button::new("Save bank...")).clicked() {
-                self.bank_dialog = Some(bank_file_dialog(true));
+                self.bank_dialog = Some((BankAction::Save, bank_file_dialog(BankAction::Save)));
             }
         });
         if let Some((message, is_error)) = &self.bank_message {
@@ -357,18 +362,13 @@ impl EditorApp {
     fn model(&mut self, ui: &mut egui::Ui) {
         if let Some(answer) = self.browsing.as_ref().and_then(|rx| rx.try_recv().ok()) {
             self.browsing = None;
-            match answer.folder {
+            match answer.path {
                 Some(dir) => {
                     self.model_dir = dir.display().to_string();
                     self.choose_model();
                 }
-                // No person cancels a dialog this fast: there was none to show.
                 None if answer.open_for < NO_DIALOG_WITHIN => {
-                    self.model_problem = Some(
-                        "this system shows no folder dialog (on Linux it needs xdg-desktop-portal); \
-                         type the model folder's path instead"
-                            .into(),
-                    );
+                    self.model_problem = Some(format!("{NO_DIALOG}; type the model folder's path instead"));
                 }
                 None => {}
             }
@@ -508,63 +508,63 @@ const SLOT_KEYS: [egui::Key; SLOT_COUNT] = [
     egui::Key::Num8,
 ];
 
-/// What a bank file dialog answered: the file to load or to save to, or none.
-enum BankDialog {
-    Load(Option<PathBuf>),
-    Save(Option<PathBuf>),
+/// What a bank file is chosen for.
+#[derive(Clone, Copy)]
+enum BankAction {
+    Load,
+    Save,
 }
 
-/// Opens the system's file dialog for a bank (to save, or to load) on its own thread.
-fn bank_file_dialog(save: bool) -> Receiver<BankDialog> {
-    let (answer, answer_rx) = bounded(1);
-    std::thread::Builder::new()
-        .name("musicgen-bank-dialog".into())
-        .spawn(move || {
-            let mut dialog = rfd::AsyncFileDialog::new().add_filter("Prompt bank", &["json"]);
-            // The factory banks' files, beside the plugin, to start from.
-            if let Some(banks) = resources_dir().map(|dir| dir.join("banks")).filter(|dir| dir.is_dir()) {
-                dialog = dialog.set_directory(banks);
-            }
-            let _ = answer.send(if save {
-                let picked = pollster::block_on(dialog.set_title("Save the prompt bank").save_file());
-                BankDialog::Save(picked.map(|handle| handle.path().to_path_buf()))
-            } else {
-                let picked = pollster::block_on(dialog.set_title("Load a prompt bank").pick_file());
-                BankDialog::Load(picked.map(|handle| handle.path().to_path_buf()))
-            });
-        })
-        .expect("the OS can start a thread");
-    answer_rx
+/// Opens the system's file dialog for a bank to load or to save, starting in the factory
+/// banks' folder beside the plugin.
+fn bank_file_dialog(action: BankAction) -> Receiver<Browsed> {
+    let mut dialog = rfd::AsyncFileDialog::new().add_filter("Prompt bank", &["json"]);
+    if let Some(banks) = resources_dir().map(|dir| dir.join("banks")).filter(|dir| dir.is_dir()) {
+        dialog = dialog.set_directory(banks);
+    }
+    ask_in_dialog("musicgen-bank-dialog", move || match action {
+        BankAction::Load => pollster::block_on(dialog.set_title("Load a prompt bank").pick_file()),
+        BankAction::Save => pollster::block_on(dialog.set_title("Save the prompt bank").save_file()),
+    })
 }
 
-/// What the folder dialog answered, and after how long.
+/// What a file or folder dialog answered, and after how long.
 struct Browsed {
-    folder: Option<PathBuf>,
+    path: Option<PathBuf>,
     open_for: Duration,
 }
 
-/// A dialog that answers "nothing chosen" sooner than this was never shown.
+/// A dialog that answers "nothing chosen" sooner than this was never shown: no person
+/// cancels one this fast.
 const NO_DIALOG_WITHIN: Duration = Duration::from_millis(300);
+const NO_DIALOG: &str = "this system shows no file dialog (on Linux it needs xdg-desktop-portal)";
 
-/// Opens the system's folder dialog on its own thread, so that the editor keeps drawing;
-/// the answer arrives on the returned channel.
-fn browse_for_folder(current: &str) -> Receiver<Browsed> {
+/// Shows a system dialog on its own thread, so that the editor keeps drawing; the answer
+/// arrives on the returned channel.
+fn ask_in_dialog(
+    thread_name: &str,
+    show: impl FnOnce() -> Option<rfd::FileHandle> + Send + 'static,
+) -> Receiver<Browsed> {
     let (answer, answer_rx) = bounded(1);
-    let start_dir = Some(PathBuf::from(current.trim())).filter(|dir| dir.is_dir());
     std::thread::Builder::new()
-        .name("musicgen-browse".into())
+        .name(thread_name.into())
         .spawn(move || {
-            let mut dialog = rfd::AsyncFileDialog::new().set_title("Choose a MusicGen model folder");
-            if let Some(dir) = start_dir {
-                dialog = dialog.set_directory(dir);
-            }
             let opened = Instant::now();
-            let picked = pollster::block_on(dialog.pick_folder());
+            let picked = show();
             let _ = answer.send(Browsed {
-                folder: picked.map(|handle| handle.path().to_path_buf()),
+                path: picked.map(|handle| handle.path().to_path_buf()),
                 open_for: opened.elapsed(),
             });
         })
         .expect("the OS can start a thread");
     answer_rx
+}
+
+/// Opens the system's folder dialog for a model folder, starting in `current`.
+fn browse_for_folder(current: &str) -> Receiver<Browsed> {
+    let mut dialog = rfd::AsyncFileDialog::new().set_title("Choose a MusicGen model folder");
+    if let Some(dir) = Some(PathBuf::from(current.trim())).filter(|dir| dir.is_dir()) {
+        dialog = dialog.set_directory(dir);
+    }
+    ask_in_dialog("musicgen-browse", move || pollster::block_on(dialog.pick_folder()))
 }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use crate::slots::{DEFAULT_FIRST_SLOT_NOTE, PromptBank, SLOT_COUNT, note_name, parse_note};
-
 use musicgen_engine::ExecutionProvider;
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug::prelude::*;
 use nice_plug_egui::EguiEditorState;
 use parking_lot::RwLock;
+
+use crate::slots::{DEFAULT_FIRST_SLOT_NOTE, PromptBank, SLOT_COUNT, note_name, parse_note};
 
 /// The editor's size in logical pixels.
 const EDITOR_WIDTH: u32 = 760;

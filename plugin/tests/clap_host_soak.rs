@@ -127,16 +127,16 @@ fn measuring(
         let mut m = measures.lock().unwrap();
         let share = block.callback.as_secs_f64() / block_s;
         let cpu_share = block.callback_cpu.map_or(f64::NAN, |cpu| cpu.as_secs_f64() / block_s);
+        let faults = block.callback_faults.unwrap_or(0);
         m.minute.add(share);
         m.minute_cpu.add(cpu_share);
-        m.minute_faults += block.callback_faults.unwrap_or(0);
+        m.minute_faults += faults;
         let phase_s = block.done as f64 / f64::from(rate_hz);
         m.played_s = played_before_s + phase_s;
         if phase_s < WARM_UP_S {
             m.warming.add(share);
             return;
         }
-        let faults = block.callback_faults.unwrap_or(0);
         if share > m.settled.max {
             m.longest_faults = faults;
         }

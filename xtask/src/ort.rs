@@ -89,7 +89,7 @@ pub fn ensure_too_old(root: &Path) -> Result<PathBuf> {
 pub const CUDA_FETCH_BYTES: u64 = 5 << 30;
 
 /// The CUDA check's folder, `target/onnxruntime-cuda-check/`.
-pub fn cuda_check_dir(root: &Path) -> PathBuf {
+fn cuda_check_dir(root: &Path) -> PathBuf {
     root.join("target").join(CUDA_CHECK_FOLDER)
 }
 

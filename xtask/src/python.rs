@@ -19,8 +19,11 @@ fn venv_dir(root: &Path) -> PathBuf {
 /// one the steps after the export's need least.
 pub fn remove_venv_when_short(root: &Path, needed_bytes: u64, what: &str) -> Result<()> {
     let venv = venv_dir(root);
+    if !venv.exists() {
+        return Ok(());
+    }
     let free_bytes = system::free_disk_bytes(&venv)?;
-    if !venv.exists() || free_bytes.is_none_or(|free| free >= needed_bytes) {
+    if free_bytes.is_none_or(|free| free >= needed_bytes) {
         return Ok(());
     }
     println!(
