@@ -27,7 +27,7 @@ use ringbuf::{HeapCons, HeapProd, HeapRb};
 
 use crate::error::PluginError;
 use crate::model_cache::shared_model;
-use crate::params::{MusicGenParams, Trigger};
+use crate::params::{MusicGenParams, Press, Trigger};
 use crate::transport::HostTransport;
 
 /// What the audio thread asks for.
@@ -127,6 +127,7 @@ impl Controller {
             audio_requests: audio_requests_rx,
             handoffs: handoffs_tx,
             unsent_handoff: None,
+            presses: Vec::new(),
             retired: retired_rx,
             snapshot: Arc::clone(&snapshot),
             latency_samples: Arc::clone(&latency_samples),
@@ -233,6 +234,8 @@ struct Worker {
     /// later poll, or replaced by a newer one (a Stop and a Generate pressed faster than
     /// the host's blocks would otherwise lose the last of them).
     unsent_handoff: Option<Option<PlaybackConsumer>>,
+    /// The presses taken on a poll, kept to reuse its room.
+    presses: Vec<Press>,
     retired: HeapCons<PlaybackConsumer>,
     snapshot: Arc<Mutex<Snapshot>>,
     latency_samples: Arc<AtomicU32>,
@@ -334,30 +337,27 @@ impl Worker {
         }
     }
 
-    /// Acts on the trigger parameters pressed and the slot chosen since the last poll,
-    /// Stop first, the slot before Generate.
+    /// Acts on the trigger parameters pressed and the slots chosen since the last poll, in
+    /// the order they came.
     fn follow_triggers(&mut self) {
-        if self.params.presses.take(Trigger::Stop) {
-            self.stop();
-        }
-        if let Some(slot) = self.params.presses.take_chosen_slot() {
-            self.choose_slot(slot);
-        }
-        if let Some(slot) = self.params.presses.take_slot_parameter() {
-            let chose_before = self.params.slot_parameter_chose.swap(slot as u32, Ordering::Relaxed);
-            if chose_before != slot as u32 {
-                self.choose_slot(slot);
+        let mut presses = std::mem::take(&mut self.presses);
+        self.params.presses.take(&mut presses);
+        for &press in &presses {
+            match press {
+                Press::Trigger(Trigger::Stop) => self.stop(),
+                Press::Trigger(Trigger::Generate) => self.generate(),
+                Press::Trigger(Trigger::ContinueFromSidechain) => self.continue_from_sidechain(),
+                Press::Trigger(Trigger::NextSlot) => self.next_slot(),
+                Press::NoteSlot(slot) => self.choose_slot(slot),
+                Press::SlotParameter(slot) => {
+                    let chose_before = self.params.slot_parameter_chose.swap(slot as u32, Ordering::Relaxed);
+                    if chose_before != slot as u32 {
+                        self.choose_slot(slot);
+                    }
+                }
             }
         }
-        if self.params.presses.take(Trigger::NextSlot) {
-            self.next_slot();
-        }
-        if self.params.presses.take(Trigger::Generate) {
-            self.generate();
-        }
-        if self.params.presses.take(Trigger::ContinueFromSidechain) {
-            self.continue_from_sidechain();
-        }
+        self.presses = presses;
     }
 
     /// Makes slot `slot`'s prompt the one that plays: a running stream takes it by the

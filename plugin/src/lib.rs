@@ -26,6 +26,7 @@ use tracing_subscriber::EnvFilter;
 
 use crate::controller::{AudioLink, AudioRequest, Controller, Request};
 pub use crate::params::MusicGenParams;
+use crate::params::Press;
 
 /// Gate fade for note on and off, in seconds.
 const GATE_FADE_S: f32 = 0.02;
@@ -219,7 +220,7 @@ impl Plugin for MusicGenLive {
                     // stream it starts plays that slot from its first frame.
                     let first_note = self.params.first_slot_note.value();
                     if let Some(slot) = key.number().and_then(|note| slots::slot_of_note(note, first_note)) {
-                        self.params.presses.choose_slot(slot);
+                        self.params.presses.press(Press::NoteSlot(slot));
                     }
                     self.notes_held += 1;
                     self.stopped = false;

@@ -1,7 +1,9 @@
 //! The plugin's parameters (automatable, in the host) and its persisted settings.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+
+use crossbeam_queue::ArrayQueue;
+use std::sync::atomic::AtomicU32;
 
 use musicgen_engine::ExecutionProvider;
 use nice_plug::editor::dpi::LogicalSize;
@@ -115,63 +117,73 @@ pub enum Trigger {
     NextSlot,
 }
 
-/// Presses of the trigger parameters, and the slot last chosen, since the controller last
-/// looked. A parameter's callback counts its rising edges on whichever thread sets it (the
-/// audio thread for automation, the main thread for a host's flush), so a press as short
-/// as one event within a block counts; a slot note is written by the audio thread. Atomics
-/// only, as the audio thread requires.
-#[derive(Debug, Default)]
+/// What a performer did for the controller to act on: a trigger pressed, a slot chosen by
+/// its note or by the *Slot* parameter (0-based).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Press {
+    Trigger(Trigger),
+    NoteSlot(usize),
+    SlotParameter(usize),
+}
+
+impl Press {
+    /// Presses of one kind coalesce: only the last of them acts.
+    fn same_kind(self, other: Press) -> bool {
+        match (self, other) {
+            (Press::Trigger(a), Press::Trigger(b)) => a == b,
+            (a, b) => std::mem::discriminant(&a) == std::mem::discriminant(&b),
+        }
+    }
+}
+
+/// Presses the controller has not taken yet, in the order they came. A parameter's
+/// callback posts a press on whichever thread sets it (the audio thread for automation,
+/// the main thread for a host's flush), so a press as short as one event within a block
+/// counts; a slot note is posted by the audio thread. The queue is lock-free and
+/// allocates only when made, as the audio thread requires.
+///
+/// The order matters: a Stop and a Generate pressed while the controller was busy (a
+/// stream's start takes tens of milliseconds) must act in the order they were pressed,
+/// or the performer's last press is undone.
+#[derive(Debug)]
 pub struct Presses {
-    generate: AtomicU32,
-    stop: AtomicU32,
-    continue_from_sidechain: AtomicU32,
-    next_slot: AtomicU32,
-    /// The slot a note chose last, plus one; 0: none.
-    chosen_slot: AtomicU32,
-    /// The *Slot* parameter's last value (0-based), plus one; 0: unchanged.
-    slot_parameter: AtomicU32,
+    queue: ArrayQueue<Press>,
+}
+
+/// Presses held between two looks of the controller; beyond it the oldest give way.
+const PRESSES_QUEUED: usize = 1024;
+
+impl Default for Presses {
+    fn default() -> Self {
+        Self {
+            queue: ArrayQueue::new(PRESSES_QUEUED),
+        }
+    }
 }
 
 impl Presses {
-    fn counter(&self, trigger: Trigger) -> &AtomicU32 {
-        match trigger {
-            Trigger::Generate => &self.generate,
-            Trigger::Stop => &self.stop,
-            Trigger::ContinueFromSidechain => &self.continue_from_sidechain,
-            Trigger::NextSlot => &self.next_slot,
+    /// Posts `press`; a full queue drops its oldest press, so the newest always counts.
+    pub fn press(&self, press: Press) {
+        self.queue.force_push(press);
+    }
+
+    /// Moves the presses since the last call into `taken`, oldest first, each kind once at
+    /// the place of its last press: of many presses of one trigger before the controller
+    /// looks, one acts.
+    pub fn take(&self, taken: &mut Vec<Press>) {
+        taken.clear();
+        while let Some(press) = self.queue.pop() {
+            taken.push(press);
         }
-    }
-
-    /// Whether `trigger` was pressed since the last call; presses in between act once.
-    pub fn take(&self, trigger: Trigger) -> bool {
-        self.counter(trigger).swap(0, Ordering::AcqRel) > 0
-    }
-
-    /// Chooses slot `index` (0-based); of several chosen before the controller looks, the
-    /// last wins.
-    pub fn choose_slot(&self, index: usize) {
-        self.chosen_slot.store(index as u32 + 1, Ordering::Release);
-    }
-
-    /// The slot a note chose since the last call, if any.
-    pub fn take_chosen_slot(&self) -> Option<usize> {
-        taken_slot(&self.chosen_slot)
-    }
-
-    fn move_slot_parameter(&self, index: usize) {
-        self.slot_parameter.store(index as u32 + 1, Ordering::Release);
-    }
-
-    /// The *Slot* parameter's value (0-based) if it changed since the last call.
-    pub fn take_slot_parameter(&self) -> Option<usize> {
-        taken_slot(&self.slot_parameter)
-    }
-}
-
-fn taken_slot(slot_plus_one: &AtomicU32) -> Option<usize> {
-    match slot_plus_one.swap(0, Ordering::AcqRel) {
-        0 => None,
-        plus_one => Some(plus_one as usize - 1),
+        let mut index = 0;
+        while index < taken.len() {
+            let press = taken[index];
+            if taken[index + 1..].iter().any(|later| later.same_kind(press)) {
+                taken.remove(index);
+            } else {
+                index += 1;
+            }
+        }
     }
 }
 
@@ -180,7 +192,7 @@ fn trigger_param(name: &str, trigger: Trigger, presses: &Arc<Presses>) -> BoolPa
     let presses = Arc::clone(presses);
     BoolParam::new(name, false).with_callback(Arc::new(move |on| {
         if on {
-            presses.counter(trigger).fetch_add(1, Ordering::AcqRel);
+            presses.press(Press::Trigger(trigger));
         }
     }))
 }
@@ -198,7 +210,7 @@ fn slot_param(presses: &Arc<Presses>) -> IntParam {
         },
     )
     .with_callback(Arc::new(move |slot| {
-        presses.move_slot_parameter((slot - 1).max(0) as usize)
+        presses.press(Press::SlotParameter((slot - 1).max(0) as usize))
     }))
 }
 
@@ -280,5 +292,67 @@ impl Default for MusicGenParams {
                 1.0,
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use nice_plug::params::InternalParamMut;
+
+    use super::*;
+
+    fn taken(presses: &Presses) -> Vec<Press> {
+        let mut taken = Vec::new();
+        presses.take(&mut taken);
+        taken
+    }
+
+    #[test]
+    fn presses_act_in_the_order_they_came_each_kind_once_at_its_last_place() {
+        let presses = Presses::default();
+        for press in [
+            Press::Trigger(Trigger::Stop),
+            Press::NoteSlot(2),
+            Press::Trigger(Trigger::Generate),
+            Press::Trigger(Trigger::Stop),
+            Press::NoteSlot(5),
+            Press::SlotParameter(1),
+        ] {
+            presses.press(press);
+        }
+        assert_eq!(
+            taken(&presses),
+            [
+                Press::Trigger(Trigger::Generate),
+                Press::Trigger(Trigger::Stop),
+                Press::NoteSlot(5),
+                Press::SlotParameter(1),
+            ]
+        );
+        assert!(taken(&presses).is_empty(), "a press acts once");
+    }
+
+    #[test]
+    fn a_full_queue_keeps_the_newest_press() {
+        let presses = Presses::default();
+        for _ in 0..PRESSES_QUEUED * 3 {
+            presses.press(Press::Trigger(Trigger::Stop));
+        }
+        presses.press(Press::Trigger(Trigger::Generate));
+        assert_eq!(
+            taken(&presses),
+            [Press::Trigger(Trigger::Stop), Press::Trigger(Trigger::Generate)]
+        );
+    }
+
+    #[test]
+    fn a_trigger_parameter_presses_when_it_turns_on_not_off() {
+        let params = MusicGenParams::default();
+        // SAFETY: the parameters are set from this thread only, as a host's flush would.
+        unsafe {
+            params.generate._internal_set_plain_value(true);
+            params.generate._internal_set_plain_value(false);
+        }
+        assert_eq!(taken(&params.presses), [Press::Trigger(Trigger::Generate)]);
     }
 }

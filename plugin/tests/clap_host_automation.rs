@@ -16,6 +16,9 @@ const NOTE_ON_S: f64 = 1.5;
 const REFERENCE_S: (f64, f64) = (2.5, 3.5);
 const GAIN_DOWN_S: (f64, f64) = (3.5, 4.5);
 const EVERYTHING_S: (f64, f64) = (4.5, 6.5);
+/// After the automation, the performer presses Generate: whichever trigger the random
+/// values pressed last, the music plays again.
+const GENERATE_S: f64 = 6.6;
 const END_S: f64 = 8.0;
 
 fn at(seconds: f64) -> usize {
@@ -53,9 +56,13 @@ fn every_parameter_automated_on_every_sample_neither_crashes_nor_allocates_and_t
     let set = |events: &mut EventBuffer, time: u32, parameter: &Parameter, value: f64| {
         events.push(&ParamValueEvent::new(time, parameter.id, Pckn::match_all(), value));
     };
+    let generate = find_parameter(&parameters, "Generate");
     let mut automation = |done: usize, frames: usize, events: &mut EventBuffer| {
         if (done..done + frames).contains(&at(NOTE_ON_S)) {
             events.push(&NoteOnEvent::new((at(NOTE_ON_S) - done) as u32, key, 1.0));
+        }
+        if (done..done + frames).contains(&at(GENERATE_S)) {
+            press(events, &generate);
         }
         for offset in 0..frames {
             let sample = done + offset;
@@ -94,7 +101,7 @@ fn every_parameter_automated_on_every_sample_neither_crashes_nor_allocates_and_t
     );
     let reference = rms_between(&left, REFERENCE_S);
     let held_down = rms_between(&left, (GAIN_DOWN_S.0 + 0.4, GAIN_DOWN_S.1));
-    let after = rms_between(&left, (EVERYTHING_S.1 + 0.5, END_S));
+    let after = rms_between(&left, (GENERATE_S + 0.4, END_S));
     assert!(reference > 1e-3, "no sound before the automation (RMS {reference})");
     assert!(
         held_down < reference * 0.02,

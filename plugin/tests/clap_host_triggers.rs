@@ -1,6 +1,7 @@
 //! The trigger parameters as a host presses them: Stop silences the instrument though a
 //! note is still held, until Generate brings the music back. Each press is on and off
-//! within one block, as short as automation can make it.
+//! within one block, as short as automation can make it, and each comes right after a
+//! press of the other trigger in the same block: the last press is the one that holds.
 
 mod host;
 
@@ -19,7 +20,7 @@ fn at(seconds: f64) -> usize {
 }
 
 #[test]
-fn stop_silences_a_held_note_until_generate_brings_the_music_back() {
+fn stop_silences_a_held_note_until_generate_brings_the_music_back_the_last_press_holding() {
     let Loaded { mut instance, _entry } = load();
     let parameters = parameters(&mut instance);
     let (stop, generate) = (
@@ -40,10 +41,12 @@ fn stop_silences_a_held_note_until_generate_brings_the_music_back() {
             events.push(&NoteOnEvent::new(0, key, 1.0));
         }
         if block.contains(&at(STOP_S)) {
-            press(events, &stop);
+            press_at(events, &generate, 0);
+            press_at(events, &stop, 20);
         }
         if block.contains(&at(GENERATE_S)) {
-            press(events, &generate);
+            press_at(events, &stop, 0);
+            press_at(events, &generate, 20);
         }
     };
     let performance = Performance {

@@ -164,9 +164,20 @@ pub fn find_parameter(parameters: &[Parameter], name: &str) -> Parameter {
 /// A press of a trigger parameter: on at the block's first sample and off again at its
 /// tenth, as short as automation makes it.
 pub fn press(events: &mut EventBuffer, parameter: &Parameter) {
-    events.push(&ParamValueEvent::new(0, parameter.id, Pckn::match_all(), parameter.max));
+    press_at(events, parameter, 0);
+}
+
+/// A press of a trigger parameter on at sample `time` of the block and off ten samples
+/// later.
+pub fn press_at(events: &mut EventBuffer, parameter: &Parameter, time: u32) {
     events.push(&ParamValueEvent::new(
-        10,
+        time,
+        parameter.id,
+        Pckn::match_all(),
+        parameter.max,
+    ));
+    events.push(&ParamValueEvent::new(
+        time + 10,
         parameter.id,
         Pckn::match_all(),
         parameter.min,
@@ -382,7 +393,7 @@ fn process_blocks(
     let mut ports_in = AudioPorts::with_capacity(2, 1);
     let mut events_in = EventBuffer::with_capacity(4 * block);
     let mut events_out = EventBuffer::new();
-    let started = Instant::now();
+    let mut due = Instant::now();
     let mut done = 0;
     while done < total {
         let frames = block.min(total - done);
@@ -440,9 +451,16 @@ fn process_blocks(
         });
         done += frames;
         played.store(done, Ordering::Release);
-        let due = Duration::from_secs_f64(done as f64 / f64::from(rate_hz));
-        if let Some(wait) = due.checked_sub(started.elapsed()).filter(|_| real_time) {
-            std::thread::sleep(wait);
+        if real_time {
+            // A sound card's clock does not wait for a late callback, nor does it call the
+            // next ones faster to catch up: after a dropout, its blocks come at its pace
+            // again from then on.
+            due += Duration::from_secs_f64(frames as f64 / f64::from(rate_hz));
+            let now = Instant::now();
+            match due.checked_duration_since(now) {
+                Some(wait) => std::thread::sleep(wait),
+                None => due = now,
+            }
         }
     }
     processor.stop_processing()
