@@ -76,7 +76,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, "steps", k_count]),
         helper.make_tensor_value_info("past_len", TensorProto.INT64, [1]),
-        helper.make_tensor_value_info("encoder_attention_mask", TensorProto.INT64, [2, "text"]),
+        helper.make_tensor_value_info("encoder_attention_bias", TensorProto.FLOAT, [2, "text"]),
     ]
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, k_count, vocab])]
     for i in range(layers):
@@ -112,15 +112,12 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
         [g.op("Cast", [last_slot], to=TensorProto.INT32), g.const("rows", np.array([2], np.int64))],
     )
 
-    # Cross-attention bias: 0 where the text is, the dtype's minimum elsewhere (the
-    # unconditional row is all masked), as transformers builds it.
-    mask = g.op("Cast", ["encoder_attention_mask"], to=TensorProto.FLOAT)
-    minimum = np.finfo(np.float32).min
-    cross_bias = g.op(
-        "Mul",
-        [g.op("Sub", [g.const("one_float", np.array(1.0, np.float32)), mask]), g.const("mask_min", np.array(minimum, np.float32))],
-    )
-    cross_bias = g.op("Unsqueeze", [cross_bias, g.const("bias_axes", np.array([1, 2], np.int64))])
+    # Cross-attention bias, added to every head's scores: 0 where the text is, the float
+    # minimum where it is masked (the unconditional row, all of it), as transformers builds
+    # it from a mask. A float input rather than a mask, so that a morph between two prompts
+    # can weigh each prompt's tokens: adding log(w) to a token's scores weighs its share of
+    # the softmax by w.
+    cross_bias = g.op("Unsqueeze", ["encoder_attention_bias", g.const("bias_axes", np.array([1, 2], np.int64))])
 
     scaling = np.array(head_dim**-0.5, np.float32)
     scaling_name = g.const("attention_scaling", scaling)
@@ -203,7 +200,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
 
 
 def decoder_io_names(layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["input_ids", "past_len", "encoder_attention_mask"]
+    inputs = ["input_ids", "past_len", "encoder_attention_bias"]
     outputs = ["logits"]
     for i in range(layers):
         inputs += [f"past_key_{i}", f"past_value_{i}"]

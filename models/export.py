@@ -33,7 +33,7 @@ import stepper
 from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
 from torch import nn
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
 SEED = 0
 GOLDEN_PROMPT = "warm lo-fi piano with soft drums"
 GOLDEN_GUIDANCE = 3.0

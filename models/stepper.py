@@ -50,7 +50,7 @@ class DecoderRunner:
 
 def conditioning_inputs(graphs: dict, manifest: dict, input_ids: list[int]) -> dict:
     """The decoder's per-prompt inputs: cross-attention keys and values of both guidance
-    rows (the second unconditional) and the text mask."""
+    rows (the second unconditional) and the text bias (the second row all masked)."""
     ids = np.array([input_ids], dtype=np.int64)
     conditioning = graphs["text_encoder"].run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     both = np.concatenate([conditioning, np.zeros_like(conditioning)], axis=0)
@@ -60,7 +60,8 @@ def conditioning_inputs(graphs: dict, manifest: dict, input_ids: list[int]) -> d
         inputs[f"cross_key_{i}"] = cross[2 * i]
         inputs[f"cross_value_{i}"] = cross[2 * i + 1]
     text_len = ids.shape[1]
-    inputs["encoder_attention_mask"] = np.concatenate([np.ones((1, text_len)), np.zeros((1, text_len))]).astype(np.int64)
+    masked = np.finfo(np.float32).min
+    inputs["encoder_attention_bias"] = np.array([[0.0] * text_len, [masked] * text_len], dtype=np.float32)
     return inputs
 
 

@@ -19,7 +19,7 @@ use crate::runtime::{ExecutionProvider, Runtime, session_builder};
 pub(crate) const MANIFEST_FILE: &str = "musicgen.json";
 
 /// The manifest format this engine reads.
-pub(crate) const FORMAT_VERSION: u32 = 2;
+pub(crate) const FORMAT_VERSION: u32 = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {

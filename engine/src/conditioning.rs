@@ -3,7 +3,11 @@
 //!
 //! Classifier-free guidance runs the decoder on two rows. Row 0 is conditioned on the
 //! prompt; row 1 is the unconditional row, built as transformers builds it for MusicGen:
-//! the same length of all-zero conditioning with an all-zero attention mask.
+//! the same length of all-zero conditioning, all of it masked.
+//!
+//! A [`Morph`] blends two prompts' conditioning without touching the decoder's own cache:
+//! their keys and values side by side along the text axis, each prompt's tokens weighed by
+//! a bias on the cross-attention scores.
 
 use std::path::{Path, PathBuf};
 
@@ -42,10 +46,105 @@ pub enum ConditioningError {
 
 /// Cross-attention inputs for both guidance rows, ready to feed to every decoder step.
 pub struct CrossAttention {
-    /// `cross_key_{i}`, `cross_value_{i}` for each layer, `[2, H, L, D]`.
+    /// `cross_key_{i}` `[2, H, D, L]` and `cross_value_{i}` `[2, H, L, D]` for each layer.
     pub(crate) keys_values: Vec<(String, DynValue)>,
-    /// `[2, L]`: ones for the prompt row, zeros for the unconditional row.
-    pub(crate) encoder_mask: Tensor<i64>,
+    /// `[2, L]`, added to the scores of each text token: 0 on the prompt row, the float
+    /// minimum (masked) all along the unconditional row.
+    pub(crate) encoder_bias: Tensor<f32>,
+    text_len: usize,
+}
+
+/// The bias that masks a text token out of the softmax, as transformers makes it.
+const MASKED: f32 = f32::MIN;
+
+impl CrossAttention {
+    fn new(keys_values: Vec<(String, DynValue)>, row_bias: &[f32]) -> Result<Self, ort::Error> {
+        let text_len = row_bias.len();
+        let mut bias = vec![MASKED; 2 * text_len];
+        bias[..text_len].copy_from_slice(row_bias);
+        Ok(Self {
+            keys_values,
+            encoder_bias: Tensor::from_array(([2usize, text_len], bias))?,
+            text_len,
+        })
+    }
+}
+
+/// Prompt A's and prompt B's conditioning, blended by an amount `m` from 0 (A alone) to 1
+/// (B alone). In between, the decoder attends over A's tokens and B's side by side, with
+/// `ln(1 - m)` added to A's scores and `ln(m)` to B's: each prompt's share of every
+/// softmax is weighed by its amount, so the blend moves smoothly from one to the other.
+/// At 0 and 1 the prompt alone is used, so the ends are exactly the prompts.
+pub(crate) struct Morph {
+    target: CrossAttention,
+    blend: CrossAttention,
+    amount: f32,
+}
+
+impl Morph {
+    /// A morph from `a` toward `target`, at `amount`.
+    pub(crate) fn new(a: &CrossAttention, target: CrossAttention, amount: f32) -> Result<Self, ConditioningError> {
+        let blend = side_by_side(a, &target)?;
+        let mut morph = Self {
+            target,
+            blend,
+            amount: 0.0,
+        };
+        morph.set_amount(amount);
+        Ok(morph)
+    }
+
+    /// Sets the amount (clamped to 0..=1); only the bias changes.
+    pub(crate) fn set_amount(&mut self, amount: f32) {
+        self.amount = if amount.is_nan() { 0.0 } else { amount.clamp(0.0, 1.0) };
+        let b_len = self.target.text_len;
+        let a_len = self.blend.text_len - b_len;
+        let (_, bias) = self.blend.encoder_bias.extract_tensor_mut();
+        let weight = |share: f32| if share > 0.0 { share.ln().max(MASKED) } else { MASKED };
+        bias[..a_len].fill(weight(1.0 - self.amount));
+        bias[a_len..a_len + b_len].fill(weight(self.amount));
+    }
+
+    /// The conditioning to step with, given prompt A's.
+    pub(crate) fn conditioning<'a>(&'a self, a: &'a CrossAttention) -> &'a CrossAttention {
+        if self.amount <= 0.0 {
+            a
+        } else if self.amount >= 1.0 {
+            &self.target
+        } else {
+            &self.blend
+        }
+    }
+}
+
+/// `a`'s keys and values followed by `b`'s along the text axis (keys `[2, H, D, L]`: the
+/// last axis; values `[2, H, L, D]`: the third).
+fn side_by_side(a: &CrossAttention, b: &CrossAttention) -> Result<CrossAttention, ConditioningError> {
+    let error = |source| ConditioningError::Run {
+        graph: Graph::CrossKv.key(),
+        source,
+    };
+    let mut keys_values = Vec::with_capacity(a.keys_values.len());
+    for ((name, a_value), (_, b_value)) in a.keys_values.iter().zip(&b.keys_values) {
+        let (a_shape, a_data) = a_value.try_extract_tensor::<f32>().map_err(error)?;
+        let (_, b_data) = b_value.try_extract_tensor::<f32>().map_err(error)?;
+        let dims: Vec<usize> = a_shape.iter().map(|&d| d as usize).collect();
+        let text_axis = if name.starts_with("cross_key") { 3 } else { 2 };
+        let inner: usize = dims[text_axis + 1..].iter().product();
+        let (a_run, b_run) = (a.text_len * inner, b.text_len * inner);
+        let outer: usize = dims[..text_axis].iter().product();
+        let mut joined = Vec::with_capacity(outer * (a_run + b_run));
+        for o in 0..outer {
+            joined.extend_from_slice(&a_data[o * a_run..(o + 1) * a_run]);
+            joined.extend_from_slice(&b_data[o * b_run..(o + 1) * b_run]);
+        }
+        let mut shape = dims;
+        shape[text_axis] = a.text_len + b.text_len;
+        let tensor = Tensor::from_array((shape, joined)).map_err(error)?;
+        keys_values.push((name.clone(), tensor.into_dyn()));
+    }
+    let row_bias = vec![0.0; a.text_len + b.text_len];
+    CrossAttention::new(keys_values, &row_bias).map_err(error)
 }
 
 /// The tokenizer and the two graphs that turn a prompt into [`CrossAttention`].
@@ -154,13 +253,7 @@ impl Conditioner {
             .map(|(name, value)| (name.to_owned(), value))
             .collect();
 
-        let mut encoder_mask = vec![0i64; 2 * len];
-        encoder_mask[..len].fill(1);
-        let encoder_mask = Tensor::from_array(([2usize, len], encoder_mask)).map_err(run_error(Graph::Decoder))?;
-        Ok(CrossAttention {
-            keys_values,
-            encoder_mask,
-        })
+        CrossAttention::new(keys_values, &vec![0.0; len]).map_err(run_error(Graph::Decoder))
     }
 }
 

@@ -284,7 +284,7 @@ impl Decoder {
         binding.bind_input("input_ids", &input_ids).map_err(run_error)?;
         binding.bind_input("past_len", &past_len).map_err(run_error)?;
         binding
-            .bind_input("encoder_attention_mask", &cross.encoder_mask)
+            .bind_input("encoder_attention_bias", &cross.encoder_bias)
             .map_err(run_error)?;
         for (name, value) in &cross.keys_values {
             binding.bind_input(name.as_str(), value).map_err(run_error)?;

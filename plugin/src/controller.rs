@@ -200,11 +200,14 @@ impl Drop for Controller {
 }
 
 /// Settings as last sent to the stream, to notice parameter changes.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, PartialEq)]
 struct Applied {
     sampling: SamplingSettings,
     guidance_scale: f32,
     prompt_crossfade_s: f32,
+    /// The morph's prompt B (its slot's prompt; none when that slot is empty) and amount.
+    morph_target: Option<String>,
+    morph: f32,
 }
 
 /// The model the parameters choose: the folder field as typed (empty: the bundled model)
@@ -412,6 +415,8 @@ impl Worker {
             },
             guidance_scale: p.guidance.value(),
             prompt_crossfade_s: p.prompt_crossfade.value(),
+            morph_target: self.morph_target(),
+            morph: p.morph.value(),
         }
     }
 
@@ -419,6 +424,17 @@ impl Worker {
     /// when the tempo hint is on and the host tells one.
     fn effective_prompt(&self) -> String {
         let prompt = self.params.prompt.read().clone();
+        self.with_tempo(prompt)
+    }
+
+    /// The *Morph to* slot's prompt as the stream should see it, if that slot holds one.
+    fn morph_target(&self) -> Option<String> {
+        let slot = (self.params.morph_to.value() - 1).max(0) as usize;
+        let prompt = self.params.bank.read().prompt(slot).map(str::to_owned)?;
+        Some(self.with_tempo(prompt))
+    }
+
+    fn with_tempo(&self, prompt: String) -> String {
         match (self.params.tempo_hint.value(), self.transport.view().tempo_bpm) {
             (true, Some(bpm)) => format!("{prompt}, {bpm:.0} bpm"),
             _ => prompt,
@@ -708,18 +724,33 @@ impl Worker {
         }
     }
 
+    /// Sends the stream the settings that changed since they were last sent, each as its
+    /// own command (a morph swept on every poll leaves the sampler alone).
     fn apply_parameters(&mut self) {
+        let Some(stream) = &self.stream else {
+            return;
+        };
         let settings = self.settings();
-        if let Some(stream) = &self.stream
-            && self.applied != Some(settings)
-        {
+        let applied = self.applied.as_ref();
+        if applied.is_none_or(|a| (a.sampling, a.guidance_scale) != (settings.sampling, settings.guidance_scale)) {
             stream.send(Command::SetSampling {
                 sampling: settings.sampling,
                 guidance_scale: settings.guidance_scale,
             });
-            stream.send(Command::SetPromptCrossfade(f64::from(settings.prompt_crossfade_s)));
-            self.applied = Some(settings);
         }
+        if applied.is_none_or(|a| a.prompt_crossfade_s != settings.prompt_crossfade_s) {
+            stream.send(Command::SetPromptCrossfade(f64::from(settings.prompt_crossfade_s)));
+        }
+        if applied.is_none_or(|a| a.morph_target != settings.morph_target) {
+            stream.send(Command::SetMorphTarget(settings.morph_target.clone()));
+        }
+        if applied.is_none_or(|a| a.morph != settings.morph) {
+            stream.send(Command::SetMorph {
+                amount: settings.morph,
+                frame: 0,
+            });
+        }
+        self.applied = Some(settings);
     }
 
     /// The model the parameters choose.
@@ -753,6 +784,8 @@ impl Worker {
         config.keep_seconds = f64::from(self.params.keep.value());
         config.buffer_ahead_seconds = Some(f64::from(self.params.buffer_ahead.value()));
         config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
+        config.morph_target = settings.morph_target;
+        config.morph = settings.morph;
         config.output_rate_hz = self.output_rate_hz;
         config
     }

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
 use musicgen_engine::{Bundle, Coord, ExecutionProvider, Readiness};
-use nice_plug::context::gui::GuiContext;
+use nice_plug::context::gui::{GuiContext, ParamSetter};
+use nice_plug::editor::ResizeHint;
+use nice_plug::editor::dpi::LogicalSize;
+use nice_plug::prelude::{FloatParam, Param};
 use nice_plug_egui::widgets::ParamSlider;
 use nice_plug_egui::{EguiEditor, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
 use parking_lot::Mutex;
 
 use crate::controller::{Controller, Request, Snapshot, resources_dir};
-use crate::params::MusicGenParams;
+use crate::params::{EDITOR_MIN_SIZE, MusicGenParams};
 use crate::slots::{PromptBank, SLOT_COUNT, note_name};
 
 /// Frames the pattern view shows: 3 s at 50 Hz.
@@ -69,6 +72,8 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         Default::default(),
         EguiNiceSettings {
             title: "MusicGen Live".into(),
+            resize_hint: ResizeHint::RESIZABLE
+                .with_min_logical_size(LogicalSize::new(EDITOR_MIN_SIZE.0, EDITOR_MIN_SIZE.1)),
             ..Default::default()
         },
         app,
@@ -80,10 +85,27 @@ impl NiceEguiApp for EditorApp {
         &mut self,
         _egui_ctx: egui::Context,
         gui: GuiContext,
-        _frame: &mut Frame,
+        frame: &mut Frame,
     ) -> Result<(), nice_plug_egui::baseview::HandlerError> {
         self.gui = Some(gui);
+        // The window opens at the size the editor was created with; the project's may
+        // have come with a state loaded since.
+        if let Some((width, height)) = self.params.saved_editor_size() {
+            let size = nice_plug_egui::baseview::dpi::LogicalSize::new(f64::from(width), f64::from(height));
+            if let Err(error) = frame.baseview_window().resize(size) {
+                tracing::warn!("the editor could not take its saved size {width}x{height}: {error}");
+            }
+        }
         Ok(())
+    }
+
+    /// Keeps the size the performer gives the window, for the project; sizes before the
+    /// window is built are the default it opens at, not a choice.
+    fn resized(&mut self, new_size: nice_plug_egui::baseview::WindowSize) {
+        if self.gui.is_some() {
+            let size = new_size.logical;
+            *self.params.editor_size.write() = Some((size.width as f32, size.height as f32));
+        }
     }
 
     fn ui(&mut self, ui: &mut egui::Ui, _frame: &mut Frame) {
@@ -96,37 +118,41 @@ impl NiceEguiApp for EditorApp {
         }
         ui.ctx().request_repaint_after(REPAINT_EVERY);
         self.shortcuts(ui);
-        ui.heading("MusicGen Live");
-        self.meters(ui);
-        self.slots(ui);
-        ui.label("Prompt (of the playing slot)");
-        ui.add(
-            egui::TextEdit::multiline(&mut self.prompt)
-                .desired_rows(2)
-                .desired_width(f32::INFINITY),
-        );
-        ui.horizontal(|ui| {
-            if ui.button("Generate").on_hover_text("Enter").clicked() {
-                self.generate();
-            }
-            if ui.button("Stop").on_hover_text("Esc").clicked() {
-                let _ = self.requests.send(Request::Stop);
-            }
-            if ui
-                .button("Continue from sidechain")
-                .on_hover_text("The music carries on from the last Kept context seconds of the sidechain input")
-                .clicked()
-            {
-                let _ = self.requests.send(Request::ContinueFromSidechain);
-            }
+        // A window made smaller than the editor scrolls rather than cutting it off.
+        egui::ScrollArea::vertical().auto_shrink(false).show(ui, |ui| {
+            ui.heading("MusicGen Live");
+            self.meters(ui);
+            self.slots(ui);
+            self.morph(ui);
+            ui.label("Prompt (of the playing slot)");
+            ui.add(
+                egui::TextEdit::multiline(&mut self.prompt)
+                    .desired_rows(2)
+                    .desired_width(f32::INFINITY),
+            );
+            ui.horizontal(|ui| {
+                if ui.button("Generate").on_hover_text("Enter").clicked() {
+                    self.generate();
+                }
+                if ui.button("Stop").on_hover_text("Esc").clicked() {
+                    let _ = self.requests.send(Request::Stop);
+                }
+                if ui
+                    .button("Continue from sidechain")
+                    .on_hover_text("The music carries on from the last Kept context seconds of the sidechain input")
+                    .clicked()
+                {
+                    let _ = self.requests.send(Request::ContinueFromSidechain);
+                }
+            });
+            ui.separator();
+            self.parameters(ui);
+            ui.separator();
+            self.model(ui);
+            ui.separator();
+            self.status(ui);
+            self.pattern_view(ui);
         });
-        ui.separator();
-        self.parameters(ui);
-        ui.separator();
-        self.model(ui);
-        ui.separator();
-        self.status(ui);
-        self.pattern_view(ui);
     }
 }
 
@@ -257,6 +283,7 @@ impl EditorApp {
             };
         }
         let (playing, queued) = (self.view.playing_slot, self.view.queued_slot);
+        let morph_to = (self.params.morph_to.value() - 1) as usize;
         let first_note = self.params.first_slot_note.value();
         let bank = self.params.bank.read().clone();
         ui.horizontal(|ui| {
@@ -286,7 +313,9 @@ impl EditorApp {
             for (index, slot) in bank.slots.iter().enumerate() {
                 let note = note_name(first_note + index as i32);
                 let next = if queued == Some(index) { "  next" } else { "" };
-                let text = egui::RichText::new(format!("{}  {}\n{note}{next}", index + 1, slot.name)).size(17.0);
+                let target = if index == morph_to { "  morph B" } else { "" };
+                let text =
+                    egui::RichText::new(format!("{}  {}\n{note}{next}{target}", index + 1, slot.name)).size(17.0);
                 let mut button = egui::Button::new(text)
                     .min_size(Vec2::new(178.0, 50.0))
                     .selected(playing == Some(index));
@@ -301,6 +330,33 @@ impl EditorApp {
                     ui.end_row();
                 }
             }
+        });
+    }
+
+    /// The morph knob, with what it blends: the playing prompt (A) toward the *Morph to*
+    /// slot (B).
+    fn morph(&self, ui: &mut egui::Ui) {
+        let Some(gui) = &self.gui else {
+            return;
+        };
+        let setter = gui.param_setter();
+        let p = &self.params;
+        ui.horizontal(|ui| {
+            knob(ui, &p.morph, &setter, MORPH_KNOB_PX).on_hover_text("Drag up or down; double-click: back to A");
+            ui.vertical(|ui| {
+                ui.label(egui::RichText::new(format!("Morph  {}", p.morph)).size(22.0).strong());
+                let slot = (p.morph_to.value() - 1) as usize;
+                let bank = p.bank.read();
+                let target = match bank.slots.get(slot) {
+                    Some(target) if !target.prompt.trim().is_empty() => format!("slot {} {}", slot + 1, target.name),
+                    _ => format!("slot {} (empty: no morph)", slot + 1),
+                };
+                ui.label(egui::RichText::new(format!("A: the playing prompt  \u{2192}  B: {target}")).size(16.0));
+                ui.horizontal(|ui| {
+                    ui.label("Morph to");
+                    ui.add(ParamSlider::for_param(&p.morph_to, &setter));
+                });
+            });
         });
     }
 
@@ -473,6 +529,55 @@ impl EditorApp {
 }
 
 /// A labelled horizontal bar, `fraction` full.
+/// The morph knob's diameter.
+const MORPH_KNOB_PX: f32 = 84.0;
+/// A knob's drag over its whole range, in points.
+const KNOB_DRAG_PX: f32 = 200.0;
+
+/// A rotary knob for `param`: dragged up or down, double-clicked back to its default, a
+/// gesture to the host from the drag's start to its end (so one undo step, one automation
+/// pass).
+fn knob(ui: &mut egui::Ui, param: &FloatParam, setter: &ParamSetter, diameter_px: f32) -> egui::Response {
+    let (rect, response) = ui.allocate_exact_size(Vec2::splat(diameter_px), Sense::click_and_drag());
+    let value = param.unmodulated_normalized_value();
+    if response.drag_started() {
+        setter.begin_set_parameter(param);
+    }
+    if response.dragged() {
+        let moved = -response.drag_delta().y / KNOB_DRAG_PX;
+        setter.set_parameter_normalized(param, (value + moved).clamp(0.0, 1.0));
+    }
+    if response.drag_stopped() {
+        setter.end_set_parameter(param);
+    }
+    if response.double_clicked() {
+        setter.begin_set_parameter(param);
+        setter.set_parameter(param, param.default_plain_value());
+        setter.end_set_parameter(param);
+    }
+    // Angles from straight up, clockwise: the range spans 270 degrees.
+    let (start, span) = (-0.75 * std::f32::consts::PI, 1.5 * std::f32::consts::PI);
+    let center = rect.center();
+    let radius = diameter_px / 2.0 - 5.0;
+    let at = |angle: f32, r: f32| center + Vec2::new(angle.sin(), -angle.cos()) * r;
+    let painter = ui.painter();
+    painter.circle_filled(center, radius, ui.visuals().extreme_bg_color);
+    let track: Vec<_> = (0..=48).map(|i| at(start + span * i as f32 / 48.0, radius)).collect();
+    painter.add(egui::Shape::line(
+        track,
+        Stroke::new(5.0, ui.visuals().widgets.inactive.bg_fill),
+    ));
+    let filled: Vec<_> = (0..=48)
+        .map(|i| at(start + span * value * i as f32 / 48.0, radius))
+        .collect();
+    painter.add(egui::Shape::line(filled, Stroke::new(5.0, AMBER)));
+    painter.line_segment(
+        [center, at(start + span * value, radius - 8.0)],
+        Stroke::new(3.0, ui.visuals().strong_text_color()),
+    );
+    response
+}
+
 fn meter_bar(ui: &mut egui::Ui, fraction: f32, color: Color32, text: &str) {
     let (response, painter) = ui.allocate_painter(Vec2::new(250.0, 28.0), Sense::hover());
     let area = response.rect;

@@ -13,9 +13,12 @@ use parking_lot::RwLock;
 
 use crate::slots::{DEFAULT_FIRST_SLOT_NOTE, PromptBank, SLOT_COUNT, note_name, parse_note};
 
-/// The editor's size in logical pixels.
+/// The editor's size in logical pixels when it first opens.
 const EDITOR_WIDTH: u32 = 760;
-const EDITOR_HEIGHT: u32 = 860;
+const EDITOR_HEIGHT: u32 = 960;
+/// The smallest and largest size a performer may give the editor, in logical pixels.
+pub const EDITOR_MIN_SIZE: (f32, f32) = (560.0, 480.0);
+const EDITOR_MAX_SIZE: (f32, f32) = (7680.0, 4320.0);
 
 /// The prompt a fresh instance starts with.
 pub const DEFAULT_PROMPT: &str = "warm lo-fi piano with soft drums, 80 bpm";
@@ -85,6 +88,13 @@ pub struct MusicGenParams {
     /// The note that chooses slot 1; the next seven notes choose slots 2 to 8, and play.
     #[id = "first_slot_note"]
     pub first_slot_note: IntParam,
+    /// Blends the playing prompt (0) toward the *Morph to* slot's prompt (1) without
+    /// restarting the music.
+    #[id = "morph"]
+    pub morph: FloatParam,
+    /// The slot (1 to 8) whose prompt the morph blends toward.
+    #[id = "morph_to"]
+    pub morph_to: IntParam,
     #[persist = "bank"]
     pub bank: Arc<RwLock<PromptBank>>,
     /// The slot whose prompt plays (0-based), or the last one chosen.
@@ -106,6 +116,10 @@ pub struct MusicGenParams {
     /// The editor's window: its size, and whether it is open (the controller publishes its
     /// status only then).
     pub editor_state: Arc<EguiEditorState>,
+    /// The editor's size in logical pixels as the performer left it, saved with the
+    /// project; it opens at that size again.
+    #[persist = "editor_size"]
+    pub editor_size: Arc<RwLock<Option<(f32, f32)>>>,
 }
 
 /// The actions the trigger parameters press.
@@ -269,6 +283,18 @@ impl Default for MusicGenParams {
             continue_from_sidechain: trigger_param("Continue from sidechain", Trigger::ContinueFromSidechain, &presses),
             next_slot: trigger_param("Next slot", Trigger::NextSlot, &presses),
             slot: slot_param(&presses),
+            morph: FloatParam::new("Morph", 0.0, FloatRange::Linear { min: 0.0, max: 1.0 })
+                .with_unit(" %")
+                .with_value_to_string(formatters::v2s_f32_percentage(0))
+                .with_string_to_value(formatters::s2v_f32_percentage()),
+            morph_to: IntParam::new(
+                "Morph to",
+                2,
+                IntRange::Linear {
+                    min: 1,
+                    max: SLOT_COUNT as i32,
+                },
+            ),
             first_slot_note: IntParam::new(
                 "Slot notes from",
                 DEFAULT_FIRST_SLOT_NOTE,
@@ -291,7 +317,22 @@ impl Default for MusicGenParams {
                 LogicalSize::new(f64::from(EDITOR_WIDTH), f64::from(EDITOR_HEIGHT)),
                 1.0,
             ),
+            editor_size: Arc::new(RwLock::new(None)),
         }
+    }
+}
+
+impl MusicGenParams {
+    /// The saved editor size, within the sizes the editor takes; none when the project
+    /// saved none or a size that is not a number.
+    pub fn saved_editor_size(&self) -> Option<(f32, f32)> {
+        let (width, height) = (*self.editor_size.read())?;
+        (width.is_finite() && height.is_finite()).then(|| {
+            (
+                width.clamp(EDITOR_MIN_SIZE.0, EDITOR_MAX_SIZE.0),
+                height.clamp(EDITOR_MIN_SIZE.1, EDITOR_MAX_SIZE.1),
+            )
+        })
     }
 }
 
@@ -330,6 +371,22 @@ mod tests {
             ]
         );
         assert!(taken(&presses).is_empty(), "a press acts once");
+    }
+
+    #[test]
+    fn a_saved_editor_size_opens_within_the_sizes_the_editor_takes() {
+        let params = MusicGenParams::default();
+        assert_eq!(
+            params.saved_editor_size(),
+            None,
+            "a fresh instance opens at its default"
+        );
+        *params.editor_size.write() = Some((1200.0, 900.0));
+        assert_eq!(params.saved_editor_size(), Some((1200.0, 900.0)));
+        *params.editor_size.write() = Some((10.0, 1e9));
+        assert_eq!(params.saved_editor_size(), Some((EDITOR_MIN_SIZE.0, EDITOR_MAX_SIZE.1)));
+        *params.editor_size.write() = Some((f32::NAN, 700.0));
+        assert_eq!(params.saved_editor_size(), None, "a damaged size is dropped");
     }
 
     #[test]

@@ -287,10 +287,15 @@ fn measure(
     }
 }
 
-/// Exports the bundle with `export_py` unless `dir` already holds it; returns the export's
-/// time when it ran.
+/// Exports the bundle with `export_py` unless `dir` already holds it in the bundle format
+/// of `models/tiny`; returns the export's time when it ran.
 fn export_once(root: &Path, dir: &Path, export_py: &Path, export_args: &[&str]) -> Result<Option<f64>> {
-    if dir.join("musicgen.json").is_file() {
+    let format_version = |dir: &Path| -> Option<Value> {
+        let text = fs::read_to_string(dir.join("musicgen.json")).ok()?;
+        Some(serde_json::from_str::<Value>(&text).ok()?["format_version"].clone())
+    };
+    let current = format_version(&root.join("models").join("tiny"));
+    if current.is_some() && format_version(dir) == current {
         println!("    cached: {}", dir.display());
         return Ok(None);
     }

@@ -1,6 +1,6 @@
 //! The generation thread: steps the sliding generator, applies the commands that arrive
-//! between steps, and sends each complete frame on to the codec thread (with the old
-//! prompt's frame beside it while a prompt change crossfades).
+//! between steps (prompts, morphs, sampling), and sends each complete frame on to the
+//! codec thread (with the old prompt's frame beside it while a prompt change crossfades).
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::decoding::CodecInput;
 use super::status::{RECENT_FRAMES, StreamStatus, store_f32};
 use super::{Command, InjectedPanic, Shared, StreamConfig, StreamError, StreamThread};
-use crate::conditioning::CrossAttention;
+use crate::conditioning::{CrossAttention, Morph};
 use crate::decoder::Decoder;
 use crate::model::Model;
 use crate::pattern::CodeGrid;
@@ -42,6 +42,11 @@ pub(super) struct GenerationLoop {
     frame_rate_hz: f64,
     /// Prompts waiting for their frames ([`Command::SetPromptAt`]), earliest first.
     pending_prompts: VecDeque<(usize, String)>,
+    /// The morph's prompt B, and the blend of the stream's prompt toward it.
+    morph: Option<(String, Morph)>,
+    morph_amount: f32,
+    /// Morph amounts waiting for their frames ([`Command::SetMorph`]), earliest first.
+    pending_morphs: VecDeque<(usize, f32)>,
     crossfade_frames: usize,
     /// The music under the old prompt while a prompt change crossfades.
     old_prompt: Option<OldPromptLane>,
@@ -56,6 +61,7 @@ pub(super) struct GenerationLoop {
 struct OldPromptLane {
     generator: SlidingGenerator,
     cross: CrossAttention,
+    morph: Option<Morph>,
     /// The first frame in which the two continuations can differ.
     start: usize,
     fade_frames: usize,
@@ -85,6 +91,13 @@ impl GenerationLoop {
             window,
         )?;
         let frame_rate_hz = manifest.frame_rate_hz;
+        let morph = match &config.morph_target {
+            Some(target) => Some((
+                target.clone(),
+                Morph::new(&cross, model.condition(target)?, config.morph)?,
+            )),
+            None => None,
+        };
         Ok(Self {
             generator,
             play_given: config.play_continued,
@@ -98,6 +111,9 @@ impl GenerationLoop {
             stop: Arc::clone(&shared.stop),
             frame_rate_hz,
             pending_prompts: VecDeque::new(),
+            morph,
+            morph_amount: config.morph,
+            pending_morphs: VecDeque::new(),
             crossfade_frames: (config.prompt_crossfade_seconds.max(0.0) * frame_rate_hz).round() as usize,
             step_delay: config.step_delay,
             injected_panic: config.injected_panic,
@@ -135,7 +151,8 @@ impl GenerationLoop {
             if !self.apply_commands()? {
                 break;
             }
-            let completed = self.generator.step(&mut self.decoder, &self.cross)?;
+            let cross = conditioning(&self.cross, self.morph.as_ref().map(|(_, morph)| morph));
+            let completed = self.generator.step(&mut self.decoder, cross)?;
             if !self.step_delay.is_zero() {
                 std::thread::sleep(self.step_delay);
             }
@@ -190,7 +207,8 @@ impl GenerationLoop {
         let input = match &mut self.old_prompt {
             Some(old) if t < old.start + old.fade_frames + self.blend_margin_frames => {
                 while old.generator.frames_done() <= t {
-                    old.generator.step(&mut self.decoder, &old.cross)?;
+                    old.generator
+                        .step(&mut self.decoder, conditioning(&old.cross, old.morph.as_ref()))?;
                 }
                 CodecInput::Blend {
                     new: frame,
@@ -208,20 +226,52 @@ impl GenerationLoop {
         Ok(self.to_codec.send(input).is_ok())
     }
 
-    /// Conditions generation on `prompt` from the next step; with a crossfade set, the old
-    /// prompt's music goes on beside it for the fade.
+    /// Conditions generation on `prompt` from the next step (a morph then blends from it);
+    /// with a crossfade set, the old prompt's music goes on beside it for the fade.
     fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
         let cross = self.model.condition(prompt)?;
+        let new_morph = match &self.morph {
+            Some((target, _)) => Some((
+                target.clone(),
+                Morph::new(&cross, self.model.condition(target)?, self.morph_amount)?,
+            )),
+            None => None,
+        };
         let old = std::mem::replace(&mut self.cross, cross);
+        let old_morph = std::mem::replace(&mut self.morph, new_morph).map(|(_, morph)| morph);
         if self.crossfade_frames > 0 && self.old_prompt.is_none() {
             self.old_prompt = Some(OldPromptLane {
                 generator: self.generator.fork()?,
                 cross: old,
+                morph: old_morph,
                 start: self.generator.frames_done(),
                 fade_frames: self.crossfade_frames,
             });
         }
         Ok(())
+    }
+
+    /// Morphs from the stream's prompt toward `target` from the next step, at the amount
+    /// set last; `None` ends the morph.
+    fn change_morph_target(&mut self, target: Option<String>) -> Result<(), StreamError> {
+        if self.morph.as_ref().map(|(current, _)| current) == target.as_ref() {
+            return Ok(());
+        }
+        self.morph = match target {
+            Some(target) => {
+                let morph = Morph::new(&self.cross, self.model.condition(&target)?, self.morph_amount)?;
+                Some((target, morph))
+            }
+            None => None,
+        };
+        Ok(())
+    }
+
+    fn set_morph_amount(&mut self, amount: f32) {
+        self.morph_amount = amount;
+        if let Some((_, morph)) = &mut self.morph {
+            morph.set_amount(amount);
+        }
     }
 
     /// Applies pending commands; false when the stream should stop.
@@ -231,6 +281,11 @@ impl GenerationLoop {
                 Ok(Command::SetPrompt(prompt)) => {
                     self.pending_prompts.clear();
                     self.change_prompt(&prompt)?;
+                }
+                Ok(Command::SetMorphTarget(target)) => self.change_morph_target(target)?,
+                Ok(Command::SetMorph { amount, frame }) => {
+                    self.pending_morphs.retain(|(at, _)| *at < frame);
+                    self.pending_morphs.push_back((frame, amount));
                 }
                 Ok(Command::SetPromptCrossfade(seconds)) => {
                     self.crossfade_frames = (seconds.max(0.0) * self.frame_rate_hz).round() as usize;
@@ -255,6 +310,18 @@ impl GenerationLoop {
             let (_, prompt) = self.pending_prompts.pop_front().expect("checked above");
             self.change_prompt(&prompt)?;
         }
+        while self.pending_morphs.front().is_some_and(|(frame, _)| *frame <= started) {
+            let (_, amount) = self.pending_morphs.pop_front().expect("checked above");
+            self.set_morph_amount(amount);
+        }
         Ok(true)
+    }
+}
+
+/// What a step is conditioned on: the prompt's conditioning, or the morph's blend from it.
+fn conditioning<'a>(prompt: &'a CrossAttention, morph: Option<&'a Morph>) -> &'a CrossAttention {
+    match morph {
+        Some(morph) => morph.conditioning(prompt),
+        None => prompt,
     }
 }

@@ -92,6 +92,10 @@ pub struct StreamConfig {
     /// prompt to the music under the new one (0: the change cuts in). Both are generated
     /// and decoded over the fade.
     pub prompt_crossfade_seconds: f64,
+    /// Prompt B of a morph: the conditioning blends from `prompt` toward it by `morph`.
+    pub morph_target: Option<String>,
+    /// The morph's amount, 0 (the prompt alone) to 1 (the target alone).
+    pub morph: f32,
     pub output_rate_hz: f64,
     /// Audio the codec thread queues ahead of playback, in seconds at the output rate,
     /// when the stream keeps up: more survives longer hiccups, less hears prompt changes
@@ -176,6 +180,8 @@ impl StreamConfig {
             continue_from: None,
             play_continued: true,
             prompt_crossfade_seconds: 0.0,
+            morph_target: None,
+            morph: 0.0,
             block_dc: true,
             output_rate_hz: 48_000.0,
             buffer_seconds: 2.0,
@@ -202,6 +208,14 @@ pub enum Command {
     SetPromptAt { prompt: String, frame: usize },
     /// Seconds of crossfade for the prompt changes that follow.
     SetPromptCrossfade(f64),
+    /// Sets prompt B of the morph, from the next step; `None` ends the morph; the target
+    /// the stream has already changes nothing. The self-attention cache is kept: the
+    /// music goes on.
+    SetMorphTarget(Option<String>),
+    /// Blends the conditioning from the prompt (0) toward the morph target (1) from the
+    /// step that starts frame `frame` (at once if generation is already past it; 0: the
+    /// next step). It replaces the amounts waiting for that frame or a later one.
+    SetMorph { amount: f32, frame: usize },
     /// New sampling settings and guidance scale from the next token.
     SetSampling {
         sampling: SamplingSettings,
