@@ -60,6 +60,14 @@ fn morph_0_is_prompt_a_morph_1_is_prompt_b_and_between_is_neither() {
     );
 }
 
+/// Prompt B as the morph's target, at `amount` from frame `frame`.
+fn morph_to_b_at(amount: f32, frame: usize) -> [Command; 2] {
+    [
+        Command::SetMorphTarget(Some(PROMPT_B.into())),
+        Command::SetMorph { amount, frame },
+    ]
+}
+
 #[test]
 fn a_morph_set_for_a_frame_acts_from_that_frame_as_a_prompt_change_would() {
     let frames = 120;
@@ -71,16 +79,7 @@ fn a_morph_set_for_a_frame_acts_from_that_frame_as_a_prompt_change_would() {
             frame: change_at,
         }],
     );
-    let morphed_to_b = codes(
-        greedy(frames),
-        &[
-            Command::SetMorphTarget(Some(PROMPT_B.into())),
-            Command::SetMorph {
-                amount: 1.0,
-                frame: change_at,
-            },
-        ],
-    );
+    let morphed_to_b = codes(greedy(frames), &morph_to_b_at(1.0, change_at));
     assert_eq!(
         morphed_to_b, prompt_changed,
         "morph 1 from frame {change_at} is prompt B from frame {change_at}, the cache kept"
@@ -93,16 +92,7 @@ fn a_morph_set_for_a_frame_acts_from_that_frame_as_a_prompt_change_would() {
         "nothing changed before the frame"
     );
     assert_ne!(morphed_to_b, plain);
-    let left_at_a = codes(
-        greedy(frames),
-        &[
-            Command::SetMorphTarget(Some(PROMPT_B.into())),
-            Command::SetMorph {
-                amount: 0.0,
-                frame: change_at,
-            },
-        ],
-    );
+    let left_at_a = codes(greedy(frames), &morph_to_b_at(0.0, change_at));
     assert_eq!(left_at_a, plain, "a morph target at amount 0 changes nothing");
 }
 

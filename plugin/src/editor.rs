@@ -119,7 +119,7 @@ impl NiceEguiApp for EditorApp {
         ui.ctx().request_repaint_after(REPAINT_EVERY);
         self.shortcuts(ui);
         // A window made smaller than the editor scrolls rather than cutting it off.
-        egui::ScrollArea::vertical().auto_shrink(false).show(ui, |ui| {
+        egui::ScrollArea::both().auto_shrink(false).show(ui, |ui| {
             ui.heading("MusicGen Live");
             self.meters(ui);
             self.slots(ui);
@@ -309,6 +309,10 @@ impl EditorApp {
             let color = if *is_error { RED } else { ui.visuals().weak_text_color() };
             ui.colored_label(color, message);
         }
+        // The slots share the window's width: a larger window makes larger pads.
+        let columns = (SLOT_COUNT / 2) as f32;
+        let spacing = ui.spacing().item_spacing.x;
+        let pad_width = ((ui.available_width() - spacing * (columns - 1.0)) / columns).max(MIN_PAD_WIDTH);
         egui::Grid::new("slots").num_columns(SLOT_COUNT / 2).show(ui, |ui| {
             for (index, slot) in bank.slots.iter().enumerate() {
                 let note = note_name(first_note + index as i32);
@@ -317,7 +321,7 @@ impl EditorApp {
                 let text =
                     egui::RichText::new(format!("{}  {}\n{note}{next}{target}", index + 1, slot.name)).size(17.0);
                 let mut button = egui::Button::new(text)
-                    .min_size(Vec2::new(178.0, 50.0))
+                    .min_size(Vec2::new(pad_width, 50.0))
                     .selected(playing == Some(index));
                 if queued == Some(index) {
                     button = button.fill(AMBER.gamma_multiply(0.5)).stroke(Stroke::new(2.0, AMBER));
@@ -351,7 +355,7 @@ impl EditorApp {
                     Some(target) if !target.prompt.trim().is_empty() => format!("slot {} {}", slot + 1, target.name),
                     _ => format!("slot {} (empty: no morph)", slot + 1),
                 };
-                ui.label(egui::RichText::new(format!("A: the playing prompt  \u{2192}  B: {target}")).size(16.0));
+                ui.label(egui::RichText::new(format!("A: the playing prompt   to   B: {target}")).size(16.0));
                 ui.horizontal(|ui| {
                     ui.label("Morph to");
                     ui.add(ParamSlider::for_param(&p.morph_to, &setter));
@@ -529,6 +533,8 @@ impl EditorApp {
 }
 
 /// A labelled horizontal bar, `fraction` full.
+/// The narrowest a slot's pad gets; a narrower window scrolls sideways.
+const MIN_PAD_WIDTH: f32 = 120.0;
 /// The morph knob's diameter.
 const MORPH_KNOB_PX: f32 = 84.0;
 /// A knob's drag over its whole range, in points.
