@@ -6,7 +6,8 @@
 //! threads alive, and the audio callback's longest and mean time in that minute as a share
 //! of the block, with the longest CPU time a callback used (wall time far above it means the
 //! OS ran another thread on the core meanwhile); the summary gives them after warm-up and,
-//! apart, during the warm-ups.
+//! apart, during the warm-ups. The host's audio thread asks for real-time scheduling, as a
+//! DAW's does; the summary says whether it got it.
 
 mod host;
 
@@ -207,6 +208,10 @@ impl Conductor {
             m.settled_faults,
             m.longest_faults,
             100.0 * m.warming.max
+        );
+        println!(
+            "soak: the host's audio thread ran with {}",
+            AUDIO_THREAD_SCHEDULING.lock().unwrap()
         );
         assert_eq!(m.underruns, 0, "underruns after warm-up");
         let (first, last) = (

@@ -7,8 +7,8 @@
 use std::cell::Cell;
 use std::ffi::CString;
 use std::path::PathBuf;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use clack_extensions::latency::{HostLatency, HostLatencyImpl, PluginLatency};
@@ -384,6 +384,9 @@ fn process_blocks(
         real_time,
         sidechain: sidechain_signal,
     } = performance;
+    if real_time {
+        *AUDIO_THREAD_SCHEDULING.lock().unwrap() = take_real_time_scheduling();
+    }
     let mut processor = processor.start_processing().expect("processing starts");
     let mut left = vec![0.0f32; block];
     let mut right = vec![0.0f32; block];
@@ -537,7 +540,39 @@ pub fn threads_alive() -> usize {
         .unwrap_or(0)
 }
 
-/// This process's resident memory in MB, where the system tells it (Linux).
+/// What the host's audio thread got from the last real-time performance: real-time
+/// scheduling, or why not.
+pub static AUDIO_THREAD_SCHEDULING: Mutex<String> = Mutex::new(String::new());
+
+/// The priority a DAW's audio thread runs at (JACK's default is 70; PipeWire's is 88).
+#[cfg(target_os = "linux")]
+const AUDIO_THREAD_PRIORITY: i32 = 70;
+
+/// Asks for the scheduling a DAW on Linux gives its audio thread, SCHED_FIFO, under which
+/// no normal thread (the plugin's generation, at nice 10) can take the core from a
+/// callback. Without the right to it (CAP_SYS_NICE or an rtprio limit) the thread stays
+/// as it was; the answer says which, for the reports.
+#[cfg(target_os = "linux")]
+fn take_real_time_scheduling() -> String {
+    let param = libc::sched_param {
+        sched_priority: AUDIO_THREAD_PRIORITY,
+    };
+    // SAFETY: sets the calling thread's own policy with a valid sched_param.
+    let result = unsafe { libc::pthread_setschedparam(libc::pthread_self(), libc::SCHED_FIFO, &param) };
+    match result {
+        0 => format!("SCHED_FIFO at priority {AUDIO_THREAD_PRIORITY}, as a DAW's"),
+        error => format!(
+            "normal scheduling (SCHED_FIFO refused: {})",
+            std::io::Error::from_raw_os_error(error)
+        ),
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn take_real_time_scheduling() -> String {
+    "normal scheduling (real-time scheduling is asked for on Linux only)".to_owned()
+}
+
 /// The CPU time the calling thread has used.
 #[cfg(unix)]
 fn thread_cpu_time() -> Option<Duration> {
@@ -567,6 +602,7 @@ fn thread_page_faults() -> Option<u64> {
     None
 }
 
+/// This process's resident memory in MB, where the system tells it (Linux).
 pub fn resident_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
