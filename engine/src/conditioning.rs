@@ -10,6 +10,7 @@
 //! a bias on the cross-attention scores.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorRef};
@@ -76,14 +77,15 @@ impl CrossAttention {
 /// softmax is weighed by its amount, so the blend moves smoothly from one to the other.
 /// At 0 and 1 the prompt alone is used, so the ends are exactly the prompts.
 pub(crate) struct Morph {
-    target: CrossAttention,
+    /// B's conditioning, shared with the morph a prompt change makes from this one.
+    target: Arc<CrossAttention>,
     blend: CrossAttention,
     amount: f32,
 }
 
 impl Morph {
     /// A morph from `a` toward `target`, at `amount`.
-    pub(crate) fn new(a: &CrossAttention, target: CrossAttention, amount: f32) -> Result<Self, ConditioningError> {
+    pub(crate) fn new(a: &CrossAttention, target: Arc<CrossAttention>, amount: f32) -> Result<Self, ConditioningError> {
         let blend = side_by_side(a, &target)?;
         let mut morph = Self {
             target,
@@ -92,6 +94,11 @@ impl Morph {
         };
         morph.set_amount(amount);
         Ok(morph)
+    }
+
+    /// The same morph (target and amount) from a new prompt A; B is not encoded again.
+    pub(crate) fn for_new_a(&self, a: &CrossAttention) -> Result<Self, ConditioningError> {
+        Self::new(a, Arc::clone(&self.target), self.amount)
     }
 
     /// Sets the amount (clamped to 0..=1); only the bias changes.

@@ -131,3 +131,29 @@ fn sweeping_the_morph_over_10_s_is_as_smooth_as_an_unchanged_stream() {
          against {unchanged_jump:.2} and {unchanged_flux:.2} unchanged"
     );
 }
+
+#[test]
+fn a_morph_outlives_a_prompt_change() {
+    let frames = 120;
+    let held_at_b = codes(morphed(greedy(frames), 1.0), &[]);
+    let prompt_changed = codes(
+        morphed(greedy(frames), 1.0),
+        &[Command::SetPromptAt {
+            prompt: "slow ambient strings".into(),
+            frame: 60,
+        }],
+    );
+    assert_eq!(prompt_changed, held_at_b, "morph 1 plays B whatever A becomes");
+    let halfway_changed = codes(
+        morphed(greedy(frames), 0.5),
+        &[Command::SetPromptAt {
+            prompt: "slow ambient strings".into(),
+            frame: 60,
+        }],
+    );
+    assert_ne!(
+        halfway_changed,
+        codes(morphed(greedy(frames), 0.5), &[]),
+        "halfway, the new A is heard"
+    );
+}

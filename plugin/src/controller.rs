@@ -429,8 +429,12 @@ impl Worker {
 
     /// The *Morph to* slot's prompt as the stream should see it, if that slot holds one.
     fn morph_target(&self) -> Option<String> {
-        let slot = (self.params.morph_to.value() - 1).max(0) as usize;
-        let prompt = self.params.bank.read().prompt(slot).map(str::to_owned)?;
+        let prompt = self
+            .params
+            .bank
+            .read()
+            .prompt(self.params.morph_slot())
+            .map(str::to_owned)?;
         Some(self.with_tempo(prompt))
     }
 

@@ -283,7 +283,7 @@ impl EditorApp {
             };
         }
         let (playing, queued) = (self.view.playing_slot, self.view.queued_slot);
-        let morph_to = (self.params.morph_to.value() - 1) as usize;
+        let morph_to = self.params.morph_slot();
         let first_note = self.params.first_slot_note.value();
         let bank = self.params.bank.read().clone();
         ui.horizontal(|ui| {
@@ -349,11 +349,11 @@ impl EditorApp {
             knob(ui, &p.morph, &setter, MORPH_KNOB_PX).on_hover_text("Drag up or down; double-click: back to A");
             ui.vertical(|ui| {
                 ui.label(egui::RichText::new(format!("Morph  {}", p.morph)).size(22.0).strong());
-                let slot = (p.morph_to.value() - 1) as usize;
+                let slot = p.morph_slot();
                 let bank = p.bank.read();
-                let target = match bank.slots.get(slot) {
-                    Some(target) if !target.prompt.trim().is_empty() => format!("slot {} {}", slot + 1, target.name),
-                    _ => format!("slot {} (empty: no morph)", slot + 1),
+                let target = match bank.prompt(slot) {
+                    Some(_) => format!("slot {} {}", slot + 1, bank.slots[slot].name),
+                    None => format!("slot {} (empty: no morph)", slot + 1),
                 };
                 ui.label(egui::RichText::new(format!("A: the playing prompt   to   B: {target}")).size(16.0));
                 ui.horizontal(|ui| {
@@ -532,7 +532,6 @@ impl EditorApp {
     }
 }
 
-/// A labelled horizontal bar, `fraction` full.
 /// The narrowest a slot's pad gets; a narrower window scrolls sideways.
 const MIN_PAD_WIDTH: f32 = 120.0;
 /// The morph knob's diameter.
@@ -566,17 +565,19 @@ fn knob(ui: &mut egui::Ui, param: &FloatParam, setter: &ParamSetter, diameter_px
     let center = rect.center();
     let radius = diameter_px / 2.0 - 5.0;
     let at = |angle: f32, r: f32| center + Vec2::new(angle.sin(), -angle.cos()) * r;
+    // The arc from the range's start over `fraction` of it.
+    let arc = |fraction: f32| -> Vec<_> {
+        (0..=48)
+            .map(|i| at(start + span * fraction * i as f32 / 48.0, radius))
+            .collect()
+    };
     let painter = ui.painter();
     painter.circle_filled(center, radius, ui.visuals().extreme_bg_color);
-    let track: Vec<_> = (0..=48).map(|i| at(start + span * i as f32 / 48.0, radius)).collect();
     painter.add(egui::Shape::line(
-        track,
+        arc(1.0),
         Stroke::new(5.0, ui.visuals().widgets.inactive.bg_fill),
     ));
-    let filled: Vec<_> = (0..=48)
-        .map(|i| at(start + span * value * i as f32 / 48.0, radius))
-        .collect();
-    painter.add(egui::Shape::line(filled, Stroke::new(5.0, AMBER)));
+    painter.add(egui::Shape::line(arc(value), Stroke::new(5.0, AMBER)));
     painter.line_segment(
         [center, at(start + span * value, radius - 8.0)],
         Stroke::new(3.0, ui.visuals().strong_text_color()),
@@ -584,6 +585,7 @@ fn knob(ui: &mut egui::Ui, param: &FloatParam, setter: &ParamSetter, diameter_px
     response
 }
 
+/// A labelled horizontal bar, `fraction` full.
 fn meter_bar(ui: &mut egui::Ui, fraction: f32, color: Color32, text: &str) {
     let (response, painter) = ui.allocate_painter(Vec2::new(250.0, 28.0), Sense::hover());
     let area = response.rect;

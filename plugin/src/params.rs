@@ -1,10 +1,9 @@
 //! The plugin's parameters (automatable, in the host) and its persisted settings.
 
 use std::sync::Arc;
-
-use crossbeam_queue::ArrayQueue;
 use std::sync::atomic::AtomicU32;
 
+use crossbeam_queue::ArrayQueue;
 use musicgen_engine::ExecutionProvider;
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug::prelude::*;
@@ -323,6 +322,11 @@ impl Default for MusicGenParams {
 }
 
 impl MusicGenParams {
+    /// The slot (0-based) the *Morph to* parameter names.
+    pub fn morph_slot(&self) -> usize {
+        (self.morph_to.value() - 1).max(0) as usize
+    }
+
     /// The saved editor size, within the sizes the editor takes; none when the project
     /// saved none or a size that is not a number.
     pub fn saved_editor_size(&self) -> Option<(f32, f32)> {

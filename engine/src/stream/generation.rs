@@ -92,10 +92,7 @@ impl GenerationLoop {
         )?;
         let frame_rate_hz = manifest.frame_rate_hz;
         let morph = match &config.morph_target {
-            Some(target) => Some((
-                target.clone(),
-                Morph::new(&cross, model.condition(target)?, config.morph)?,
-            )),
+            Some(target) => Some(morph_toward(model, &cross, target.clone(), config.morph)?),
             None => None,
         };
         Ok(Self {
@@ -231,10 +228,7 @@ impl GenerationLoop {
     fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
         let cross = self.model.condition(prompt)?;
         let new_morph = match &self.morph {
-            Some((target, _)) => Some((
-                target.clone(),
-                Morph::new(&cross, self.model.condition(target)?, self.morph_amount)?,
-            )),
+            Some((target, morph)) => Some((target.clone(), morph.for_new_a(&cross)?)),
             None => None,
         };
         let old = std::mem::replace(&mut self.cross, cross);
@@ -258,10 +252,7 @@ impl GenerationLoop {
             return Ok(());
         }
         self.morph = match target {
-            Some(target) => {
-                let morph = Morph::new(&self.cross, self.model.condition(&target)?, self.morph_amount)?;
-                Some((target, morph))
-            }
+            Some(target) => Some(morph_toward(&self.model, &self.cross, target, self.morph_amount)?),
             None => None,
         };
         Ok(())
@@ -316,6 +307,18 @@ impl GenerationLoop {
         }
         Ok(true)
     }
+}
+
+/// A morph from the prompt's conditioning `a` toward `target`, at `amount`, with the
+/// target it was made for.
+fn morph_toward(
+    model: &Model,
+    a: &CrossAttention,
+    target: String,
+    amount: f32,
+) -> Result<(String, Morph), StreamError> {
+    let morph = Morph::new(a, Arc::new(model.condition(&target)?), amount)?;
+    Ok((target, morph))
 }
 
 /// What a step is conditioned on: the prompt's conditioning, or the morph's blend from it.
