@@ -7,7 +7,10 @@
 //! of the block, with the longest CPU time a callback used (wall time far above it means the
 //! OS ran another thread on the core meanwhile); the summary gives them after warm-up and,
 //! apart, during the warm-ups. The host's audio thread asks for real-time scheduling, as a
-//! DAW's does; the summary says whether it got it.
+//! DAW's does; the summary says whether it got it. Beside the callback, the host times a
+//! fixed reference work of about the callback's mean length after each block: its
+//! longest run is what this machine alone adds to a callback of that length, so the two
+//! longest times read together say whether a long callback was the plugin's doing.
 
 mod host;
 
@@ -43,13 +46,19 @@ struct CallbackShares {
     blocks: u64,
     total: f64,
     max: f64,
+    /// The blocks whose share was over `LONG_SHARE`.
+    long: u64,
 }
+
+/// A callback over this share of its block counts as long.
+const LONG_SHARE: f64 = 0.01;
 
 impl CallbackShares {
     fn add(&mut self, share: f64) {
         self.blocks += 1;
         self.total += share;
         self.max = self.max.max(share);
+        self.long += u64::from(share > LONG_SHARE);
     }
 
     fn mean(&self) -> f64 {
@@ -68,9 +77,12 @@ struct Measures {
     /// the core to another thread in between.
     minute_cpu: CallbackShares,
     minute_faults: u64,
+    minute_reference: CallbackShares,
     /// Every block after warm-up.
     settled: CallbackShares,
     settled_cpu: CallbackShares,
+    /// The host's fixed reference work after each of those blocks.
+    settled_reference: CallbackShares,
     /// Page faults the audio thread took inside callbacks after warm-up, and inside the
     /// longest of those callbacks.
     settled_faults: u64,
@@ -129,9 +141,11 @@ fn measuring(
         let share = block.callback.as_secs_f64() / block_s;
         let cpu_share = block.callback_cpu.map_or(f64::NAN, |cpu| cpu.as_secs_f64() / block_s);
         let faults = block.callback_faults.unwrap_or(0);
+        let reference_share = block.reference.as_secs_f64() / block_s;
         m.minute.add(share);
         m.minute_cpu.add(cpu_share);
         m.minute_faults += faults;
+        m.minute_reference.add(reference_share);
         let phase_s = block.done as f64 / f64::from(rate_hz);
         m.played_s = played_before_s + phase_s;
         if phase_s < WARM_UP_S {
@@ -143,6 +157,7 @@ fn measuring(
         }
         m.settled.add(share);
         m.settled_cpu.add(cpu_share);
+        m.settled_reference.add(reference_share);
         m.settled_faults += faults;
         if block.left.iter().all(|&s| s == 0.0) {
             m.underruns += 1;
@@ -171,12 +186,13 @@ impl Conductor {
             let shares = std::mem::take(&mut m.minute);
             let cpu = std::mem::take(&mut m.minute_cpu);
             let faults = std::mem::take(&mut m.minute_faults);
+            let reference = std::mem::take(&mut m.minute_reference);
             let minute = Minute {
                 rss_mb: resident_mb().unwrap_or(0.0),
                 threads: threads_alive(),
             };
             println!(
-                "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}% | {:11.2}% | {:11}",
+                "{:6} | {:9} | {:6.1} | {:7} | {:11.2}% | {:12.3}% | {:11.2}% | {:13.2}% | {:11}",
                 self.report.len() + 1,
                 m.underruns,
                 minute.rss_mb,
@@ -184,6 +200,7 @@ impl Conductor {
                 100.0 * shares.max,
                 100.0 * shares.mean(),
                 100.0 * cpu.max,
+                100.0 * reference.max,
                 faults
             );
             self.report.push(minute);
@@ -208,6 +225,17 @@ impl Conductor {
             m.settled_faults,
             m.longest_faults,
             100.0 * m.warming.max
+        );
+        println!(
+            "soak: the host's fixed reference work after each block after warm-up: max {:.2}%, mean {:.3}% of a block; \
+             over {:.0}% of a block: {} of {} callbacks, {} of {} reference runs",
+            100.0 * m.settled_reference.max,
+            100.0 * m.settled_reference.mean(),
+            100.0 * LONG_SHARE,
+            m.settled.long,
+            m.settled.blocks,
+            m.settled_reference.long,
+            m.settled_reference.blocks
         );
         println!(
             "soak: the host's audio thread ran with {}",
@@ -251,7 +279,7 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
     let phase_s = minutes * 60.0 / RATES_HZ.len() as f64;
     println!("soak: {minutes} min, {phase_s:.0} s at each of {RATES_HZ:?} Hz, blocks of {BLOCK}");
     println!(
-        "minute | underruns | RSS MB | threads | callback max | callback mean | CPU time max | page faults (this minute's callbacks)"
+        "minute | underruns | RSS MB | threads | callback max | callback mean | CPU time max | reference max | page faults (this minute's callbacks)"
     );
     for (phase, rate_hz) in RATES_HZ.into_iter().enumerate() {
         let played_before_s = phase as f64 * phase_s;

@@ -330,6 +330,8 @@ pub struct BlockOutput<'a> {
     pub callback_cpu: Option<Duration>,
     /// Page faults the audio thread took in it (minor and major; `None` off Linux).
     pub callback_faults: Option<u64>,
+    /// How long the host's fixed reference work took right after it (`ReferenceWork`).
+    pub reference: Duration,
 }
 
 /// Where the audio thread hands each block.
@@ -396,6 +398,8 @@ fn process_blocks(
     let mut ports_in = AudioPorts::with_capacity(2, 1);
     let mut events_in = EventBuffer::with_capacity(4 * block);
     let mut events_out = EventBuffer::new();
+    let block_duration = Duration::from_secs_f64(block as f64 / f64::from(rate_hz));
+    let mut reference = ReferenceWork::calibrated(block_duration.mul_f64(REFERENCE_SHARE), block);
     let mut due = Instant::now();
     let mut done = 0;
     while done < total {
@@ -443,6 +447,9 @@ fn process_blocks(
         let callback_faults = faults_before
             .zip(thread_page_faults())
             .map(|(before, after)| after - before);
+        let reference_started = Instant::now();
+        reference.run();
+        let reference = reference_started.elapsed();
         events_out.clear();
         output(&BlockOutput {
             done,
@@ -451,6 +458,7 @@ fn process_blocks(
             callback,
             callback_cpu,
             callback_faults,
+            reference,
         });
         done += frames;
         played.store(done, Ordering::Release);
@@ -538,6 +546,56 @@ pub fn threads_alive() -> usize {
     std::fs::read_dir("/proc/self/task")
         .map(|tasks| tasks.count())
         .unwrap_or(0)
+}
+
+/// The reference work's length, as a share of a block: about what the plugin's callback
+/// takes on average (the soak measures 0.3%), so that it meets the machine's interruptions
+/// as often as the callback does.
+const REFERENCE_SHARE: f64 = 0.003;
+
+/// A fixed amount of work the audio thread does after each callback, timed as the callback
+/// is. Its instructions are the same every block, so whatever makes one run of it longer
+/// than another is the machine's doing (a hypervisor taking the virtual core, an
+/// interrupt, a cache flushed by another thread), not work: the longest run is the floor
+/// under which no callback's longest time can be measured on that machine.
+struct ReferenceWork {
+    samples: Vec<f32>,
+    rounds: u32,
+}
+
+impl ReferenceWork {
+    /// Work over a block of `block` samples, repeated to take about `target` on this
+    /// machine when nothing interrupts it (the quickest of 200 timed runs).
+    fn calibrated(target: Duration, block: usize) -> Self {
+        let mut work = Self {
+            samples: vec![0.5; block],
+            rounds: 1,
+        };
+        let quickest_round = (0..200)
+            .map(|_| {
+                let started = Instant::now();
+                work.run();
+                started.elapsed()
+            })
+            .min()
+            .expect("200 runs");
+        work.rounds = (target.as_secs_f64() / quickest_round.as_secs_f64().max(1e-9))
+            .round()
+            .max(1.0) as u32;
+        work
+    }
+
+    /// A one-pole smoother over the block, `rounds` times: arithmetic and memory like a
+    /// plugin's, none of it optimised away.
+    fn run(&mut self) {
+        for _ in 0..self.rounds {
+            let mut state = 0.0f32;
+            for sample in &mut self.samples {
+                state += 0.01 * (std::hint::black_box(*sample) - state);
+                *sample = 0.5 + 0.001 * state;
+            }
+        }
+    }
 }
 
 /// What the host's audio thread got from the last real-time performance: real-time
