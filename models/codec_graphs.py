@@ -125,7 +125,7 @@ def quantize_upsampler(out, model, windows: int = 24, frames: int = 14) -> None:
     import onnxruntime as ort
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-    k = model.decoder.config.num_codebooks
+    k = codebooks_per_channel(model)
     layers, width = lstm_shape(model)
     context = conv_context_frames(model)
     frontend = ort.InferenceSession(str(out / "codec_frontend.onnx"), providers=["CPUExecutionProvider"])
@@ -205,9 +205,16 @@ def decode(frontend, upsampler, codes: np.ndarray, context: int, layers: int, wi
     return np.concatenate(windowed), whole
 
 
+def codebooks_per_channel(model) -> int:
+    """The codebooks Encodec decodes into one channel: a stereo decoder's codebooks are the
+    left and right channels' interleaved."""
+    dec = model.decoder.config
+    return dec.num_codebooks // dec.audio_channels
+
+
 def export_codec_graphs(model, out, export_traced) -> dict:
     """Writes both graphs; returns their `(file, inputs, outputs)` by manifest key."""
-    k = model.decoder.config.num_codebooks
+    k = codebooks_per_channel(model)
     layers, width = lstm_shape(model)
     context = conv_context_frames(model)
     codes = torch.randint(0, model.decoder.config.vocab_size, (1, k, 10 + 2 * context))

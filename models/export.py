@@ -63,9 +63,23 @@ class Progress:
 # --------------------------------------------------------------------------- models
 
 
+RANDOM_SHAPES = ["tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small"]
+
+
 def random_configs(shape: str):
     """Transformers configs for randomly initialised models: `tiny` for tests, or
-    musicgen-small's real shape for benchmarks."""
+    musicgen-small's real shape for benchmarks. A `-stereo` shape is the same model with
+    the stereo checkpoints' decoder: 8 codebooks, left and right interleaved, decoded by
+    the same mono Encodec one channel at a time."""
+    stereo = shape.endswith("-stereo") or "-stereo-" in shape
+    text, audio, decoder = mono_configs(shape.replace("-stereo", ""))
+    if stereo:
+        decoder.num_codebooks = 2 * decoder.num_codebooks
+        decoder.audio_channels = 2
+    return text, audio, decoder
+
+
+def mono_configs(shape: str):
     from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
     if shape == "tiny":
@@ -138,7 +152,7 @@ def random_configs(shape: str):
             audio_channels=1,
         )
     else:
-        raise SystemExit(f"unknown --random shape {shape!r}; use tiny or musicgen-small")
+        raise SystemExit(f"unknown --random shape {shape!r}; use one of {', '.join(RANDOM_SHAPES)}")
     return text, audio, decoder
 
 
@@ -485,12 +499,13 @@ def sessions(out: Path):
 
 def transformers_generate(model, input_ids, new_tokens: int):
     """Greedy generation with guidance 3 by transformers itself; returns its codes [K, T]
-    (captured from the codec call) and its decoded audio."""
-    captured = {}
+    (captured from the codec calls: a stereo model decodes its even codebooks as the left
+    channel and its odd ones as the right) and its decoded audio [channels, samples]."""
+    captured = []
     original = model.audio_encoder.decode
 
     def capture(audio_codes, *args, **kwargs):
-        captured["codes"] = audio_codes.clone()
+        captured.append(audio_codes[0, 0].clone().numpy())
         return original(audio_codes, *args, **kwargs)
 
     model.audio_encoder.decode = capture
@@ -505,7 +520,11 @@ def transformers_generate(model, input_ids, new_tokens: int):
             )
     finally:
         model.audio_encoder.decode = original
-    return captured["codes"][0, 0].numpy(), audio[0, 0].numpy()
+    channels = len(captured)
+    codes = np.zeros((channels * captured[0].shape[0], captured[0].shape[1]), np.int64)
+    for channel, channel_codes in enumerate(captured):
+        codes[channel::channels] = channel_codes
+    return codes, audio[0].numpy()
 
 
 def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> dict:
@@ -543,16 +562,22 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
 
     progress.stage("self-check: codec_frontend.onnx (in two calls) and codec_upsampler.onnx against transformers' decode")
     codec = manifest["codec"]
-    windowed, audio = codec_graphs.decode(
-        graphs["codec_frontend"],
-        graphs["codec_upsampler"],
-        reference_codes,
-        codec["conv_context_frames"],
-        codec["lstm_layers"],
-        codec["lstm_width"],
-        split=frames // 3,
-        chunk=10,
-    )
+    channels = manifest["audio_channels"]
+    decoded = [
+        codec_graphs.decode(
+            graphs["codec_frontend"],
+            graphs["codec_upsampler"],
+            reference_codes[channel::channels],
+            codec["conv_context_frames"],
+            codec["lstm_layers"],
+            codec["lstm_width"],
+            split=frames // 3,
+            chunk=10,
+        )
+        for channel in range(channels)
+    ]
+    windowed = np.stack([w for w, _ in decoded])
+    audio = np.stack([a for _, a in decoded])
     window_error = float(np.max(np.abs(windowed - audio)))
     report["codec_window_max_abs_error"] = window_error
     print(f"    upsampler windows of 10 frames against one call: max abs error {window_error:.3e}")
@@ -588,17 +613,19 @@ def write_golden(out: Path, prompt_ids, codes, audio, manifest) -> None:
 
 
 def write_wav_f32(path: Path, samples: np.ndarray, rate: int) -> None:
-    """Mono 32-bit float WAV (format tag 3); the stdlib `wave` module writes PCM only."""
-    data = samples.astype("<f4").tobytes()
+    """32-bit float WAV (format tag 3) of `samples` [channels, samples]; the stdlib `wave`
+    module writes PCM only."""
+    channels = samples.shape[0]
+    data = samples.T.astype("<f4").tobytes()
     header = b"RIFF" + (36 + len(data)).to_bytes(4, "little") + b"WAVE"
     fmt = (
         b"fmt "
         + (16).to_bytes(4, "little")
         + (3).to_bytes(2, "little")
-        + (1).to_bytes(2, "little")
+        + channels.to_bytes(2, "little")
         + rate.to_bytes(4, "little")
-        + (rate * 4).to_bytes(4, "little")
-        + (4).to_bytes(2, "little")
+        + (rate * 4 * channels).to_bytes(4, "little")
+        + (4 * channels).to_bytes(2, "little")
         + (32).to_bytes(2, "little")
     )
     path.write_bytes(header + fmt + b"data" + len(data).to_bytes(4, "little") + data)
@@ -628,7 +655,7 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         "num_codebooks": dec.num_codebooks,
         "cardinality": dec.vocab_size,
         "special_token_id": dec.vocab_size,
-        "pattern": {"kind": "delay", "delays": list(range(dec.num_codebooks))},
+        "pattern": {"kind": "delay", "delays": delays(dec)},
         "max_frames": min(1500, dec.max_position_embeddings - dec.num_codebooks),
         "decoder": {
             "num_layers": dec.num_hidden_layers,
@@ -658,6 +685,12 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         manifest["graphs"][key] = {"file": file, "inputs": inputs, "outputs": outputs}
     (out / "musicgen.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def delays(dec) -> list[int]:
+    """Each codebook's delay in steps: k for mono; for stereo, left and right codebooks
+    interleaved, each pair delayed together (transformers' `build_delay_pattern_mask`)."""
+    return [k // dec.audio_channels for k in range(dec.num_codebooks)]
 
 
 def codec_lstm(args) -> str:
@@ -696,7 +729,7 @@ def quantization_spec(args) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--random", choices=["tiny", "musicgen-small"], help="randomly initialised model of this shape")
+    source.add_argument("--random", choices=RANDOM_SHAPES, help="randomly initialised model of this shape")
     source.add_argument("--checkpoint", help="transformers folder or hub id (hub ids need network access)")
     parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
     parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none", help="decoder weights")

@@ -81,15 +81,16 @@ def generate(
     taught from `given` (`[K, T]` codes); later steps sample. Returns the codes `[K, frames]`
     and the runner (its cache)."""
     k_count, special = manifest["num_codebooks"], manifest["special_token_id"]
+    delays = manifest["pattern"]["delays"]
     inputs = conditioning_inputs(graphs, manifest, input_ids)
-    steps = frames + k_count - 1
+    steps = frames + max(delays)
     runner = DecoderRunner(graphs["decoder"], manifest, steps + 1)
-    # columns[s, k]: codebook k's token at step s, frame s - 1 - k.
+    # columns[s, k]: codebook k's token at step s, frame s - 1 - delays[k].
     columns = np.full((steps + 1, k_count), special, dtype=np.int64)
     if given is not None:
         for k in range(k_count):
             for s in range(1, prefill_steps + 1):
-                t = s - 1 - k
+                t = s - 1 - delays[k]
                 if 0 <= t < given.shape[1]:
                     columns[s, k] = given[k, t]
     s = 0
@@ -99,12 +100,12 @@ def generate(
         s += count
         guided = logits[1] + (logits[0] - logits[1]) * guidance
         for k in range(k_count):
-            t = s - 1 - k
+            t = s - 1 - delays[k]
             if 0 <= t < frames and not (given is not None and s <= prefill_steps):
                 columns[s, k] = pick(guided[k], rng, top_k)
     codes = np.zeros((k_count, frames), np.int64)
     for k in range(k_count):
-        codes[k] = columns[k + 1 : k + 1 + frames, k]
+        codes[k] = columns[delays[k] + 1 : delays[k] + 1 + frames, k]
     return codes, runner
 
 

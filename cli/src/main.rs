@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use musicgen_engine::{Coord, Delays, ExecutionProvider, Pattern, PatternKind, Runtime};
+use musicgen_engine::{Bundle, Coord, Delays, ExecutionProvider, Pattern, PatternKind, Runtime};
 use serde::Serialize;
 
 mod bench;
@@ -156,9 +156,13 @@ struct PatternsArgs {
     /// Draw this pattern as a grid instead of printing the table.
     #[arg(long, value_parser = PatternKind::NAMES)]
     show: Option<String>,
-    /// Timesteps to draw with --show.
+    /// Timesteps to draw with --show or --model.
     #[arg(long, default_value_t = 8)]
     frames: usize,
+    /// Draw the pattern of this model bundle (its codebooks and delays; a stereo model's
+    /// left and right codebooks interleaved).
+    #[arg(long, conflicts_with = "show")]
+    model: Option<PathBuf>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     format: Format,
 }
@@ -213,8 +217,15 @@ fn pattern_kind(name: &str, args: &PatternsArgs) -> Result<PatternKind> {
 }
 
 fn patterns(args: &PatternsArgs) -> Result<()> {
-    if let Some(name) = &args.show {
-        let pattern = pattern_kind(name, args)?.build(args.frames, args.codebooks)?;
+    let shown = match (&args.model, &args.show) {
+        (Some(dir), _) => {
+            let bundle = Bundle::open(dir).with_context(|| format!("opening the model in {}", dir.display()))?;
+            Some((bundle.pattern(args.frames), bundle.manifest().audio_channels))
+        }
+        (None, Some(name)) => Some((pattern_kind(name, args)?.build(args.frames, args.codebooks)?, 1)),
+        (None, None) => None,
+    };
+    if let Some((pattern, channels)) = shown {
         return match args.format {
             Format::Json => print_json(
                 &pattern.steps()[1..]
@@ -223,7 +234,7 @@ fn patterns(args: &PatternsArgs) -> Result<()> {
                     .collect::<Vec<_>>(),
             ),
             Format::Table => {
-                print!("{}", draw_grid(&pattern));
+                print!("{}", draw_grid(&pattern, channels));
                 Ok(())
             }
         };
@@ -283,8 +294,9 @@ fn print_json<T: Serialize>(value: &T) -> Result<()> {
     Ok(())
 }
 
-/// Codebook rows, timestep columns; each cell is the step that produces that token.
-fn draw_grid(pattern: &Pattern) -> String {
+/// Codebook rows, timestep columns; each cell is the step that produces that token. The
+/// rows of a model with `channels` 2 are its left and right channels' codebooks in turn.
+fn draw_grid(pattern: &Pattern, channels: usize) -> String {
     let width = pattern.num_steps().to_string().len().max(2);
     let mut out = format!(
         "{}: {} steps for {} frames, a frame completes {} steps after its first token\n",
@@ -299,7 +311,11 @@ fn draw_grid(pattern: &Pattern) -> String {
     }
     out += "\n";
     for k in 0..pattern.num_codebooks() {
-        out += &format!("{:>6} ", format!("k{k}"));
+        let label = match channels {
+            2 => format!("k{k} {}{}", ["L", "R"][k % 2], k / 2),
+            _ => format!("k{k}"),
+        };
+        out += &format!("{label:>6} ");
         for t in 0..pattern.num_timesteps() {
             out += &format!(" {:>width$}", pattern.step_of(Coord { t, k }));
         }

@@ -34,13 +34,13 @@ pub fn play(file: &Path) -> Result<()> {
     let rate_hz = config.sample_rate();
     let channels = usize::from(config.channels());
 
-    let wav = wav::read_mono(file)?;
+    let wav = wav::read(file)?;
     let mut resampled = Vec::new();
-    let mut resampler = StreamResampler::new(f64::from(wav.sample_rate_hz), f64::from(rate_hz))?;
-    resampler.process(&wav.samples, &mut resampled);
+    let mut resampler = StreamResampler::new(f64::from(wav.sample_rate_hz), f64::from(rate_hz), 1)?;
+    resampler.process(&wav.mono(), &mut resampled);
     resampler.flush(&mut resampled);
 
-    let (mut producer, mut consumer) = playback_channel(resampled.len().max(1));
+    let (mut producer, mut consumer) = playback_channel(resampled.len(), 1);
     producer.push(&resampled);
     let mut scratch = vec![0.0f32; 16_384];
     let stream = device.build_output_stream(

@@ -43,7 +43,8 @@ pub fn render(args: &RenderArgs) -> Result<()> {
     let config = stream_config(args, given, manifest.sample_rate_hz);
     // A WAV file's rate is whole hertz.
     let rate_hz = config.output_rate_hz as u32;
-    let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize;
+    let channels = manifest.audio_channels;
+    let total = ((args.seconds + given_seconds) * f64::from(rate_hz)).round() as usize * channels;
 
     let (stream, mut consumer) = Stream::start(&model, config)?;
     for change in &args.prompt_change {
@@ -52,7 +53,7 @@ pub fn render(args: &RenderArgs) -> Result<()> {
             frame: (change.at_seconds * manifest.frame_rate_hz).round() as usize,
         });
     }
-    let mut wav = wav_writer(&args.out, rate_hz)?;
+    let mut wav = wav_writer(&args.out, rate_hz, channels)?;
     let written = pull_audio(&stream, &mut consumer, args, total, &mut |block| {
         block.iter().try_for_each(|&sample| wav.write_sample(sample))
     })?;
@@ -64,9 +65,10 @@ pub fn render(args: &RenderArgs) -> Result<()> {
 
     let status = stream.status();
     println!(
-        "wrote {} ({:.2} s at {rate_hz} Hz) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
+        "wrote {} ({:.2} s at {rate_hz} Hz, {}) on {}: {} steps, {:.1} steps/s, real-time factor {:.2}, first audio after {} ms, {} underruns",
         args.out.display(),
-        written as f64 / f64::from(rate_hz),
+        (written / channels) as f64 / f64::from(rate_hz),
+        if channels == 2 { "stereo" } else { "mono" },
         model.execution_provider(),
         status.steps(),
         status.steps_per_second(),
@@ -124,8 +126,9 @@ fn stream_config(args: &RenderArgs, given: Option<CodeGrid>, model_rate_hz: u32)
 }
 
 /// Pulls the stream's audio in callback-sized blocks into `sink`, with a progress bar:
-/// `total` samples as fast as they come, or with `--realtime` at the output rate's pace to
-/// the stream's end (what a listener hears, waits included). Returns the samples pulled.
+/// `total` samples (channels interleaved) as fast as they come, or with `--realtime` at the
+/// output rate's pace to the stream's end (what a listener hears, waits included). Returns
+/// the samples pulled.
 fn pull_audio(
     stream: &Stream,
     consumer: &mut PlaybackConsumer,
@@ -138,7 +141,8 @@ fn pull_audio(
             .expect("the template is valid"),
     );
     let rate_hz = stream.sample_rate_hz();
-    let mut block = [0.0f32; CALLBACK_FRAMES];
+    let mut samples = [0.0f32; CALLBACK_FRAMES * 2];
+    let block = &mut samples[..CALLBACK_FRAMES * stream.channels()];
     let period = Duration::from_secs_f64(CALLBACK_FRAMES as f64 / rate_hz);
     let mut next_callback = Instant::now();
     let mut pulled = 0;
@@ -150,12 +154,12 @@ fn pull_audio(
         let got = if args.realtime {
             std::thread::sleep(next_callback.saturating_duration_since(Instant::now()));
             next_callback += period;
-            consumer.pop(&mut block);
+            consumer.pop(block);
             block.len()
-        } else if consumer.buffered() >= CALLBACK_FRAMES || finished {
+        } else if consumer.buffered() >= block.len() || finished {
             // The stream's last block may be short; asking for no more than is there keeps
             // the end of the stream from counting as an underrun.
-            let n = consumer.buffered().min(CALLBACK_FRAMES).min(total - pulled);
+            let n = consumer.buffered().min(block.len()).min(total - pulled);
             consumer.pop(&mut block[..n])
         } else {
             0
@@ -204,18 +208,24 @@ fn write_codes(stream: &Stream, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Reads a WAV file, mixes it to mono and encodes it with the model's codec encoder.
+/// Reads a WAV file and encodes it with the model's codec encoder: a mono model hears its
+/// channels mixed, a stereo model its left and right.
 fn encode_wav(model: &Model, path: &Path) -> Result<CodeGrid> {
-    let wav = wav::read_mono(path)?;
+    let wav = wav::read(path)?;
     let codes = model
-        .encode_audio(&wav.samples, f64::from(wav.sample_rate_hz))
+        .encode_audio(&wav.channel_slices(), f64::from(wav.sample_rate_hz))
         .with_context(|| format!("encoding {} to continue it", path.display()))?;
+    let heard = match (model.manifest().audio_channels, wav.channels.len()) {
+        (_, 1) => "mono",
+        (2, _) => "its first two channels as left and right",
+        _ => "its channels mixed to mono",
+    };
     println!(
-        "continuing {} ({:.2} s at {} Hz, {} channels mixed to mono): {} frames of codes",
+        "continuing {} ({:.2} s at {} Hz, {} channels; the model hears {heard}): {} frames of codes",
         path.display(),
         wav.seconds(),
         wav.sample_rate_hz,
-        wav.channels,
+        wav.channels.len(),
         codes.num_timesteps()
     );
     Ok(codes)
@@ -237,9 +247,15 @@ fn report_seams(stream: &Stream, wav: &Path, manifest: &Manifest) -> Result<()> 
         );
         return Ok(());
     }
-    let audio: Vec<f32> = reader.samples::<f32>().collect::<Result<_, _>>()?;
+    let channels = usize::from(reader.spec().channels);
+    let samples: Vec<f32> = reader.samples::<f32>().collect::<Result<_, _>>()?;
+    // Seams are measured on the channels' mix.
+    let audio: Vec<f32> = samples
+        .chunks_exact(channels)
+        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+        .collect();
     // Frame f's audio starts at f frames of output plus the resampler's delay.
-    let offset = StreamResampler::new(f64::from(manifest.sample_rate_hz), f64::from(rate_hz))?.delay_frames();
+    let offset = StreamResampler::new(f64::from(manifest.sample_rate_hz), f64::from(rate_hz), 1)?.delay_frames();
     let measured = measure_seams(&audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
     println!("context window slid {} times:", seams.len());
     println!(
@@ -269,10 +285,14 @@ fn wait_for_codes(stream: &Stream) -> Result<CodeGrid> {
     anyhow::bail!("generation did not finish")
 }
 
-/// A mono 32-bit float WAV file, written as the samples come.
-fn wav_writer(path: &Path, rate_hz: u32) -> Result<hound::WavWriter<std::io::BufWriter<std::fs::File>>> {
+/// A 32-bit float WAV file of `channels` channels, written as the samples come.
+fn wav_writer(
+    path: &Path,
+    rate_hz: u32,
+    channels: usize,
+) -> Result<hound::WavWriter<std::io::BufWriter<std::fs::File>>> {
     let spec = hound::WavSpec {
-        channels: 1,
+        channels: channels as u16,
         sample_rate: rate_hz,
         bits_per_sample: 32,
         sample_format: hound::SampleFormat::Float,

@@ -1,29 +1,41 @@
 //! WAV files the tool reads (`render --continue`, `play`): every format hound reads
 //! (8, 16, 24 and 32-bit PCM, 32-bit float, plain or extensible headers, any channel count),
-//! mixed down to mono, with errors that name the file and say how to convert it.
+//! channel by channel or mixed down to mono, with errors that name the file and say how to
+//! convert it.
 
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
 
-/// A WAV file's audio, mixed to one channel.
-pub struct MonoWav {
-    pub samples: Vec<f32>,
+/// A WAV file's audio, one vector per channel.
+pub struct Wav {
+    pub channels: Vec<Vec<f32>>,
     pub sample_rate_hz: u32,
-    /// The file's own channel count, before mixing.
-    pub channels: u16,
 }
 
-impl MonoWav {
+impl Wav {
     pub fn seconds(&self) -> f64 {
-        self.samples.len() as f64 / f64::from(self.sample_rate_hz)
+        self.channels[0].len() as f64 / f64::from(self.sample_rate_hz)
+    }
+
+    /// The channels' average.
+    pub fn mono(&self) -> Vec<f32> {
+        let count = self.channels.len() as f32;
+        (0..self.channels[0].len())
+            .map(|i| self.channels.iter().map(|channel| channel[i]).sum::<f32>() / count)
+            .collect()
+    }
+
+    /// Each channel as a slice, as the engine takes them.
+    pub fn channel_slices(&self) -> Vec<&[f32]> {
+        self.channels.iter().map(Vec::as_slice).collect()
     }
 }
 
 const CONVERT_HINT: &str = "save it as 16 or 24-bit PCM or 32-bit float WAV (e.g. `sox in.wav -b 16 out.wav`)";
 
-/// Reads `path` and averages its channels.
-pub fn read_mono(path: &Path) -> Result<MonoWav> {
+/// Reads `path`, every channel.
+pub fn read(path: &Path) -> Result<Wav> {
     let mut reader = hound::WavReader::open(path)
         .with_context(|| format!("{} is not a WAV file this tool reads; {CONVERT_HINT}", path.display()))?;
     let spec = reader.spec();
@@ -67,15 +79,15 @@ pub fn read_mono(path: &Path) -> Result<MonoWav> {
             spec.channels
         )
     })?;
-    let channels = usize::from(spec.channels);
-    let samples = interleaved
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
+    let count = usize::from(spec.channels);
+    // A last frame cut short is dropped, so that every channel has the same length.
+    let whole = &interleaved[..interleaved.len() - interleaved.len() % count];
+    let channels = (0..count)
+        .map(|c| whole.iter().skip(c).step_by(count).copied().collect())
         .collect();
-    Ok(MonoWav {
-        samples,
+    Ok(Wav {
+        channels,
         sample_rate_hz: spec.sample_rate,
-        channels: spec.channels,
     })
 }
 
@@ -139,10 +151,15 @@ mod tests {
             for channels in 1..=8 {
                 for rate_hz in [8_000, 44_100, 192_000] {
                     let name = format!("sine-{bits}-{format:?}-{channels}ch-{rate_hz}.wav");
-                    let wav = read_mono(&write_sine(&name, channels, bits, format, rate_hz)).unwrap();
-                    assert_eq!((wav.sample_rate_hz, wav.channels), (rate_hz, channels), "{name}");
-                    assert_eq!(wav.samples.len(), rate_hz as usize / 10, "{name}");
-                    let peak = wav.samples.iter().fold(0.0f32, |peak, s| peak.max(s.abs()));
+                    let wav = read(&write_sine(&name, channels, bits, format, rate_hz)).unwrap();
+                    assert_eq!(
+                        (wav.sample_rate_hz, wav.channels.len()),
+                        (rate_hz, usize::from(channels)),
+                        "{name}"
+                    );
+                    let mono = wav.mono();
+                    assert_eq!(mono.len(), rate_hz as usize / 10, "{name}");
+                    let peak = mono.iter().fold(0.0f32, |peak, s| peak.max(s.abs()));
                     assert!(
                         (peak - expected_peak(channels)).abs() < 0.01 + tolerance,
                         "{name}: peak {peak}, expected {}",
@@ -192,13 +209,13 @@ mod tests {
             .flat_map(|s| s.to_le_bytes())
             .collect();
         std::fs::write(&path, extensible(1, 16, &frames)).unwrap();
-        let wav = read_mono(&path).unwrap();
-        assert_eq!((wav.sample_rate_hz, wav.channels), (48_000, 2));
-        assert_eq!(wav.samples, vec![0.0, 0.125]);
+        let wav = read(&path).unwrap();
+        assert_eq!((wav.sample_rate_hz, wav.channels.len()), (48_000, 2));
+        assert_eq!(wav.mono(), vec![0.0, 0.125]);
 
         let path = temp_wav("float64.wav");
         std::fs::write(&path, extensible(3, 64, &[0; 32])).unwrap();
-        let error = format!("{:#}", read_mono(&path).err().unwrap());
+        let error = format!("{:#}", read(&path).err().unwrap());
         assert!(
             error.contains("float64.wav") && error.contains("64-bit float samples"),
             "{error}"
@@ -217,7 +234,7 @@ mod tests {
         let mut writer = hound::WavWriter::create(&path, spec).unwrap();
         writer.write_sample(1000i16).unwrap();
         writer.finalize().unwrap();
-        assert_eq!(read_mono(&path).unwrap().samples, vec![1000.0 / 32_768.0]);
+        assert_eq!(read(&path).unwrap().mono(), vec![1000.0 / 32_768.0]);
 
         let path = write_sine("silent-base.wav", 2, 16, hound::SampleFormat::Int, 16_000);
         let mut writer = hound::WavWriter::create(&path, hound::WavReader::open(&path).unwrap().spec()).unwrap();
@@ -225,9 +242,9 @@ mod tests {
             writer.write_sample(0i16).unwrap();
         }
         writer.finalize().unwrap();
-        let wav = read_mono(&path).unwrap();
-        assert_eq!(wav.samples.len(), 1600);
-        assert!(wav.samples.iter().all(|&s| s == 0.0));
+        let wav = read(&path).unwrap();
+        assert_eq!(wav.mono().len(), 1600);
+        assert!(wav.mono().iter().all(|&s| s == 0.0));
     }
 
     #[test]
@@ -255,8 +272,8 @@ mod tests {
         for (name, bytes) in cases {
             let path = temp_wav(name);
             std::fs::write(&path, bytes).unwrap();
-            let error = match read_mono(&path) {
-                Ok(wav) => panic!("{name} read as {} samples", wav.samples.len()),
+            let error = match read(&path) {
+                Ok(wav) => panic!("{name} read as {} samples", wav.mono().len()),
                 Err(error) => format!("{error:#}"),
             };
             assert!(error.contains(name) && error.contains("sox"), "{name}: {error}");
@@ -281,8 +298,8 @@ mod tests {
         musicgen_fuzz::fuzz("wav", strategy, |damage| {
             let bytes = damage.apply(&valid);
             std::fs::write(&path, &bytes).unwrap();
-            match read_mono(&path) {
-                Ok(wav) => prop_assert!(wav.samples.iter().all(|s| s.is_finite())),
+            match read(&path) {
+                Ok(wav) => prop_assert!(wav.mono().iter().all(|s| s.is_finite())),
                 Err(error) => {
                     let message = format!("{error:#}");
                     prop_assert!(message.contains("fuzz-case.wav"), "{}", message);

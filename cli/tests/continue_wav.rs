@@ -68,9 +68,14 @@ fn odd_formats_rates_and_channel_counts_continue_from_the_given_half_second() {
             wav.display(),
             String::from_utf8_lossy(&run.stderr)
         );
+        let heard = if channels == 1 {
+            "mono"
+        } else {
+            "its channels mixed to mono"
+        };
         assert!(
             stdout.contains(&format!(
-                "{rate_hz} Hz, {channels} channels mixed to mono): 25 frames of codes"
+                "{rate_hz} Hz, {channels} channels; the model hears {heard}): 25 frames of codes"
             )),
             "{stdout}"
         );

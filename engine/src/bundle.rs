@@ -74,6 +74,14 @@ pub struct Manifest {
     pub graphs: BTreeMap<String, GraphSpec>,
 }
 
+impl Manifest {
+    /// The codebooks Encodec decodes into one channel: a stereo model's frames hold the
+    /// left and right channels' codebooks interleaved.
+    pub fn codebooks_per_channel(&self) -> usize {
+        self.num_codebooks / self.audio_channels
+    }
+}
+
 /// How the decoder's weights are stored (the export's choice; the engine only reports it).
 #[derive(Clone, Debug, Deserialize)]
 pub struct Quantization {
@@ -197,7 +205,7 @@ pub fn find_tiny_bundle(dir: &Path) -> Option<PathBuf> {
 fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static str)> {
     let m = manifest;
     let g = &m.decoder;
-    let checks: [(&'static str, String, bool, &'static str); 10] = [
+    let checks: [(&'static str, String, bool, &'static str); 11] = [
         (
             "num_codebooks",
             m.num_codebooks.to_string(),
@@ -233,6 +241,12 @@ fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static s
             m.audio_channels.to_string(),
             (1..=2).contains(&m.audio_channels),
             "MusicGen is mono or stereo",
+        ),
+        (
+            "num_codebooks",
+            m.num_codebooks.to_string(),
+            m.num_codebooks.is_multiple_of(m.audio_channels.max(1)),
+            "every channel has as many codebooks (a stereo model's are left and right interleaved)",
         ),
         (
             "decoder.num_layers",
@@ -491,7 +505,7 @@ impl Bundle {
                 ),
             ],
             Graph::CodecFrontend => vec![
-                ("audio_codes", vec![1, k, -1]),
+                ("audio_codes", vec![1, m.codebooks_per_channel() as i64, -1]),
                 ("lstm_h", vec![m.codec.lstm_layers as i64, 1, m.codec.lstm_width as i64]),
             ],
             Graph::CodecUpsampler => vec![("features", vec![1, m.codec.lstm_width as i64, -1])],

@@ -10,6 +10,10 @@
 //! are reflected as Encodec pads them, so the whole stream equals an offline decode of
 //! all its frames up to float rounding.
 //!
+//! A stereo model's frames hold the left and right channels' codebooks interleaved
+//! (`[L0, R0, L1, R1, ...]`); each channel is decoded by the same Encodec on its own state,
+//! and [`StreamingCodec`] hands out their samples interleaved.
+//!
 //! [`AudioEncoder`] goes the other way, for continuing given audio.
 
 use std::sync::Arc;
@@ -67,7 +71,9 @@ pub struct CodecGraphs {
     frontend: Mutex<Session>,
     upsampler: Mutex<Session>,
     geometry: CodecGeometry,
+    /// Codebooks per channel.
     num_codebooks: usize,
+    channels: usize,
     samples_per_frame: usize,
 }
 
@@ -85,14 +91,138 @@ impl CodecGraphs {
             frontend: Mutex::new(frontend),
             upsampler: Mutex::new(upsampler),
             geometry: manifest.codec,
-            num_codebooks: manifest.num_codebooks,
+            num_codebooks: manifest.codebooks_per_channel(),
+            channels: manifest.audio_channels,
             samples_per_frame: manifest.samples_per_frame,
         })
     }
 }
 
-/// One stream's decoding state on a model's [`CodecGraphs`].
+/// One stream's decoding state on a model's [`CodecGraphs`]: a [`ChannelCodec`] per
+/// audio channel, fed the channel's codebooks of each frame.
 pub struct StreamingCodec {
+    channels: Vec<ChannelCodec>,
+    /// One channel's codes of the frame being pushed.
+    channel_frame: Vec<u32>,
+    /// Each channel's samples of the chunks being decoded, before they are interleaved.
+    channel_audio: Vec<Vec<f32>>,
+}
+
+impl StreamingCodec {
+    pub(crate) fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
+        let channels = (0..graphs.channels)
+            .map(|_| ChannelCodec::new(Arc::clone(&graphs), window))
+            .collect::<Vec<_>>();
+        Self::of(channels)
+    }
+
+    fn of(channels: Vec<ChannelCodec>) -> Self {
+        Self {
+            channel_frame: Vec::with_capacity(channels[0].num_codebooks),
+            channel_audio: vec![Vec::new(); channels.len()],
+            channels,
+        }
+    }
+
+    /// Audio channels, interleaved in what the codec hands out.
+    pub fn channels(&self) -> usize {
+        self.channels.len()
+    }
+
+    /// Samples of audio per frame and channel, at the codec's rate.
+    pub(crate) fn samples_per_frame(&self) -> usize {
+        self.channels[0].samples_per_frame
+    }
+
+    pub(crate) fn window(&self) -> CodecWindow {
+        self.channels[0].window
+    }
+
+    /// Runs both graphs once on a frame of code 0, leaving this stream's state as it is,
+    /// so that the first real chunk does not pay for ONNX Runtime's first-run work.
+    pub(crate) fn warm_up(&self) -> Result<(), CodecError> {
+        self.channels[0].warm_up()
+    }
+
+    /// A copy of this stream's state on the same sessions: the same frames so far, decoded
+    /// on from here independently (to crossfade two continuations of one stream).
+    pub(crate) fn fork(&self) -> Self {
+        Self::of(self.channels.iter().map(ChannelCodec::fork).collect())
+    }
+
+    /// Frames whose audio has been emitted: the next sample emitted is frame
+    /// `emitted_frames()`'s first.
+    pub(crate) fn emitted_frames(&self) -> usize {
+        self.channels[0].emitted_frames
+    }
+
+    /// Frames between a frame's completion and its audio.
+    pub(crate) fn latency_frames(&self) -> usize {
+        self.channels[0].latency_frames()
+    }
+
+    /// Adds a frame that has already been heard: context for the next chunks, not
+    /// decoded. Only before the first frame to decode.
+    pub(crate) fn push_context_frame(&mut self, frame: &[u32]) {
+        self.for_each_channel(frame, ChannelCodec::push_context_frame);
+    }
+
+    /// Adds one frame's codes (K values, the channels' codebooks interleaved).
+    pub fn push_frame(&mut self, frame: &[u32]) {
+        self.for_each_channel(frame, ChannelCodec::push_frame);
+    }
+
+    fn for_each_channel(&mut self, frame: &[u32], push: fn(&mut ChannelCodec, &[u32])) {
+        let count = self.channels.len();
+        if count == 1 {
+            push(&mut self.channels[0], frame);
+            return;
+        }
+        for (c, channel) in self.channels.iter_mut().enumerate() {
+            self.channel_frame.clear();
+            self.channel_frame.extend(frame.iter().skip(c).step_by(count).copied());
+            push(channel, &self.channel_frame);
+        }
+    }
+
+    /// Decodes every chunk whose right context has arrived and appends its samples
+    /// (channels interleaved) to `out`.
+    pub fn decode_ready(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+        self.decode_each(out, ChannelCodec::decode_ready)
+    }
+
+    /// Decodes what is left at the end of a stream and appends it to `out`.
+    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+        self.decode_each(out, ChannelCodec::finish)
+    }
+
+    fn decode_each(
+        &mut self,
+        out: &mut Vec<f32>,
+        decode: fn(&mut ChannelCodec, &mut Vec<f32>) -> Result<(), CodecError>,
+    ) -> Result<(), CodecError> {
+        if self.channels.len() == 1 {
+            return decode(&mut self.channels[0], out);
+        }
+        for (channel, audio) in self.channels.iter_mut().zip(&mut self.channel_audio) {
+            audio.clear();
+            decode(channel, audio)?;
+        }
+        let samples = self.channel_audio[0].len();
+        debug_assert!(
+            self.channel_audio.iter().all(|audio| audio.len() == samples),
+            "the channels decode in step"
+        );
+        out.reserve(samples * self.channels.len());
+        for i in 0..samples {
+            out.extend(self.channel_audio.iter().map(|audio| audio[i]));
+        }
+        Ok(())
+    }
+}
+
+/// One channel's decoding state: the codes, LSTM state and features it still needs.
+struct ChannelCodec {
     graphs: Arc<CodecGraphs>,
     window: CodecWindow,
     geometry: CodecGeometry,
@@ -118,8 +248,8 @@ pub struct StreamingCodec {
     window_features: Vec<f32>,
 }
 
-impl StreamingCodec {
-    pub(crate) fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
+impl ChannelCodec {
+    fn new(graphs: Arc<CodecGraphs>, window: CodecWindow) -> Self {
         let geometry = graphs.geometry;
         let (num_codebooks, samples_per_frame) = (graphs.num_codebooks, graphs.samples_per_frame);
         let state = vec![0.0; geometry.lstm_layers * geometry.lstm_width];
@@ -147,18 +277,7 @@ impl StreamingCodec {
         }
     }
 
-    /// Samples of audio per frame, at the codec's rate.
-    pub(crate) fn samples_per_frame(&self) -> usize {
-        self.samples_per_frame
-    }
-
-    pub(crate) fn window(&self) -> CodecWindow {
-        self.window
-    }
-
-    /// Runs both graphs once on a frame of code 0, leaving this stream's state as it is,
-    /// so that the first real chunk does not pay for ONNX Runtime's first-run work.
-    pub(crate) fn warm_up(&self) -> Result<(), CodecError> {
+    fn warm_up(&self) -> Result<(), CodecError> {
         let mut scratch = self.fork();
         let zeros = vec![0u32; self.num_codebooks];
         for _ in 0..=self.geometry.conv_context_frames {
@@ -168,9 +287,7 @@ impl StreamingCodec {
         scratch.finish(&mut audio)
     }
 
-    /// A copy of this stream's state on the same sessions: the same frames so far, decoded
-    /// on from here independently (to crossfade two continuations of one stream).
-    pub(crate) fn fork(&self) -> Self {
+    fn fork(&self) -> Self {
         Self {
             graphs: Arc::clone(&self.graphs),
             window: self.window,
@@ -192,22 +309,16 @@ impl StreamingCodec {
         }
     }
 
-    /// Frames whose audio has been emitted: the next sample emitted is frame
-    /// `emitted_frames()`'s first.
-    pub(crate) fn emitted_frames(&self) -> usize {
-        self.emitted_frames
-    }
-
     /// Frames between a frame's completion and its audio: the first convolution's look
     /// ahead, the upsampler's right context and a chunk.
-    pub(crate) fn latency_frames(&self) -> usize {
+    fn latency_frames(&self) -> usize {
         self.geometry.conv_context_frames + self.geometry.upsampler_context_frames + self.window.chunk_frames
     }
 
     /// Adds a frame that has already been heard: it passes through the front end, so the
     /// LSTM and the next chunk's left context are as if it had been decoded, but its audio
     /// is not. Only before the first frame to decode.
-    pub(crate) fn push_context_frame(&mut self, frame: &[u32]) {
+    fn push_context_frame(&mut self, frame: &[u32]) {
         debug_assert_eq!(
             self.emitted_frames, self.frames_received,
             "context comes before new frames"
@@ -217,8 +328,8 @@ impl StreamingCodec {
         self.context_frames = self.frames_received;
     }
 
-    /// Adds one frame's codes (K values).
-    pub fn push_frame(&mut self, frame: &[u32]) {
+    /// Adds one frame's codes (this channel's codebooks).
+    fn push_frame(&mut self, frame: &[u32]) {
         for (row, &code) in self.codes.iter_mut().zip(frame) {
             row.push(i64::from(code));
         }
@@ -226,7 +337,7 @@ impl StreamingCodec {
     }
 
     /// Decodes every chunk whose right context has arrived and appends its samples to `out`.
-    pub fn decode_ready(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+    fn decode_ready(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
         let lookahead = self.geometry.conv_context_frames + self.geometry.upsampler_context_frames;
         loop {
             let end = self.emitted_frames + self.next_chunk_frames();
@@ -239,7 +350,7 @@ impl StreamingCodec {
     }
 
     /// Decodes what is left at the end of a stream and appends it to `out`.
-    pub fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
+    fn finish(&mut self, out: &mut Vec<f32>) -> Result<(), CodecError> {
         self.run_frontend(self.frames_received, true)?;
         while self.emitted_frames < self.featured_frames {
             let end = (self.emitted_frames + self.next_chunk_frames()).min(self.featured_frames);
@@ -377,7 +488,9 @@ impl StreamingCodec {
 /// Encodec encoding of audio to codes, for continuing a piece of audio.
 pub struct AudioEncoder {
     session: Session,
+    /// Codebooks per channel.
     num_codebooks: usize,
+    channels: usize,
     samples_per_frame: usize,
     sample_rate_hz: u32,
 }
@@ -387,18 +500,56 @@ impl AudioEncoder {
         let manifest = bundle.manifest();
         Ok(Self {
             session: bundle.session(runtime, Graph::CodecEncoder, threads)?,
-            num_codebooks: manifest.num_codebooks,
+            num_codebooks: manifest.codebooks_per_channel(),
+            channels: manifest.audio_channels,
             samples_per_frame: manifest.samples_per_frame,
             sample_rate_hz: manifest.sample_rate_hz,
         })
     }
 
-    /// Codes of mono `samples` at `rate_hz`, resampled to the bundle's rate first.
-    pub(crate) fn encode_at(&mut self, samples: &[f32], rate_hz: f64) -> Result<CodeGrid, CodecError> {
+    /// Codes `[K, F]` of `input` (one slice per channel, of equal lengths) at `rate_hz`,
+    /// resampled to the bundle's rate first; a last partial frame is dropped. A mono model
+    /// encodes the channels' mix; a stereo model the first two channels as its left and
+    /// right, and a mono input as both (the sound placed in the middle).
+    pub(crate) fn encode_at(&mut self, input: &[&[f32]], rate_hz: f64) -> Result<CodeGrid, CodecError> {
+        let encoded = match input {
+            [] => {
+                return Err(CodecError::TooShort {
+                    samples: 0,
+                    samples_per_frame: self.samples_per_frame,
+                });
+            }
+            [mono] => vec![self.encode_channel_at(mono, rate_hz)?],
+            [left, right, ..] if self.channels == 2 => vec![
+                self.encode_channel_at(left, rate_hz)?,
+                self.encode_channel_at(right, rate_hz)?,
+            ],
+            several => {
+                let length = several.iter().map(|channel| channel.len()).min().unwrap_or(0);
+                let mix: Vec<f32> = (0..length)
+                    .map(|i| several.iter().map(|channel| channel[i]).sum::<f32>() / several.len() as f32)
+                    .collect();
+                vec![self.encode_channel_at(&mix, rate_hz)?]
+            }
+        };
+        let frames = encoded.iter().map(CodeGrid::num_timesteps).min().unwrap_or(0);
+        let rows = self.num_codebooks * self.channels;
+        // A stereo frame's codebooks: left and right in turn.
+        let codes = (0..rows)
+            .flat_map(|k| {
+                let grid = &encoded[(k % self.channels).min(encoded.len() - 1)];
+                grid.codebook(k / self.channels)[..frames].iter().copied()
+            })
+            .collect();
+        Ok(CodeGrid::new(rows, frames, codes).expect("K * channels rows of F"))
+    }
+
+    /// One channel's codes, resampled to the bundle's rate first.
+    fn encode_channel_at(&mut self, samples: &[f32], rate_hz: f64) -> Result<CodeGrid, CodecError> {
         if rate_hz == f64::from(self.sample_rate_hz) {
-            return self.encode(samples);
+            return self.encode_channel(samples);
         }
-        let mut resampler = StreamResampler::new(rate_hz, f64::from(self.sample_rate_hz))?;
+        let mut resampler = StreamResampler::new(rate_hz, f64::from(self.sample_rate_hz), 1)?;
         let mut resampled = Vec::new();
         resampler.process(samples, &mut resampled);
         resampler.flush(&mut resampled);
@@ -406,12 +557,11 @@ impl AudioEncoder {
         let delay = resampler.delay_frames().min(resampled.len());
         resampled.drain(..delay);
         resampled.truncate(expected);
-        self.encode(&resampled)
+        self.encode_channel(&resampled)
     }
 
-    /// Codes `[K, F]` of mono `samples` at the bundle's sample rate; a last partial frame
-    /// is dropped.
-    pub(crate) fn encode(&mut self, samples: &[f32]) -> Result<CodeGrid, CodecError> {
+    /// Codes `[K, F]` of one channel's `samples` at the bundle's sample rate.
+    fn encode_channel(&mut self, samples: &[f32]) -> Result<CodeGrid, CodecError> {
         let frames = samples.len() / self.samples_per_frame;
         let run_error = |source| CodecError::Run {
             first: 0,

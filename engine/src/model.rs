@@ -122,14 +122,15 @@ impl Model {
         self.decoder.provider_in_use()
     }
 
-    /// Codes of mono `samples` at `rate_hz`, to continue them.
-    pub fn encode_audio(&self, samples: &[f32], rate_hz: f64) -> Result<CodeGrid, ModelError> {
+    /// Codes of `input` (one slice per channel) at `rate_hz`, to continue them: a mono
+    /// model hears the channels' mix, a stereo model the first two as left and right.
+    pub fn encode_audio(&self, input: &[&[f32]], rate_hz: f64) -> Result<CodeGrid, ModelError> {
         let mut encoder = self.encoder.lock();
         if encoder.is_none() {
             *encoder = Some(AudioEncoder::load(&self.bundle, self.runtime, 1)?);
         }
         let encoder = encoder.as_mut().expect("loaded above");
-        Ok(encoder.encode_at(samples, rate_hz)?)
+        Ok(encoder.encode_at(input, rate_hz)?)
     }
 
     /// The prompt's cross-attention inputs for every decoder step.

@@ -1,7 +1,9 @@
 //! The lock-free hand-over of audio from the engine's threads to the audio thread.
 //!
-//! [`playback_channel`] makes a single-producer single-consumer ring buffer of mono f32
-//! samples at the output rate. The engine pushes with [`PlaybackProducer`]; the audio
+//! [`playback_channel`] makes a single-producer single-consumer ring buffer of f32
+//! samples at the output rate, channels interleaved (a stereo model's left and right; one
+//! channel for a mono model). Samples go in and out in whole frames, so the channels
+//! never swap. The engine pushes with [`PlaybackProducer`]; the audio
 //! callback pulls with [`PlaybackConsumer::pop`], which never allocates, locks or blocks:
 //! when the buffer runs dry it fades the last samples out, plays silence, counts the
 //! underrun, and fades back in when audio returns. [`PlaybackStats`] can be read from any
@@ -22,11 +24,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use ringbuf::traits::{Consumer, Observer, Producer, Split};
 use ringbuf::{HeapCons, HeapProd, HeapRb};
 
-/// Length of the fade at an underrun and at the recovery after it: 2 ms at 32 kHz, short
-/// enough to keep as much audio as possible, long enough to avoid a click.
-pub(crate) const FADE_SAMPLES: usize = 64;
+/// Length of the fade at an underrun and at the recovery after it, in frames: 2 ms at
+/// 32 kHz, short enough to keep as much audio as possible, long enough to avoid a click.
+pub(crate) const FADE_FRAMES: usize = 64;
 
-/// Counters shared by both ends; relaxed atomics, read by the GUI and the CLI.
+/// Counters shared by both ends, in samples (a stereo frame is two); relaxed atomics,
+/// read by the GUI and the CLI.
 #[derive(Debug, Default)]
 pub struct PlaybackStats {
     underruns: AtomicU64,
@@ -89,9 +92,10 @@ impl PlaybackStats {
     }
 }
 
-/// Creates a ring buffer holding `capacity` samples.
-pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer) {
-    let (producer, consumer) = HeapRb::<f32>::new(capacity).split();
+/// Creates a ring buffer holding `capacity_frames` frames of `channels` samples.
+pub fn playback_channel(capacity_frames: usize, channels: usize) -> (PlaybackProducer, PlaybackConsumer) {
+    let channels = channels.max(1);
+    let (producer, consumer) = HeapRb::<f32>::new(capacity_frames.max(1) * channels).split();
     let stats = Arc::new(PlaybackStats {
         holding: AtomicBool::new(true),
         ..PlaybackStats::default()
@@ -100,10 +104,12 @@ pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer)
         PlaybackProducer {
             inner: producer,
             stats: Arc::clone(&stats),
+            channels,
         },
         PlaybackConsumer {
             inner: consumer,
             stats,
+            channels,
             started: false,
             fading_in: false,
             holding: true,
@@ -116,12 +122,15 @@ pub fn playback_channel(capacity: usize) -> (PlaybackProducer, PlaybackConsumer)
 pub struct PlaybackProducer {
     inner: HeapProd<f32>,
     stats: Arc<PlaybackStats>,
+    channels: usize,
 }
 
 impl PlaybackProducer {
-    /// Pushes as many samples as fit; returns how many did.
+    /// Pushes as many whole frames of `samples` (channels interleaved) as fit; returns
+    /// how many samples that was.
     pub fn push(&mut self, samples: &[f32]) -> usize {
-        let pushed = self.inner.push_slice(samples);
+        let whole = samples.len() - samples.len() % self.channels;
+        let pushed = self.inner.push_slice(&samples[..whole]);
         self.stats.samples_pushed.fetch_add(pushed as u64, Ordering::Release);
         pushed
     }
@@ -154,6 +163,7 @@ impl PlaybackProducer {
 pub struct PlaybackConsumer {
     inner: HeapCons<f32>,
     stats: Arc<PlaybackStats>,
+    channels: usize,
     /// Audio has been played at least once; an empty buffer before that is not an underrun.
     started: bool,
     /// The previous callback ran dry, so the next audio starts with a fade-in.
@@ -165,9 +175,17 @@ pub struct PlaybackConsumer {
 }
 
 impl PlaybackConsumer {
-    /// Fills `out` with the next samples, or silence where there are none. Never
-    /// allocates, locks or blocks. Returns the number of real samples written.
+    /// Channels interleaved in each frame.
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Fills `out` (whole frames, channels interleaved) with the next samples, or silence
+    /// where there are none. Never allocates, locks or blocks. Returns the number of real
+    /// samples written.
     pub fn pop(&mut self, out: &mut [f32]) -> usize {
+        let channels = self.channels;
+        debug_assert!(out.len().is_multiple_of(channels), "whole frames");
         let discard_before = self.stats.discard_before.load(Ordering::Acquire);
         if self.taken < discard_before {
             let skipped = self.inner.skip((discard_before - self.taken) as usize);
@@ -190,18 +208,19 @@ impl PlaybackConsumer {
         let got = self.inner.pop_slice(out);
         self.taken += got as u64;
         out[got..].fill(0.0);
+        let got_frames = got / channels;
         if got > 0 && self.fading_in {
-            let n = got.min(FADE_SAMPLES);
-            for (i, s) in out[..n].iter_mut().enumerate() {
-                *s *= i as f32 / n as f32;
+            let n = got_frames.min(FADE_FRAMES);
+            for (i, frame) in out[..n * channels].chunks_exact_mut(channels).enumerate() {
+                frame.iter_mut().for_each(|s| *s *= i as f32 / n as f32);
             }
             self.fading_in = false;
         }
         if got < out.len() {
             if got > 0 || self.started {
-                let n = got.min(FADE_SAMPLES);
-                for (i, s) in out[got - n..got].iter_mut().enumerate() {
-                    *s *= (n - i) as f32 / (n + 1) as f32;
+                let n = got_frames.min(FADE_FRAMES);
+                for (i, frame) in out[got - n * channels..got].chunks_exact_mut(channels).enumerate() {
+                    frame.iter_mut().for_each(|s| *s *= (n - i) as f32 / (n + 1) as f32);
                 }
                 self.stats.underruns.fetch_add(1, Ordering::Relaxed);
                 self.fading_in = true;
@@ -235,7 +254,7 @@ mod tests {
 
     #[test]
     fn samples_come_out_in_order() {
-        let (mut tx, mut rx) = playback_channel(8);
+        let (mut tx, mut rx) = playback_channel(8, 1);
         assert_eq!(tx.push(&[1.0, 2.0, 3.0]), 3);
         let mut out = [9.0; 2];
         assert_eq!(rx.pop(&mut out), 2);
@@ -246,14 +265,14 @@ mod tests {
 
     #[test]
     fn a_full_buffer_takes_what_fits() {
-        let (mut tx, _rx) = playback_channel(4);
+        let (mut tx, _rx) = playback_channel(4, 1);
         assert_eq!(tx.push(&[0.5; 6]), 4);
         assert_eq!(tx.buffered(), 4);
     }
 
     #[test]
     fn silence_before_the_first_audio_is_not_an_underrun() {
-        let (_tx, mut rx) = playback_channel(4);
+        let (_tx, mut rx) = playback_channel(4, 1);
         let mut out = [1.0; 4];
         assert_eq!(rx.pop(&mut out), 0);
         assert_eq!(out, [0.0; 4]);
@@ -263,7 +282,7 @@ mod tests {
 
     #[test]
     fn running_dry_fades_out_counts_and_fades_back_in() {
-        let (mut tx, mut rx) = playback_channel(1024);
+        let (mut tx, mut rx) = playback_channel(1024, 1);
         tx.push(&[1.0; 200]);
         let mut out = [0.0; 256];
         assert_eq!(rx.pop(&mut out), 200);
@@ -284,7 +303,7 @@ mod tests {
 
     #[test]
     fn discarded_samples_are_skipped_and_later_ones_play() {
-        let (mut tx, mut rx) = playback_channel(16);
+        let (mut tx, mut rx) = playback_channel(16, 1);
         tx.push(&[1.0; 6]);
         let mut out = [0.0; 2];
         rx.pop(&mut out);
@@ -303,7 +322,7 @@ mod tests {
 
     #[test]
     fn playback_waits_for_the_start_threshold_and_again_after_an_underrun() {
-        let (mut tx, mut rx) = playback_channel(1024);
+        let (mut tx, mut rx) = playback_channel(1024, 1);
         tx.set_start_threshold(300);
         let mut out = [0.0; 128];
         tx.push(&[1.0; 200]);
@@ -328,8 +347,26 @@ mod tests {
     }
 
     #[test]
+    fn stereo_moves_in_whole_frames_and_fades_both_channels_alike() {
+        let (mut tx, mut rx) = playback_channel(4, 2);
+        // Five frames offered, four fit; a half frame is never taken.
+        assert_eq!(tx.push(&[1.0, -1.0, 2.0, -2.0, 3.0, -3.0, 4.0, -4.0, 5.0, -5.0]), 8);
+        assert_eq!(tx.push(&[6.0]), 0);
+        let mut out = [0.0; 4];
+        assert_eq!(rx.pop(&mut out), 4);
+        assert_eq!(out, [1.0, -1.0, 2.0, -2.0]);
+        assert_eq!(tx.push(&[5.0, -5.0, 6.0]), 2);
+        let mut out = [0.0; 8];
+        assert_eq!(rx.pop(&mut out), 6, "three frames, then the buffer ran dry");
+        assert_eq!(rx.stats().underruns(), 1);
+        for frame in out.chunks_exact(2) {
+            assert_eq!(frame[0], -frame[1], "left and right faded alike: {out:?}");
+        }
+    }
+
+    #[test]
     fn a_threshold_above_the_capacity_still_lets_playback_start() {
-        let (mut tx, mut rx) = playback_channel(256);
+        let (mut tx, mut rx) = playback_channel(256, 1);
         tx.set_start_threshold(10_000);
         assert_eq!(rx.stats().start_threshold(), 256);
         tx.push(&[1.0; 256]);

@@ -6,7 +6,8 @@
 //! FFT resampler: exact ratio, no drift, a known delay. A host may also run at a rate that
 //! is not a whole number of hertz (44100.5 Hz, the validators' 1234.5678 Hz): that ratio
 //! goes to rubato's windowed-sinc resampler, so the pitch is exact there too. A new host
-//! rate makes a new resampler; nothing else in the engine has to change.
+//! rate makes a new resampler; nothing else in the engine has to change. Audio of several
+//! channels comes and goes interleaved; rubato resamples each channel in step.
 
 use rubato::{FftFixedIn, Resampler, SincFixedIn, SincInterpolationParameters, SincInterpolationType, WindowFunction};
 
@@ -73,7 +74,9 @@ trait ResamplerCalls {
     fn input_frames_next(&self) -> usize;
     fn input_frames_max(&self) -> usize;
     fn output_frames_max(&self) -> usize;
-    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize);
+    /// One chunk: each channel's `input_frames_next()` first frames of `input` (longer
+    /// buffers are fine) into `output`.
+    fn process_chunk(&mut self, input: &[Vec<f32>], output: &mut [Vec<f32>]) -> (usize, usize);
 }
 
 impl<R: Resampler<f32>> ResamplerCalls for R {
@@ -89,27 +92,31 @@ impl<R: Resampler<f32>> ResamplerCalls for R {
         Resampler::output_frames_max(self)
     }
 
-    fn process_chunk(&mut self, input: &[f32], output: &mut [f32]) -> (usize, usize) {
-        self.process_into_buffer(&[input], &mut [output], None)
+    fn process_chunk(&mut self, input: &[Vec<f32>], output: &mut [Vec<f32>]) -> (usize, usize) {
+        self.process_into_buffer(input, output, None)
             .expect("buffers are sized from the resampler's own limits")
     }
 }
 
-/// A mono streaming resampler; a pass-through when both rates are equal.
+/// A streaming resampler of interleaved audio; a pass-through when both rates are equal.
 pub struct StreamResampler {
     input_rate_hz: f64,
     output_rate_hz: f64,
+    channels: usize,
     inner: Option<Kernel>,
-    pending: Vec<f32>,
-    chunk_out: Vec<f32>,
-    /// Samples taken in and given out so far, for the flush to know what is still inside.
+    /// Each channel's input not yet resampled.
+    pending: Vec<Vec<f32>>,
+    chunk_in: Vec<Vec<f32>>,
+    chunk_out: Vec<Vec<f32>>,
+    /// Frames taken in and given out so far, for the flush to know what is still inside.
     taken: u64,
     given: u64,
 }
 
 impl StreamResampler {
-    /// Rates in hertz, whole or not, within [`SUPPORTED_RATES_HZ`].
-    pub fn new(input_rate_hz: f64, output_rate_hz: f64) -> Result<Self, ResampleError> {
+    /// Rates in hertz, whole or not, within [`SUPPORTED_RATES_HZ`], for `channels`
+    /// interleaved channels.
+    pub fn new(input_rate_hz: f64, output_rate_hz: f64, channels: usize) -> Result<Self, ResampleError> {
         for rate_hz in [input_rate_hz, output_rate_hz] {
             if !is_supported_rate(rate_hz) {
                 return Err(ResampleError::UnsupportedRate { rate_hz });
@@ -124,23 +131,32 @@ impl StreamResampler {
         let mut inner = if input_rate_hz == output_rate_hz {
             None
         } else if whole(input_rate_hz) && whole(output_rate_hz) {
-            let fft = FftFixedIn::new(input_rate_hz as usize, output_rate_hz as usize, CHUNK_FRAMES, 2, 1)
-                .map_err(rubato_error)?;
+            let fft = FftFixedIn::new(
+                input_rate_hz as usize,
+                output_rate_hz as usize,
+                CHUNK_FRAMES,
+                2,
+                channels,
+            )
+            .map_err(rubato_error)?;
             Some(Kernel::Fft(fft))
         } else {
-            let sinc =
-                SincFixedIn::new(output_rate_hz / input_rate_hz, 1.0, SINC, CHUNK_FRAMES, 1).map_err(rubato_error)?;
+            let sinc = SincFixedIn::new(output_rate_hz / input_rate_hz, 1.0, SINC, CHUNK_FRAMES, channels)
+                .map_err(rubato_error)?;
             Some(Kernel::Sinc(sinc))
         };
-        let max_out = inner
-            .as_mut()
-            .map_or(0, |kernel: &mut Kernel| kernel.resampler().output_frames_max());
+        let (max_in, max_out) = inner.as_mut().map_or((0, 0), |kernel: &mut Kernel| {
+            let calls = kernel.resampler();
+            (calls.input_frames_max(), calls.output_frames_max())
+        });
         Ok(Self {
             input_rate_hz,
             output_rate_hz,
+            channels,
             inner,
-            pending: Vec::with_capacity(CHUNK_FRAMES * 2),
-            chunk_out: vec![0.0; max_out],
+            pending: vec![Vec::with_capacity(CHUNK_FRAMES * 2); channels],
+            chunk_in: vec![vec![0.0; max_in]; channels],
+            chunk_out: vec![vec![0.0; max_out]; channels],
             taken: 0,
             given: 0,
         })
@@ -154,30 +170,46 @@ impl StreamResampler {
         self.output_rate_hz
     }
 
-    /// Output samples by which the resampled stream lags its input.
+    /// Output frames by which the resampled stream lags its input.
     pub fn delay_frames(&self) -> usize {
         self.inner.as_ref().map_or(0, |r| r.output_delay())
     }
 
-    /// Resamples `input` and appends every output sample that is ready to `out`.
+    /// Resamples `input` (whole frames, channels interleaved) and appends every output
+    /// frame that is ready to `out`.
     pub fn process(&mut self, input: &[f32], out: &mut Vec<f32>) {
         let Some(kernel) = self.inner.as_mut() else {
             out.extend_from_slice(input);
             return;
         };
         let inner = kernel.resampler();
-        self.taken += input.len() as u64;
-        self.pending.extend_from_slice(input);
+        let channels = self.channels;
+        self.taken += (input.len() / channels) as u64;
+        for (c, pending) in self.pending.iter_mut().enumerate() {
+            pending.extend(input.iter().skip(c).step_by(channels));
+        }
         let mut consumed = 0;
         // Odd ratios (32 kHz to 1235 Hz) make rubato's chunks longer than the one asked for.
-        while self.pending.len() - consumed >= inner.input_frames_next() {
-            let chunk = &self.pending[consumed..consumed + inner.input_frames_next()];
-            let (used, written) = inner.process_chunk(chunk, &mut self.chunk_out);
+        while self.pending[0].len() - consumed >= inner.input_frames_next() {
+            let frames = inner.input_frames_next();
+            for (chunk, pending) in self.chunk_in.iter_mut().zip(&self.pending) {
+                chunk[..frames].copy_from_slice(&pending[consumed..consumed + frames]);
+            }
+            let (used, written) = inner.process_chunk(&self.chunk_in, &mut self.chunk_out);
             consumed += used;
             self.given += written as u64;
-            out.extend_from_slice(&self.chunk_out[..written]);
+            if channels == 1 {
+                out.extend_from_slice(&self.chunk_out[0][..written]);
+            } else {
+                out.reserve(written * channels);
+                for i in 0..written {
+                    out.extend(self.chunk_out.iter().map(|channel| channel[i]));
+                }
+            }
         }
-        self.pending.drain(..consumed);
+        for pending in &mut self.pending {
+            pending.drain(..consumed);
+        }
     }
 
     /// Pushes out what is still inside the resampler (the end of a stream), padding with
@@ -192,13 +224,13 @@ impl StreamResampler {
         // until all of it has come out.
         let owed =
             (self.taken as f64 * self.output_rate_hz / self.input_rate_hz).ceil() as u64 + self.delay_frames() as u64;
-        let silence = vec![0.0; input_frames_max];
+        let silence = vec![0.0; input_frames_max * self.channels];
         let start = out.len();
         let before = self.given;
         while self.given < owed {
             self.process(&silence, out);
         }
-        out.truncate(start + (owed.saturating_sub(before)) as usize);
+        out.truncate(start + (owed.saturating_sub(before)) as usize * self.channels);
     }
 }
 
@@ -214,7 +246,7 @@ mod tests {
 
     #[test]
     fn equal_rates_pass_through() {
-        let mut r = StreamResampler::new(32_000.0, 32_000.0).unwrap();
+        let mut r = StreamResampler::new(32_000.0, 32_000.0, 1).unwrap();
         let mut out = Vec::new();
         r.process(&[0.25, -0.5], &mut out);
         assert_eq!(out, [0.25, -0.5]);
@@ -223,9 +255,9 @@ mod tests {
 
     #[test]
     fn rates_outside_the_range_are_refused_with_the_value() {
-        let err = StreamResampler::new(32_000.0, 999.0).err().unwrap().to_string();
+        let err = StreamResampler::new(32_000.0, 999.0, 1).err().unwrap().to_string();
         assert!(err.contains("999 Hz") && err.contains("1000 and 2000000"), "{err}");
-        assert!(StreamResampler::new(32_000.0, 2_000_001.0).is_err());
+        assert!(StreamResampler::new(32_000.0, 2_000_001.0, 1).is_err());
     }
 
     #[test]
@@ -233,7 +265,7 @@ mod tests {
         for rate_hz in [
             1_000, 1_235, 8_000, 11_025, 12_346, 22_050, 44_100, 88_200, 123_457, 176_400, 352_800, 768_000, 1_234_568,
         ] {
-            let mut r = StreamResampler::new(32_000.0, f64::from(rate_hz)).unwrap();
+            let mut r = StreamResampler::new(32_000.0, f64::from(rate_hz), 1).unwrap();
             let mut out = Vec::new();
             for piece in sine(32_000, 220.0, 0.5).chunks(1_111) {
                 r.process(piece, &mut out);
@@ -260,7 +292,7 @@ mod tests {
         // The VST3 validator's rate: rounding it to 1235 Hz would give 4 samples too many
         // in 10 s, and a pitch 0.6 cents sharp.
         let rate_hz = 1_234.567_8;
-        let mut r = StreamResampler::new(32_000.0, rate_hz).unwrap();
+        let mut r = StreamResampler::new(32_000.0, rate_hz, 1).unwrap();
         let mut out = Vec::new();
         for piece in sine(32_000, 110.0, 10.0).chunks(640) {
             r.process(piece, &mut out);
@@ -274,11 +306,36 @@ mod tests {
         );
     }
 
+    #[test]
+    fn channels_resample_in_step_as_each_would_alone() {
+        let (left, right) = (sine(32_000, 440.0, 0.5), sine(32_000, 97.0, 0.5));
+        let interleaved: Vec<f32> = left.iter().zip(&right).flat_map(|(&l, &r)| [l, r]).collect();
+        for rate_hz in [44_100.0, 44_100.5] {
+            let mut stereo = StreamResampler::new(32_000.0, rate_hz, 2).unwrap();
+            let mut out = Vec::new();
+            // Pieces of whole frames, of odd lengths.
+            for piece in interleaved.chunks(2 * 777) {
+                stereo.process(piece, &mut out);
+            }
+            stereo.flush(&mut out);
+            for (c, channel) in [&left, &right].into_iter().enumerate() {
+                let mut mono = StreamResampler::new(32_000.0, rate_hz, 1).unwrap();
+                let mut alone = Vec::new();
+                for piece in channel.chunks(777) {
+                    mono.process(piece, &mut alone);
+                }
+                mono.flush(&mut alone);
+                let ours: Vec<f32> = out.iter().skip(c).step_by(2).copied().collect();
+                assert_eq!(ours, alone, "{rate_hz} Hz, channel {c}");
+            }
+        }
+    }
+
     /// A 440 Hz sine resampled from 32 kHz to `rate_hz` is that sine at the new rate, to
     /// within 60 dB.
     fn assert_keeps_a_sine(rate_hz: f64) {
         let input = sine(32_000, 440.0, 1.0);
-        let mut r = StreamResampler::new(32_000.0, rate_hz).unwrap();
+        let mut r = StreamResampler::new(32_000.0, rate_hz, 1).unwrap();
         let mut out = Vec::new();
         // Odd piece sizes, as codec windows arrive.
         for piece in input.chunks(777) {

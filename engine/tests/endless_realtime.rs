@@ -74,7 +74,7 @@ fn two_minutes_at_real_time_pace_with_a_new_prompt_every_15_s_never_underrun() {
     let seams = stream.status().seams();
     let expected: Vec<usize> = (500..6000).step_by(300).collect();
     assert_eq!(seams, expected);
-    let offset = StreamResampler::new(32_000.0, f64::from(RATE_HZ))
+    let offset = StreamResampler::new(32_000.0, f64::from(RATE_HZ), 1)
         .unwrap()
         .delay_frames();
     let measured = measure_seams(&audio, RATE_HZ, 50.0, offset, &seams);

@@ -235,12 +235,12 @@ fn audio_is_encoded_to_codes_that_a_stream_continues() {
     let model = tiny_model();
     let (rate_hz, audio) = read_wav(&tiny().join("golden.wav"));
     assert_eq!(rate_hz, 32_000);
-    let codes = model.encode_audio(&audio, f64::from(rate_hz)).unwrap();
+    let codes = model.encode_audio(&[&audio], f64::from(rate_hz)).unwrap();
     assert_eq!(codes.num_codebooks(), 4);
     assert_eq!(codes.num_timesteps(), audio.len() / 640);
     assert!((0..4).all(|k| codes.codebook(k).iter().all(|&c| c < 2048)));
     let err = model
-        .encode_audio(&audio[..100], f64::from(rate_hz))
+        .encode_audio(&[&audio[..100]], f64::from(rate_hz))
         .unwrap_err()
         .to_string();
     assert!(err.contains("less than one codec frame"), "{err}");

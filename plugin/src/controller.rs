@@ -112,7 +112,8 @@ impl Controller {
         let latency_samples = Arc::new(AtomicU32::new(0));
         let stream_rate_hz = Arc::new(AtomicU64::new(0));
         let transport = Arc::new(HostTransport::default());
-        // Room for a second of audio at the highest rate: the controller drains it every few ms.
+        // Room for a second of stereo audio at the highest rate: the controller drains it
+        // every few ms.
         let (sidechain, sidechain_rx) = HeapRb::<f32>::new(SIDECHAIN_QUEUE_SAMPLES).split();
         let (retired, retired_rx) = HeapRb::<PlaybackConsumer>::new(4).split();
         let (requests, requests_rx) = unbounded();
@@ -245,7 +246,8 @@ struct Worker {
     stream_rate_hz: Arc<AtomicU64>,
     transport: Arc<HostTransport>,
     sidechain: HeapCons<f32>,
-    /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate.
+    /// The last [`SIDECHAIN_SECONDS`] of sidechain input at the host's rate, as stereo
+    /// frames (left and right interleaved).
     sidechain_history: VecDeque<f32>,
     /// The model new streams play, with the choice it was loaded for.
     model: Option<(ModelChoice, Arc<Model>)>,
@@ -270,8 +272,9 @@ struct Worker {
     last_snapshot: Instant,
 }
 
-/// Sidechain samples in flight between the audio thread and the controller.
-const SIDECHAIN_QUEUE_SAMPLES: usize = 192_000;
+/// Sidechain samples (stereo frames, interleaved) in flight between the audio thread and
+/// the controller.
+const SIDECHAIN_QUEUE_SAMPLES: usize = 384_000;
 /// Sidechain audio the controller keeps for a continuation.
 const SIDECHAIN_SECONDS: f64 = 30.0;
 /// Audio a continuing stream buffers before it replaces the playing one.
@@ -625,12 +628,12 @@ impl Worker {
         self.set_state(state.into(), None);
     }
 
-    /// Moves the sidechain samples the audio thread sent into the history, keeping the
-    /// last [`SIDECHAIN_SECONDS`].
+    /// Moves the sidechain's stereo frames the audio thread sent into the history,
+    /// keeping the last [`SIDECHAIN_SECONDS`].
     fn keep_sidechain(&mut self) {
         let history = &mut self.sidechain_history;
         history.extend(self.sidechain.pop_iter());
-        let keep = (SIDECHAIN_SECONDS * self.output_rate_hz) as usize;
+        let keep = 2 * (SIDECHAIN_SECONDS * self.output_rate_hz) as usize;
         let excess = history.len().saturating_sub(keep);
         history.drain(..excess);
     }
@@ -650,18 +653,18 @@ impl Worker {
             return Err(PluginError::NoKeptContext);
         }
         let rate_hz = self.output_rate_hz;
-        let wanted = ((seconds * rate_hz) as usize).min(self.sidechain_history.len());
-        let audio: Vec<f32> = self
+        let frames = ((seconds * rate_hz) as usize).min(self.sidechain_history.len() / 2);
+        let recent: Vec<f32> = self
             .sidechain_history
-            .iter()
-            .skip(self.sidechain_history.len() - wanted)
+            .range(self.sidechain_history.len() - 2 * frames..)
             .copied()
             .collect();
-        let rms = (audio.iter().map(|s| s * s).sum::<f32>() / audio.len().max(1) as f32).sqrt();
-        if audio.is_empty() || rms < 1e-4 {
+        let (left, right): (Vec<f32>, Vec<f32>) = recent.chunks_exact(2).map(|frame| (frame[0], frame[1])).unzip();
+        let rms = (left.iter().chain(&right).map(|s| s * s).sum::<f32>() / (2 * frames).max(1) as f32).sqrt();
+        if frames == 0 || rms < 1e-4 {
             return Err(PluginError::SilentSidechain {
                 rms,
-                seconds: audio.len() as f64 / rate_hz,
+                seconds: frames as f64 / rate_hz,
             });
         }
         let Some((_, model)) = &self.model else {
@@ -669,7 +672,7 @@ impl Worker {
         };
         let model = Arc::clone(model);
         let codes = model
-            .encode_audio(&audio, rate_hz)
+            .encode_audio(&[&left, &right], rate_hz)
             .map_err(|error| PluginError::Encode(Box::new(error)))?;
         let prompt = self.effective_prompt();
         let mut config = self.stream_config(prompt.clone());

@@ -21,7 +21,7 @@ use std::sync::atomic::Ordering;
 use musicgen_engine::PlaybackConsumer;
 use nice_plug::plugin::ParamValue;
 use nice_plug::prelude::*;
-use ringbuf::traits::{Consumer, Producer};
+use ringbuf::traits::{Consumer, Observer, Producer};
 use tracing_subscriber::EnvFilter;
 
 use crate::controller::{AudioLink, AudioRequest, Controller, Request};
@@ -38,7 +38,8 @@ pub struct MusicGenLive {
     consumer: Option<PlaybackConsumer>,
     /// Mono samples from the ring buffer for the current block; sized in `activate`.
     scratch: Vec<f32>,
-    /// The sidechain input mixed to mono for the current block; sized in `activate`.
+    /// The sidechain input of the current block as stereo frames, left and right
+    /// interleaved; sized in `activate`.
     sidechain: Vec<f32>,
     notes_held: u32,
     gate: f32,
@@ -78,24 +79,30 @@ impl Default for MusicGenLive {
 }
 
 impl MusicGenLive {
-    /// Hands the sidechain input, mixed to mono, to the controller (which keeps the last
-    /// seconds for "Continue from sidechain"); what does not fit is dropped.
+    /// Hands the sidechain input, as stereo frames, to the controller (which keeps the
+    /// last seconds for "Continue from sidechain": a stereo model continues left and right,
+    /// a mono one their mix); whole frames that do not fit are dropped.
     fn capture_sidechain(&mut self, aux: &mut AuxiliaryBuffers) {
         let Some(input) = aux.inputs.first_mut() else {
             return;
         };
-        let frames = input.samples().min(self.sidechain.len());
-        let channels = input.channels().max(1) as f32;
-        for (mono, frame) in self.sidechain[..frames].iter_mut().zip(input.iter_samples()) {
-            // Denormal input would make the sum take microcode's slow path (the host sets
-            // flush-to-zero for results, not denormals-are-zero for inputs).
-            *mono = frame
-                .into_iter()
-                .map(|s| if s.is_subnormal() { 0.0 } else { *s })
-                .sum::<f32>()
-                / channels;
+        let frames = input.samples().min(self.sidechain.len() / 2);
+        for (stereo, frame) in self
+            .sidechain
+            .chunks_exact_mut(2)
+            .zip(input.iter_samples())
+            .take(frames)
+        {
+            // Denormal input would take microcode's slow path in the encoder's sums (the
+            // host sets flush-to-zero for results, not denormals-are-zero for inputs).
+            let mut channels = frame.into_iter().map(|s| if s.is_subnormal() { 0.0 } else { *s });
+            let left = channels.next().unwrap_or(0.0);
+            stereo[0] = left;
+            stereo[1] = channels.next().unwrap_or(left);
         }
-        self.link.sidechain.push_slice(&self.sidechain[..frames]);
+        let room = self.link.sidechain.vacant_len() / 2 * 2;
+        let whole = (2 * frames).min(room);
+        self.link.sidechain.push_slice(&self.sidechain[..whole]);
     }
 
     /// Takes a new stream's consumer (or none, after Stop) if the controller has one,
@@ -193,8 +200,9 @@ impl Plugin for MusicGenLive {
             return false;
         }
         self.rate_hz = rate_hz;
-        self.scratch = vec![0.0; buffer_config.max_buffer_size as usize];
-        self.sidechain = vec![0.0; buffer_config.max_buffer_size as usize];
+        // Room for a stereo model's interleaved frames.
+        self.scratch = vec![0.0; 2 * buffer_config.max_buffer_size as usize];
+        self.sidechain = vec![0.0; 2 * buffer_config.max_buffer_size as usize];
         self.gate_step = 1.0 / (GATE_FADE_S * buffer_config.sample_rate);
         controller::load_runtime(*self.params.provider.read());
         self.controller.send(Request::Activate { rate_hz });
@@ -243,27 +251,29 @@ impl Plugin for MusicGenLive {
         }
 
         let frames = buffer.samples();
-        let mono = &mut self.scratch[..frames];
+        // A mono model's samples go to both outputs; a stereo model's come interleaved.
+        let model_channels = self.consumer.as_ref().map_or(1, PlaybackConsumer::channels);
+        let model_audio = &mut self.scratch[..frames * model_channels];
         // After a rate change, the queued audio is at the old rate until the stream switches.
         let audible = (open || self.gate > 0.0)
             && f64::from_bits(self.link.stream_rate_hz.load(Ordering::Acquire)) == self.rate_hz;
         match (&mut self.consumer, audible) {
             (Some(consumer), true) => {
-                consumer.pop(mono);
+                consumer.pop(model_audio);
             }
-            _ => mono.fill(0.0),
+            _ => model_audio.fill(0.0),
         }
         let mut peak = 0.0f32;
-        for (i, mut channels) in buffer.iter_samples().enumerate() {
+        for (frame, mut outputs) in model_audio.chunks_exact(model_channels).zip(buffer.iter_samples()) {
             self.gate = if open {
                 (self.gate + self.gate_step).min(1.0)
             } else {
                 (self.gate - self.gate_step).max(0.0)
             };
-            let sample = mono[i] * self.gate * self.params.gain.smoothed.next();
-            peak = peak.max(sample.abs());
-            for out in channels.iter_mut() {
-                *out = sample;
+            let level = self.gate * self.params.gain.smoothed.next();
+            for (channel, out) in outputs.iter_mut().enumerate() {
+                *out = frame[channel.min(model_channels - 1)] * level;
+                peak = peak.max(out.abs());
             }
         }
         self.link.output_peak.fetch_max(peak.to_bits(), Ordering::Relaxed);

@@ -202,6 +202,46 @@ fn four_instances_in_one_host_all_play() {
     }
 }
 
+/// A stereo model's left and right channels reach the host's left and right outputs: both
+/// sound, and they are different audio (a mono model's are the same samples).
+#[test]
+fn a_stereo_model_plays_its_own_left_and_right() {
+    let stereo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-stereo");
+    let (rate_hz, block) = (44_100, 333);
+    let Loaded { mut instance, _entry } = load();
+    let mut state = save(&mut instance);
+    state["fields"]["model_dir"] = serde_json::to_string(&stereo.to_string_lossy()).unwrap().into();
+    restore(&mut instance, &state);
+    let config = PluginAudioConfiguration {
+        sample_rate: f64::from(rate_hz),
+        min_frames_count: 1,
+        max_frames_count: block as u32,
+    };
+    let timing = Timing {
+        before_s: 0.0,
+        held_s: 3.0,
+        after_s: 0.0,
+        transport: false,
+    };
+    let processor = instance.activate(|_, _| (), config).unwrap();
+    let (processor, played) = play_note(&mut instance, processor, rate_hz, block, &timing, None);
+    instance.deactivate(processor);
+    let [left, right] = &played.channels;
+    let first_sound = left
+        .iter()
+        .position(|s| s.abs() > 1e-6)
+        .expect("the stereo model sounds");
+    let (left, right) = (&left[first_sound..], &right[first_sound..]);
+    assert!(rms(right) > 0.1 * rms(left), "the right output is silent");
+    let difference: Vec<f32> = left.iter().zip(right).map(|(l, r)| l - r).collect();
+    let likeness_db = 20.0 * (rms(left) / rms(&difference)).log10();
+    eprintln!("left against right: {likeness_db:.1} dB");
+    assert!(
+        likeness_db < 40.0,
+        "left and right are the same audio ({likeness_db:.1} dB): the model's channels did not reach the outputs"
+    );
+}
+
 #[test]
 fn garbage_huge_and_truncated_states_are_refused_and_keep_the_current_one() {
     let Loaded { mut instance, _entry } = load();

@@ -131,35 +131,41 @@ pub fn write_fault_bundle(root: &Path) -> Result<()> {
         .args(["--step", &FAULT_STEP.to_string()]))
 }
 
-/// Exports the tiny bundle afresh and checks that it reproduces the committed one: the
+/// The committed test bundles: the `--random` shape each is exported from, and its folder
+/// under `models/`.
+const TINY_BUNDLES: [(&str, &str); 2] = [("tiny", "tiny"), ("tiny-stereo", "tiny-stereo")];
+
+/// Exports each tiny bundle afresh and checks that it reproduces the committed one: the
 /// same manifest and the same golden codes from transformers.
 pub fn check_tiny_export(root: &Path) -> Result<()> {
-    let out = root.join("target").join("tiny-export-check");
-    if out.exists() {
-        fs::remove_dir_all(&out)?;
-    }
-    let out_arg = out.to_string_lossy().into_owned();
-    export(
-        root,
-        &["--random", "tiny", "--golden", "--out", &out_arg].map(str::to_owned),
-    )?;
-    let committed = root.join("models").join("tiny");
-    let read = |dir: &Path, file: &str| -> Result<Value> {
-        let path = dir.join(file);
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    };
-    ensure!(
-        read(&out, "musicgen.json")? == read(&committed, "musicgen.json")?,
-        "a fresh export's musicgen.json differs from models/tiny's; re-export models/tiny"
-    );
-    let (fresh, kept) = (read(&out, "golden.json")?, read(&committed, "golden.json")?);
-    for field in ["input_ids", "codes"] {
+    for (shape, folder) in TINY_BUNDLES {
+        let out = root.join("target").join("tiny-export-check").join(folder);
+        if out.exists() {
+            fs::remove_dir_all(&out)?;
+        }
+        let out_arg = out.to_string_lossy().into_owned();
+        export(
+            root,
+            &["--random", shape, "--golden", "--out", &out_arg].map(str::to_owned),
+        )?;
+        let committed = root.join("models").join(folder);
+        let read = |dir: &Path, file: &str| -> Result<Value> {
+            let path = dir.join(file);
+            let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+        };
         ensure!(
-            fresh[field] == kept[field],
-            "a fresh export's golden {field} differ from models/tiny/golden.json; re-export models/tiny"
+            read(&out, "musicgen.json")? == read(&committed, "musicgen.json")?,
+            "a fresh export's musicgen.json differs from models/{folder}'s; re-export models/{folder}"
         );
+        let (fresh, kept) = (read(&out, "golden.json")?, read(&committed, "golden.json")?);
+        for field in ["input_ids", "codes"] {
+            ensure!(
+                fresh[field] == kept[field],
+                "a fresh export's golden {field} differ from models/{folder}/golden.json; re-export models/{folder}"
+            );
+        }
+        println!("fresh export of --random {shape} reproduces models/{folder} (manifest and golden codes)");
     }
-    println!("fresh export of the tiny bundle reproduces models/tiny (manifest and golden codes)");
     Ok(())
 }

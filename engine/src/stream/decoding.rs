@@ -64,13 +64,16 @@ impl BufferAhead {
 
 pub(super) struct DecodingLoop {
     codec: StreamingCodec,
+    /// Channels interleaved in the codec's audio and the ring buffer's.
+    channels: usize,
     buffer_ahead: BufferAhead,
     /// Audio pushed so far, in seconds (the output rate may change on the way).
     delivered_seconds: f64,
     /// Time spent waiting for room in the ring buffer: the listener's pace, not the
     /// stream's speed.
     waited_for_room: Duration,
-    dc_blocker: Option<DcBlocker>,
+    /// One per channel.
+    dc_blockers: Option<Vec<DcBlocker>>,
     /// The old prompt's audio during a crossfade: a fork of `codec`.
     old_prompt_codec: Option<StreamingCodec>,
     resampler: StreamResampler,
@@ -120,12 +123,16 @@ impl DecodingLoop {
             ahead_seconds: config.buffer_ahead_seconds,
             fill_seconds: config.buffer_seconds,
         };
-        let capacity = (buffer_ahead.capacity_seconds() * config.output_rate_hz).ceil() as usize;
-        let (producer, consumer) = playback_channel(capacity.max(1024));
+        let capacity_frames = (buffer_ahead.capacity_seconds() * config.output_rate_hz).ceil() as usize;
+        let channels = codec.channels();
+        let (producer, consumer) = playback_channel(capacity_frames.max(1024), channels);
         let codec_rate_hz = resampler.input_rate_hz();
         let decoding = Self {
             codec,
-            dc_blocker: config.block_dc.then(|| DcBlocker::new(codec_rate_hz as f32)),
+            channels,
+            dc_blockers: config
+                .block_dc
+                .then(|| vec![DcBlocker::new(codec_rate_hz as f32); channels]),
             old_prompt_codec: None,
             resampler,
             resamplers,
@@ -180,9 +187,9 @@ impl DecodingLoop {
                     self.codec.decode_ready(&mut audio)?;
                     old_codec.decode_ready(&mut old_audio)?;
                     debug_assert_eq!(audio.len(), old_audio.len(), "the forks decode in step");
-                    let spf = self.codec.samples_per_frame() as f32;
+                    let samples_per_frame = (self.codec.samples_per_frame() * self.channels) as f32;
                     for (i, (new, old)) in audio.iter_mut().zip(&old_audio).enumerate() {
-                        let frame = first_frame as f32 + i as f32 / spf;
+                        let frame = first_frame as f32 + (i - i % self.channels) as f32 / samples_per_frame;
                         let progress = ((frame - fade_start as f32) / fade_frames as f32).clamp(0.0, 1.0);
                         let angle = progress * std::f32::consts::FRAC_PI_2;
                         *new = *new * angle.sin() + *old * angle.cos();
@@ -203,10 +210,12 @@ impl DecodingLoop {
     /// Resamples `audio` and pushes it into the ring buffer, waiting for room.
     fn emit(&mut self, audio: &mut Vec<f32>, resampled: &mut Vec<f32>, last: bool) {
         self.take_new_resampler();
-        if let Some(dc_blocker) = &mut self.dc_blocker {
-            audio
-                .iter_mut()
-                .for_each(|sample| *sample = dc_blocker.process(*sample));
+        if let Some(dc_blockers) = &mut self.dc_blockers {
+            for frame in audio.chunks_exact_mut(self.channels) {
+                for (sample, dc_blocker) in frame.iter_mut().zip(dc_blockers.iter_mut()) {
+                    *sample = dc_blocker.process(*sample);
+                }
+            }
         }
         self.resampler.process(audio, resampled);
         audio.clear();
@@ -215,12 +224,14 @@ impl DecodingLoop {
         }
         let mut offset = 0;
         while offset < resampled.len() {
-            let rate_hz = self.resampler.output_rate_hz();
+            // Interleaved samples per second.
+            let rate_hz = self.resampler.output_rate_hz() * self.channels as f64;
             let threshold = self.update_start_threshold(rate_hz);
             // Queue what the listener's wait needs, or the usual lead when none.
             let fill = (self.buffer_ahead.fill_seconds * rate_hz) as usize;
             let limit = fill.max(threshold + (0.1 * rate_hz) as usize);
             let room = limit.saturating_sub(self.producer.buffered());
+            // The producer takes whole frames only.
             let pushed = self
                 .producer
                 .push(&resampled[offset..offset + room.min(resampled.len() - offset)]);
@@ -250,7 +261,8 @@ impl DecodingLoop {
     }
 
     /// Measures the stream's delivery speed and sets how much audio playback waits for;
-    /// returns that threshold in samples.
+    /// returns that threshold in samples (`rate_hz` counts the interleaved samples of a
+    /// second).
     fn update_start_threshold(&mut self, rate_hz: f64) -> usize {
         let working = self.started.elapsed().saturating_sub(self.waited_for_room);
         if self.delivered_seconds < SPEED_MEASURE_SECONDS || working.is_zero() {

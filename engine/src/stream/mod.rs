@@ -237,6 +237,8 @@ pub struct Stream {
     latency: Latency,
     latency_samples: AtomicU32,
     frame_rate_hz: f64,
+    /// Channels interleaved in the consumer's samples.
+    channels: usize,
     /// The frame the consumer's first sample belongs to (given frames that do not play
     /// come before it).
     first_played_frame: usize,
@@ -262,7 +264,8 @@ impl Stream {
         let pattern = model.pattern(window.window_frames);
         pattern.require_streamable()?;
         let codec = model.streaming_codec(config.codec_window);
-        let resampler = StreamResampler::new(f64::from(manifest.sample_rate_hz), config.output_rate_hz)?;
+        let channels = codec.channels();
+        let resampler = StreamResampler::new(f64::from(manifest.sample_rate_hz), config.output_rate_hz, channels)?;
         let latency = Latency {
             frames: pattern.frame_lag_steps() + codec.latency_frames(),
             samples_per_frame: manifest.samples_per_frame,
@@ -302,6 +305,7 @@ impl Stream {
             latency,
             latency_samples: AtomicU32::new(latency_samples),
             frame_rate_hz,
+            channels,
             first_played_frame: if config.play_continued {
                 0
             } else {
@@ -339,7 +343,7 @@ impl Stream {
     /// samples and retracts the audio it queued at the old rate (the consumer skips it);
     /// the model and the generation go on untouched.
     pub fn set_output_rate(&self, rate_hz: f64) -> Result<(), StreamError> {
-        let resampler = StreamResampler::new(f64::from(self.latency.codec_rate_hz), rate_hz)?;
+        let resampler = StreamResampler::new(f64::from(self.latency.codec_rate_hz), rate_hz, self.channels)?;
         let latency_samples = self.latency.samples(rate_hz, resampler.delay_frames());
         self.latency_samples.store(latency_samples, Ordering::Relaxed);
         // The codec thread ends only with the stream; a send to it cannot fail before.
@@ -358,9 +362,19 @@ impl Stream {
         self.frame_rate_hz
     }
 
+    /// Audio channels, interleaved in the consumer's samples (1 or 2).
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
+    /// Seconds of audio in `samples` interleaved samples at the output rate.
+    fn seconds_of(&self, samples: u64) -> f64 {
+        samples as f64 / self.channels as f64 / self.sample_rate_hz()
+    }
+
     /// The play head, in the stream's frames: the frame whose audio plays now.
     pub fn frames_played(&self) -> f64 {
-        let played = self.playback.samples_played() as f64 * self.frame_rate_hz / self.sample_rate_hz();
+        let played = self.seconds_of(self.playback.samples_played()) * self.frame_rate_hz;
         self.first_played_frame as f64 + played
     }
 
@@ -370,7 +384,7 @@ impl Stream {
         let threshold = self.playback.start_threshold();
         let delivery_factor = self.status.delivery_factor();
         if self.playback.is_holding() && queued < threshold && !self.status.is_finished() {
-            let missing_seconds = (threshold - queued) as f64 / self.sample_rate_hz();
+            let missing_seconds = self.seconds_of(threshold - queued);
             let ready_in_seconds = (delivery_factor > 0.0).then(|| missing_seconds / f64::from(delivery_factor));
             Readiness::Waiting { ready_in_seconds }
         } else {
@@ -380,7 +394,7 @@ impl Stream {
 
     /// Audio waiting in the ring buffer, in seconds at the output rate.
     pub fn seconds_buffered(&self) -> f64 {
-        self.playback.samples_queued() as f64 / self.sample_rate_hz()
+        self.seconds_of(self.playback.samples_queued())
     }
 
     /// The model this stream plays.
