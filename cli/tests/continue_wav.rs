@@ -9,14 +9,18 @@ fn temp_dir() -> PathBuf {
     dir
 }
 
-fn tiny_model() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny")
+fn tiny_model(folder: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(folder)
 }
 
 fn render_continuing(wav: &Path, out: &Path) -> Output {
+    render_continuing_on("tiny", wav, out)
+}
+
+fn render_continuing_on(model: &str, wav: &Path, out: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_musicgen"))
         .args(["render", "--model"])
-        .arg(tiny_model())
+        .arg(tiny_model(model))
         .args(["--prompt", "slow strings", "--seconds", "1", "--continue"])
         .arg(wav)
         .arg("--out")
@@ -84,6 +88,32 @@ fn odd_formats_rates_and_channel_counts_continue_from_the_given_half_second() {
         let seconds = f64::from(written.duration()) / f64::from(written.spec().sample_rate);
         assert!((seconds - 1.5).abs() < 0.03, "{}: {seconds} s written", wav.display());
     }
+}
+
+/// A stereo file continued by the stereo model: the tool says it takes left and right
+/// (`engine/tests/stereo.rs` checks that they are encoded apart), and the render is a
+/// stereo file whose channels differ.
+#[test]
+fn a_stereo_model_continues_a_stereo_file_in_stereo() {
+    let dir = temp_dir();
+    let wav = dir.join("given-stereo.wav");
+    write_sine(&wav, 2, 16, hound::SampleFormat::Int, 48_000);
+    let out = dir.join("stereo-out.wav");
+    let run = render_continuing_on("tiny-stereo", &wav, &out);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    assert!(
+        stdout.contains("2 channels; the model hears its first two channels as left and right)"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("stereo)"), "{stdout}");
+    let mut written = hound::WavReader::open(&out).unwrap();
+    assert_eq!(written.spec().channels, 2);
+    let samples: Vec<f32> = written.samples::<f32>().map(Result::unwrap).collect();
+    let seconds = samples.len() as f64 / 2.0 / f64::from(written.spec().sample_rate);
+    assert!((seconds - 1.5).abs() < 0.03, "{seconds} s written");
+    let differing = samples.chunks_exact(2).filter(|frame| frame[0] != frame[1]).count();
+    assert!(differing > samples.len() / 4, "left and right are the same in most frames");
 }
 
 #[test]
