@@ -113,7 +113,10 @@ fn a_stereo_model_continues_a_stereo_file_in_stereo() {
     let seconds = samples.len() as f64 / 2.0 / f64::from(written.spec().sample_rate);
     assert!((seconds - 1.5).abs() < 0.03, "{seconds} s written");
     let differing = samples.chunks_exact(2).filter(|frame| frame[0] != frame[1]).count();
-    assert!(differing > samples.len() / 4, "left and right are the same in most frames");
+    assert!(
+        differing > samples.len() / 4,
+        "left and right are the same in most frames"
+    );
 }
 
 #[test]

@@ -6,9 +6,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{codes_of, drain, read_wav};
+use common::{Golden, codes_of, drain, golden, read_wav, snr_db};
 use musicgen_engine::{Model, ModelOptions, SamplingSettings, Stream, StreamConfig, StreamResampler};
-use serde_json::Value;
 
 fn tiny_stereo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-stereo")
@@ -18,34 +17,6 @@ fn model() -> Arc<Model> {
     let mut options = ModelOptions::new(tiny_stereo());
     options.decoder_threads = 1;
     Arc::new(Model::load(options).expect("the tiny stereo model loads (run `cargo xtask ort` first)"))
-}
-
-struct Golden {
-    prompt: String,
-    guidance_scale: f32,
-    codes: Vec<Vec<u32>>,
-}
-
-fn golden() -> Golden {
-    let text = std::fs::read_to_string(tiny_stereo().join("golden.json")).unwrap();
-    let json: Value = serde_json::from_str(&text).unwrap();
-    let codes = json["codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
-    Golden {
-        prompt: json["prompt"].as_str().unwrap().to_owned(),
-        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
-        codes,
-    }
 }
 
 /// The golden stream's config at `output_rate_hz`: greedy, no offset removal.
@@ -64,19 +35,9 @@ fn channel(interleaved: &[f32], channel: usize) -> Vec<f32> {
     interleaved.iter().skip(channel).step_by(2).copied().collect()
 }
 
-fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
-    let signal: f64 = reference.iter().map(|&x| f64::from(x).powi(2)).sum();
-    let noise: f64 = reference
-        .iter()
-        .zip(test)
-        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(1e-30)).log10()
-}
-
 #[test]
 fn greedy_stereo_streaming_reproduces_transformers_codes_and_both_channels() {
-    let golden = golden();
+    let golden = golden(&tiny_stereo());
     let model = model();
     assert_eq!(model.manifest().audio_channels, 2);
     let (stream, mut consumer) = Stream::start(&model, golden_config(&golden, 32_000.0)).unwrap();
@@ -120,7 +81,7 @@ fn greedy_stereo_streaming_reproduces_transformers_codes_and_both_channels() {
 
 #[test]
 fn stereo_resampled_to_the_host_rate_keeps_each_channel() {
-    let golden = golden();
+    let golden = golden(&tiny_stereo());
     let model = model();
     let rate_hz = 44_100.0;
     let (stream, mut consumer) = Stream::start(&model, golden_config(&golden, rate_hz)).unwrap();

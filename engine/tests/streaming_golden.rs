@@ -5,40 +5,12 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{codes_of, config, drain, read_wav, start, tiny};
+use common::{codes_of, config, drain, golden, read_wav, snr_db, start, tiny};
 use musicgen_engine::{Command, SamplingSettings, StreamConfig};
-use serde_json::Value;
-
-struct Golden {
-    prompt: String,
-    guidance_scale: f32,
-    codes: Vec<Vec<u32>>,
-}
-
-fn golden() -> Golden {
-    let text = std::fs::read_to_string(tiny().join("golden.json")).unwrap();
-    let json: Value = serde_json::from_str(&text).unwrap();
-    Golden {
-        prompt: json["prompt"].as_str().unwrap().to_owned(),
-        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
-        codes: json["codes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|row| {
-                row.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|c| c.as_u64().unwrap() as u32)
-                    .collect()
-            })
-            .collect(),
-    }
-}
 
 #[test]
 fn greedy_streaming_reproduces_transformers_codes_and_audio() {
-    let golden = golden();
+    let golden = golden(&tiny());
     let frames = golden.codes[0].len();
     let mut config = config(&golden.prompt, frames);
     config.sampling = SamplingSettings::greedy();
@@ -174,16 +146,6 @@ fn a_new_output_rate_swaps_the_resampler_and_the_stream_goes_on() {
     let mut recent = Vec::new();
     stream.status().recent_frames(&mut recent);
     assert_eq!(recent.last().map(|(t, codes)| (*t, codes.len())), Some((frames - 1, 4)));
-}
-
-fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
-    let signal: f64 = reference.iter().map(|&r| f64::from(r).powi(2)).sum();
-    let noise: f64 = reference
-        .iter()
-        .zip(test)
-        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
-        .sum();
-    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! What the stream tests share: the tiny bundle, a config for it, and draining a stream.
+//! What the stream tests share: the tiny bundle, a config for it, draining a stream, a
+//! bundle's golden codes and a signal-to-noise ratio.
 
 #![allow(dead_code)]
 
@@ -104,4 +105,44 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>) {
         }
     };
     (spec.sample_rate, samples)
+}
+
+/// A bundle's `golden.json`: transformers' greedy codes for its prompt.
+pub struct Golden {
+    pub prompt: String,
+    pub guidance_scale: f32,
+    pub codes: Vec<Vec<u32>>,
+}
+
+pub fn golden(bundle: &Path) -> Golden {
+    let text = std::fs::read_to_string(bundle.join("golden.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let codes = json["codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|row| {
+            row.as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_u64().unwrap() as u32)
+                .collect()
+        })
+        .collect();
+    Golden {
+        prompt: json["prompt"].as_str().unwrap().to_owned(),
+        guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
+        codes,
+    }
+}
+
+/// `reference`'s energy over that of `test`'s difference from it, in dB.
+pub fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
+    let signal: f64 = reference.iter().map(|&r| f64::from(r).powi(2)).sum();
+    let noise: f64 = reference
+        .iter()
+        .zip(test)
+        .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
+        .sum();
+    10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
 }
