@@ -1,7 +1,7 @@
 //! `musicgen`: the engine's command-line tool.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
@@ -32,11 +32,16 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Play a WAV file on the default audio output, if there is one.
     Play { file: PathBuf },
-    /// Show the ONNX Runtime library in use and its execution providers.
+    /// Show the ONNX Runtime library in use and its execution providers, and with --model
+    /// which model a bundle holds.
     Info {
         /// ONNX Runtime library to load instead of searching for one.
         #[arg(long)]
         ort_library: Option<PathBuf>,
+        /// Also describe this model bundle: which MusicGen it is, its codebooks and pattern,
+        /// rates and precision.
+        #[arg(long)]
+        model: Option<PathBuf>,
     },
 }
 
@@ -204,7 +209,10 @@ fn run(command: Command) -> Result<()> {
         Command::Render(args) => render::render(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Play { file } => play::play(&file),
-        Command::Info { ort_library } => info(ort_library),
+        Command::Info { ort_library, model } => {
+            info(ort_library)?;
+            model.map_or(Ok(()), |dir| describe_model(&dir))
+        }
     }
 }
 
@@ -323,6 +331,30 @@ fn draw_grid(pattern: &Pattern, channels: usize) -> String {
     }
     out += "(each cell: the decoder step that produces the token)\n";
     out
+}
+
+fn describe_model(dir: &Path) -> Result<()> {
+    let bundle = Bundle::open(dir).with_context(|| format!("opening the model in {}", dir.display()))?;
+    let m = bundle.manifest();
+    let pattern = bundle.pattern(1);
+    println!();
+    println!("model:                {} ({})", m.model_name, dir.display());
+    println!("family:               {}", m.family());
+    println!(
+        "codebooks:            {} of {} codes, pattern {}",
+        m.num_codebooks,
+        m.cardinality,
+        pattern.kind()
+    );
+    println!(
+        "audio:                {} Hz, {} channel(s), {} frames/s, context {} frames",
+        m.sample_rate_hz, m.audio_channels, m.frame_rate_hz, m.max_frames
+    );
+    println!(
+        "decoder:              {} layers, {} heads of {}, weights {}, cache {:?}",
+        m.decoder.num_layers, m.decoder.num_heads, m.decoder.head_dim, m.quantization.weights, m.kv_cache.dtype
+    );
+    Ok(())
 }
 
 fn info(ort_library: Option<PathBuf>) -> Result<()> {

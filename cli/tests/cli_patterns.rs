@@ -86,3 +86,32 @@ fn show_json_lists_each_steps_coordinates() {
         ]
     );
 }
+
+/// A stereo bundle's own pattern: each left and right codebook pair steps together, and
+/// `info --model` names the model as stereo.
+#[test]
+fn a_stereo_bundle_shows_its_interleaved_pattern_and_family() {
+    let stereo = concat!(env!("CARGO_MANIFEST_DIR"), "/../models/tiny-stereo");
+    let grid = musicgen(&["patterns", "--model", stereo, "--frames", "3"]);
+    assert!(
+        grid.starts_with("partial-delay [0,0,1,1,2,2,3,3]: 6 steps for 3 frames"),
+        "{grid}"
+    );
+    let row = |label: &str| {
+        grid.lines()
+            .find(|line| line.trim_start().starts_with(label))
+            .unwrap_or_else(|| panic!("no row {label} in\n{grid}"))
+            .split_whitespace()
+            .skip(2)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(row("k0 L0"), ["1", "2", "3"]);
+    assert_eq!(row("k1 R0"), ["1", "2", "3"]);
+    assert_eq!(row("k7 R3"), ["4", "5", "6"]);
+    let info = musicgen(&["info", "--model", stereo]);
+    assert!(
+        info.contains("family:               stereo, text-conditioned"),
+        "{info}"
+    );
+    assert!(info.contains("8 of 2048 codes"), "{info}");
+}

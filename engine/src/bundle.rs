@@ -80,6 +80,20 @@ impl Manifest {
     pub fn codebooks_per_channel(&self) -> usize {
         self.num_codebooks / self.audio_channels
     }
+
+    /// Which member of the MusicGen family the bundle holds, for people: its channels, its
+    /// conditioning and its size, the size named from the decoder's geometry as Meta's
+    /// checkpoints have it.
+    pub fn family(&self) -> String {
+        let channels = if self.audio_channels == 2 { "stereo" } else { "mono" };
+        let size = match (self.decoder.num_layers, self.decoder.hidden_size) {
+            (24, 1024) => "small (300M)".to_owned(),
+            (48, 1536) => "medium (1.5B)".to_owned(),
+            (48, 2048) => "large (3.3B)".to_owned(),
+            (layers, width) => format!("{layers} layers of width {width}, not one of Meta's sizes"),
+        };
+        format!("{channels}, text-conditioned, {size}")
+    }
 }
 
 /// How the decoder's weights are stored (the export's choice; the engine only reports it).
