@@ -33,11 +33,7 @@ fn plays_within_its_latency_at_each_rate_and_block_size_and_survives_reactivatio
         (96_000, 7),
         (768_000, 16_384),
     ] {
-        let config = PluginAudioConfiguration {
-            sample_rate: f64::from(rate_hz),
-            min_frames_count: 1,
-            max_frames_count: block as u32,
-        };
+        let config = audio_configuration(rate_hz, block);
         let processor = instance
             .activate(|_, _| (), config)
             .unwrap_or_else(|e| panic!("activation at {rate_hz} Hz, {block} frames: {e}"));
@@ -159,11 +155,7 @@ fn four_instances_in_one_host_all_play() {
     let model_dir = std::env::var("MUSICGEN_MEASURE_MODEL").ok();
     let held_s = if model_dir.is_some() { 20.0 } else { 3.0 };
     let (rate_hz, block) = (48_000, 512);
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(rate_hz),
-        min_frames_count: 1,
-        max_frames_count: block as u32,
-    };
+    let config = audio_configuration(rate_hz, block);
     let timing = Timing {
         before_s: 0.0,
         held_s,
@@ -212,11 +204,7 @@ fn a_stereo_model_plays_its_own_left_and_right() {
     let mut state = save(&mut instance);
     state["fields"]["model_dir"] = serde_json::to_string(&stereo.to_string_lossy()).unwrap().into();
     restore(&mut instance, &state);
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(rate_hz),
-        min_frames_count: 1,
-        max_frames_count: block as u32,
-    };
+    let config = audio_configuration(rate_hz, block);
     let timing = Timing {
         before_s: 0.0,
         held_s: 3.0,
@@ -306,11 +294,7 @@ fn a_state_from_an_older_version_loads_with_defaults_for_what_it_lacks() {
 fn ten_thousand_notes_in_one_block_neither_crash_nor_allocate() {
     let Loaded { mut instance, _entry } = load();
     let (rate_hz, block) = (48_000u32, 512usize);
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(rate_hz),
-        min_frames_count: 1,
-        max_frames_count: block as u32,
-    };
+    let config = audio_configuration(rate_hz, block);
     let processor = instance.activate(|_, _| (), config).unwrap();
     let mut processor = processor.start_processing().expect("processing starts");
     let mut notes = EventBuffer::with_capacity(20_000);

@@ -45,11 +45,7 @@ fn every_parameter_automated_on_every_sample_neither_crashes_nor_allocates_and_t
         .iter()
         .position(|p| p.name == "Gain")
         .expect("a Gain parameter");
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE_HZ),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
+    let config = audio_configuration(RATE_HZ, BLOCK);
     let processor = instance.activate(|_, _| (), config).unwrap();
     let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
     let mut random = 0x9E37_79B9_7F4A_7C15u64;

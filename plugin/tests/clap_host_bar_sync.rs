@@ -25,11 +25,7 @@ fn performance_with_prompt_change(new_prompt: Option<&str>) -> Vec<f32> {
         serde_json::json!({ "f32": 1.0 })
     );
     let (rate_hz, block) = (48_000, 256);
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(rate_hz),
-        min_frames_count: 1,
-        max_frames_count: block as u32,
-    };
+    let config = audio_configuration(rate_hz, block);
     let processor = instance.activate(|_, _| (), config).unwrap();
     let timing = Timing {
         before_s: 1.51,

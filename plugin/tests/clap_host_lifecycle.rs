@@ -15,11 +15,7 @@ const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
 
 fn activate(instance: &mut PluginInstance<TestHost>) -> StoppedPluginAudioProcessor<TestHost> {
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE_HZ),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
+    let config = audio_configuration(RATE_HZ, BLOCK);
     instance.activate(|_, _| (), config).expect("the plugin activates")
 }
 

@@ -5,7 +5,6 @@
 
 mod host;
 
-use clack_host::prelude::*;
 use host::*;
 
 /// Whether this process has a library whose file name contains `name` mapped.
@@ -25,11 +24,7 @@ fn activation_loads_onnx_runtime_before_any_audio() {
         !mapped("libonnxruntime"),
         "ONNX Runtime is loaded only when the plugin is activated"
     );
-    let config = PluginAudioConfiguration {
-        sample_rate: 48_000.0,
-        min_frames_count: 1,
-        max_frames_count: 512,
-    };
+    let config = audio_configuration(48_000, 512);
     let stopped = loaded
         .instance
         .activate(|_, _| (), config)

@@ -41,11 +41,7 @@ fn perform_with_sidechain(sidechain: Option<fn(usize) -> f32>, pressed: bool) ->
     let Loaded { mut instance, _entry } = load();
     let parameters = parameters(&mut instance);
     let continue_from_sidechain = find_parameter(&parameters, "Continue from sidechain");
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE_HZ),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
+    let config = audio_configuration(RATE_HZ, BLOCK);
     let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
     let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
     let mut events = |done: usize, frames: usize, events: &mut EventBuffer| {

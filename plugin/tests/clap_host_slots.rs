@@ -49,11 +49,7 @@ fn perform_choice(choice: Choice) -> (Vec<f32>, String) {
     assert!(next_slot.stepped && slot.stepped);
     // nice-plug shows the host a stepped parameter as its steps, from 0: slot 1 is 0.
     assert_eq!((slot.min, slot.max), (0.0, 7.0), "eight slots");
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE_HZ),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
+    let config = audio_configuration(RATE_HZ, BLOCK);
     let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
     let samples = |seconds: f64| (seconds * f64::from(RATE_HZ)) as usize;
     let note_on_at = samples(NOTE_ON_S).next_multiple_of(BLOCK);

@@ -283,11 +283,7 @@ fn soak_at_real_time_pace_with_notes_prompts_automation_and_a_rate_change() {
     );
     for (phase, rate_hz) in RATES_HZ.into_iter().enumerate() {
         let played_before_s = phase as f64 * phase_s;
-        let config = PluginAudioConfiguration {
-            sample_rate: f64::from(rate_hz),
-            min_frames_count: 1,
-            max_frames_count: BLOCK as u32,
-        };
+        let config = audio_configuration(rate_hz, BLOCK);
         let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
         let performance = Performance {
             rate_hz,

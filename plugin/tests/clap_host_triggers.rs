@@ -28,11 +28,7 @@ fn stop_silences_a_held_note_until_generate_brings_the_music_back_the_last_press
         find_parameter(&parameters, "Generate"),
     );
     assert!(stop.stepped && generate.stepped, "triggers are switches");
-    let config = PluginAudioConfiguration {
-        sample_rate: f64::from(RATE_HZ),
-        min_frames_count: 1,
-        max_frames_count: BLOCK as u32,
-    };
+    let config = audio_configuration(RATE_HZ, BLOCK);
     let processor = instance.activate(|_, _| (), config).expect("the plugin activates");
     let key = Pckn::new(0u16, 0u16, 60u16, 0u32);
     let mut presses = |done: usize, frames: usize, events: &mut EventBuffer| {

@@ -271,6 +271,15 @@ pub fn play_note(
     )
 }
 
+/// An activation at `rate_hz` with blocks of 1 to `block` frames.
+pub fn audio_configuration(rate_hz: u32, block: usize) -> PluginAudioConfiguration {
+    PluginAudioConfiguration {
+        sample_rate: f64::from(rate_hz),
+        min_frames_count: 1,
+        max_frames_count: block as u32,
+    }
+}
+
 /// How the host's audio thread runs: blocks of `block` frames up to `total` samples.
 pub struct Performance {
     pub rate_hz: u32,
