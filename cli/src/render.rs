@@ -238,7 +238,7 @@ fn report_seams(stream: &Stream, wav: &Path, manifest: &Manifest) -> Result<()> 
     if seams.is_empty() {
         return Ok(());
     }
-    let mut reader = hound::WavReader::open(wav).with_context(|| format!("reading {} back", wav.display()))?;
+    let reader = hound::WavReader::open(wav).with_context(|| format!("reading {} back", wav.display()))?;
     let rate_hz = reader.spec().sample_rate;
     if f64::from(reader.duration()) > SEAM_MEASURE_MAX_SECONDS * f64::from(rate_hz) {
         println!(
@@ -247,13 +247,8 @@ fn report_seams(stream: &Stream, wav: &Path, manifest: &Manifest) -> Result<()> 
         );
         return Ok(());
     }
-    let channels = usize::from(reader.spec().channels);
-    let samples: Vec<f32> = reader.samples::<f32>().collect::<Result<_, _>>()?;
     // Seams are measured on the channels' mix.
-    let audio: Vec<f32> = samples
-        .chunks_exact(channels)
-        .map(|frame| frame.iter().sum::<f32>() / channels as f32)
-        .collect();
+    let audio = wav::read(wav)?.mono();
     // Frame f's audio starts at f frames of output plus the resampler's delay.
     let offset = StreamResampler::new(f64::from(manifest.sample_rate_hz), f64::from(rate_hz), 1)?.delay_frames();
     let measured = measure_seams(&audio, rate_hz, manifest.frame_rate_hz, offset, &seams);
