@@ -71,7 +71,7 @@ def random_configs(shape: str):
     musicgen-small's real shape for benchmarks. A `-stereo` shape is the same model with
     the stereo checkpoints' decoder: 8 codebooks, left and right interleaved, decoded by
     the same mono Encodec one channel at a time."""
-    stereo = shape.endswith("-stereo") or "-stereo-" in shape
+    stereo = "-stereo" in shape
     text, audio, decoder = mono_configs(shape.replace("-stereo", ""))
     if stereo:
         decoder.num_codebooks = 2 * decoder.num_codebooks
