@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from template import Sources, position_frequencies
 
 MS_DOMAIN = "com.microsoft"
 LAYER_NORM_EPSILON = 1e-5
@@ -36,11 +37,17 @@ class GraphBuilder:
     def __init__(self) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
+        # How each weight is made from the checkpoint's tensors (see template.py).
+        self.recipes: dict[str, dict] = {}
         self.count = 0
 
     def const(self, name: str, array: np.ndarray) -> str:
         self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
+
+    def weight(self, name: str, array: np.ndarray, recipe: dict) -> str:
+        self.recipes[name] = recipe
+        return self.const(name, array)
 
     def op(self, op_type: str, inputs: list[str], outputs: int | list[str] = 1, domain: str = "", **attrs):
         if isinstance(outputs, int):
@@ -60,10 +67,10 @@ def f32(tensor) -> np.ndarray:
     return tensor.detach().cpu().float().numpy()
 
 
-def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None = None) -> onnx.ModelProto:
-    """The decoder graph of `model` (a MusicgenForConditionalGeneration). `kv_cache` is
-    `float32` or `int8`; int8 needs `kv_scales`: per layer `(key_scale, value_scale)`, each
-    `[1, H, 1, D]` float32."""
+def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+    """The decoder graph of `model` (a MusicgenForConditionalGeneration), and the recipes of
+    its weights by initializer name. `kv_cache` is `float32` or `int8`; int8 needs
+    `kv_scales`: per layer `(key_scale, value_scale)`, each `[1, H, 1, D]` float32."""
     decoder = model.decoder.model.decoder
     config = model.decoder.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
@@ -72,6 +79,13 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     k_count, vocab = config.num_codebooks, config.vocab_size
     cache_type = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8}[kv_cache]
     g = GraphBuilder()
+    source = Sources(model)
+
+    def transposed(*modules) -> tuple[np.ndarray, dict]:
+        """Linear weights as MatMul's right operand, side by side."""
+        array = np.concatenate([f32(m.weight).T for m in modules], axis=1)
+        parts = [{"transpose": source.tensor(m.weight)} for m in modules]
+        return array, parts[0] if len(parts) == 1 else {"concat": parts, "axis": 1}
 
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, "steps", k_count]),
@@ -91,9 +105,10 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
 
     # Token embeddings: one table for all codebooks, each codebook's ids offset into it.
     table = np.concatenate([f32(embed.weight) for embed in decoder.embed_tokens], axis=0)
+    table_recipe = {"concat": [source.tensor(embed.weight) for embed in decoder.embed_tokens], "axis": 0}
     offsets = np.arange(k_count, dtype=np.int64) * (vocab + 1)
     ids = g.op("Add", ["input_ids", g.const("codebook_offsets", offsets)])
-    embedded = g.op("Gather", [g.const("embed_tokens", table), ids], outputs=[EMBED_NODE], axis=0)
+    embedded = g.op("Gather", [g.weight("embed_tokens", table, table_recipe), ids], outputs=[EMBED_NODE], axis=0)
     hidden = g.op("ReduceSum", [embedded, g.const("codebook_axis", np.array([2], np.int64))], keepdims=0)
 
     # Positions past_len .. past_len + S - 1; GroupQueryAttention's lengths as int32.
@@ -101,7 +116,10 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     total = g.op("Add", ["past_len", steps])
     scalar_axes = g.const("scalar_axes", np.array([0], np.int64))
     end_position = g.op("Squeeze", [total, scalar_axes])
-    position_table = g.const("embed_positions", f32(decoder.embed_positions.weights))
+    positions_table = f32(decoder.embed_positions.weights)
+    position_table = g.weight(
+        "embed_positions", positions_table, {"sinusoid": {"positions": positions_table.shape[0], "frequencies": position_frequencies(width)}}
+    )
     positions = g.op("Slice", [position_table, "past_len", total, scalar_axes])
     hidden = g.op("Add", [hidden, positions])
     total_len = g.op("Cast", [end_position], to=TensorProto.INT32)
@@ -125,7 +143,10 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     merge_shape = g.const("merge_heads", np.array([2, -1, width], np.int64))
 
     def layer_norm_weights(norm, name):
-        return g.const(f"{name}.weight", f32(norm.weight)), g.const(f"{name}.bias", f32(norm.bias))
+        return (
+            g.weight(f"{name}.weight", f32(norm.weight), source.tensor(norm.weight)),
+            g.weight(f"{name}.bias", f32(norm.bias), source.tensor(norm.bias)),
+        )
 
     first = decoder.layers[0].self_attn_layer_norm
     x = g.op("LayerNormalization", [hidden, *layer_norm_weights(first, "layers.0.self_attn_layer_norm")], axis=-1, epsilon=LAYER_NORM_EPSILON)
@@ -146,8 +167,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     for i, layer in enumerate(decoder.layers):
         prefix = f"layers.{i}"
         attn = layer.self_attn
-        qkv_weight = np.concatenate([f32(attn.q_proj.weight).T, f32(attn.k_proj.weight).T, f32(attn.v_proj.weight).T], axis=1)
-        qkv = g.op("MatMul", [x, g.const(f"{prefix}.self_attn.qkv.weight", qkv_weight)])
+        qkv = g.op("MatMul", [x, g.weight(f"{prefix}.self_attn.qkv.weight", *transposed(attn.q_proj, attn.k_proj, attn.v_proj))])
         gqa_inputs = [qkv, "", "", f"past_key_{i}", f"past_value_{i}", seqlens_k, total_len]
         gqa_attrs = dict(num_heads=heads, kv_num_heads=heads, scale=float(scaling))
         if kv_cache == "int8":
@@ -161,21 +181,21 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
             domain=MS_DOMAIN,
             **gqa_attrs,
         )
-        delta = g.op("MatMul", [attended, g.const(f"{prefix}.self_attn.out_proj.weight", f32(attn.out_proj.weight).T)])
+        delta = g.op("MatMul", [attended, g.weight(f"{prefix}.self_attn.out_proj.weight", *transposed(attn.out_proj))])
         x, hidden = skip_norm(delta, hidden, layer.encoder_attn_layer_norm, f"{prefix}.encoder_attn_layer_norm")
 
         cross = layer.encoder_attn
-        q = g.op("MatMul", [x, g.const(f"{prefix}.encoder_attn.q_proj.weight", f32(cross.q_proj.weight).T)])
+        q = g.op("MatMul", [x, g.weight(f"{prefix}.encoder_attn.q_proj.weight", *transposed(cross.q_proj))])
         q = g.op("Transpose", [g.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
         scores = g.op("MatMul", [q, f"cross_key_{i}"])
         scores = g.op("Add", [g.op("Mul", [scores, scaling_name]), cross_bias])
         context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), f"cross_value_{i}"])
         context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_shape])
-        delta = g.op("MatMul", [context, g.const(f"{prefix}.encoder_attn.out_proj.weight", f32(cross.out_proj.weight).T)])
+        delta = g.op("MatMul", [context, g.weight(f"{prefix}.encoder_attn.out_proj.weight", *transposed(cross.out_proj))])
         x, hidden = skip_norm(delta, hidden, layer.final_layer_norm, f"{prefix}.final_layer_norm")
 
-        up = g.op("MatMul", [x, g.const(f"{prefix}.fc1.weight", f32(layer.fc1.weight).T)])
-        delta = g.op("MatMul", [g.op("Gelu", [up], domain=MS_DOMAIN), g.const(f"{prefix}.fc2.weight", f32(layer.fc2.weight).T)])
+        up = g.op("MatMul", [x, g.weight(f"{prefix}.fc1.weight", *transposed(layer.fc1))])
+        delta = g.op("MatMul", [g.op("Gelu", [up], domain=MS_DOMAIN), g.weight(f"{prefix}.fc2.weight", *transposed(layer.fc2))])
         if i + 1 < layers:
             next_norm = decoder.layers[i + 1].self_attn_layer_norm
             x, hidden = skip_norm(delta, hidden, next_norm, f"layers.{i + 1}.self_attn_layer_norm")
@@ -185,8 +205,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     # Only the last step's logits: a prefill needs the cache, not every step's logits.
     last_step = g.op("Sub", [g.op("Squeeze", [steps, scalar_axes]), g.const("one_step", np.array(1, np.int64))])
     last = g.op("Gather", [x, last_step], axis=1)
-    heads_weight = np.concatenate([f32(head.weight).T for head in model.decoder.lm_heads], axis=1)
-    logits = g.op("MatMul", [last, g.const("lm_heads.weight", heads_weight)], outputs=[LM_HEADS_NODE])
+    logits = g.op("MatMul", [last, g.weight("lm_heads.weight", *transposed(*model.decoder.lm_heads))], outputs=[LM_HEADS_NODE])
     g.op("Reshape", [logits, g.const("logits_shape", np.array([2, k_count, vocab], np.int64))], outputs=["logits"])
 
     graph = helper.make_graph(g.nodes, "musicgen_decoder", inputs, outputs, g.initializers)
@@ -196,7 +215,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
         producer_name="musicgen-live export",
     )
     model_proto.ir_version = 10
-    return model_proto
+    return model_proto, g.recipes
 
 
 def decoder_io_names(layers: int) -> tuple[list[str], list[str]]:

@@ -30,6 +30,7 @@ import torch
 import codec_graphs
 from graph_facts import decoder_facts
 import stepper
+import template
 from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
 from torch import nn
 
@@ -391,7 +392,8 @@ def export_graphs(model, out: Path, progress: Progress) -> dict:
     graphs["cross_kv"] = ("cross_kv.onnx", ["conditioning"], cross_out)
 
     progress.stage("writing decoder.onnx (float32 cache)")
-    save_model(build_decoder_graph(model), out / "decoder.onnx")
+    decoder, recipes = build_decoder_graph(model)
+    save_model(decoder, out / "decoder.onnx")
     graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers))
 
     progress.stage("exporting codec_frontend.onnx and codec_upsampler.onnx")
@@ -410,7 +412,7 @@ def export_graphs(model, out: Path, progress: Progress) -> dict:
         {"input_values": {2: "samples"}, "audio_codes": {2: "frames"}},
     )
     graphs["codec_encoder"] = ("codec_encoder.onnx", ["input_values"], ["audio_codes"])
-    return graphs
+    return graphs, recipes
 
 
 # --------------------------------------------------------------------------- precision
@@ -723,6 +725,23 @@ def quantization_spec(args) -> dict:
     }
 
 
+# --------------------------------------------------------------------------- template
+
+
+def write_template(model, name: str, args, manifest: dict, progress: Progress) -> None:
+    """The graph template of this export, from the same graphs exported again off the model
+    with its tensors scrambled (the model is not used after this)."""
+    progress.stage("template: scrambling every tensor of the model, so that each weight has one recipe")
+    template.scramble(model, SEED + 2)
+    with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
+        staging = Path(tmp)
+        graphs, decoder_recipes = export_graphs(model, staging, progress)
+        quantize_decoder(staging, args, progress)
+        write_manifest(model, name, staging, graphs, args)
+        progress.stage(f"template: writing {args.template_out} (weights out, a recipe for each)")
+        template.write_template(model, staging, args.template_out, manifest, decoder_recipes)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -759,11 +778,18 @@ def main() -> int:
         help="codec upsampler convolutions but the last stage (auto: int8 when --quantize is set)",
     )
     parser.add_argument("--golden", action="store_true", help="also write golden.json and golden.wav")
+    parser.add_argument(
+        "--template-out", type=Path, help="also write the graph template `musicgen import` fills (see template.py)"
+    )
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
     exact_codec = codec_lstm(args) == "float32" and codec_upsampler(args) == "float32"
     if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or not exact_codec):
         parser.error("--golden needs an exact bundle: float32 weights, cache and codec")
+
+    if args.template_out and (args.kv_cache != "float32" or args.quant_method != "matmul_nbits" or not exact_codec):
+        # Calibrated scales come from running the model, not from its checkpoint.
+        parser.error("--template-out needs a float32 cache and codec, and MatMulNBits for quantized weights")
 
     progress = Progress()
     torch.set_num_threads(max(1, os.cpu_count() or 2))
@@ -776,12 +802,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="musicgen-export-") as tmp:
         staging = Path(tmp)
         write_tokenizer(args, model, staging)
-        graphs = export_graphs(model, staging, progress)
+        graphs, decoder_recipes = export_graphs(model, staging, progress)
         if args.kv_cache == "int8":
             float_manifest = write_manifest(model, name, staging, graphs, args, kv_cache="float32")
             scales = calibrate_kv_scales(staging, float_manifest, progress)
             progress.stage("writing decoder.onnx (int8 cache)")
-            save_model(build_decoder_graph(model, "int8", scales), staging / "decoder.onnx")
+            save_model(build_decoder_graph(model, "int8", scales)[0], staging / "decoder.onnx")
         quantize_decoder(staging, args, progress)
         if codec_lstm(args) == "int8":
             progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
@@ -795,6 +821,8 @@ def main() -> int:
             report.update(check_bundle(model, staging, manifest, args, progress))
             print(f"    self-check passed: {json.dumps(report)}")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
+        if args.template_out:
+            write_template(model, name, args, manifest, progress)
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.copy2(item, out / item.name)

@@ -10,6 +10,7 @@ use musicgen_engine::{Bundle, Coord, Delays, ExecutionProvider, Pattern, Pattern
 use serde::Serialize;
 
 mod bench;
+mod import;
 mod play;
 mod render;
 mod wav;
@@ -32,6 +33,9 @@ enum Command {
     Bench(bench::BenchArgs),
     /// Play a WAV file on the default audio output, if there is one.
     Play { file: PathBuf },
+    /// Turn a transformers MusicGen checkpoint folder (safetensors) into a bundle, with no
+    /// Python: the project's graphs, filled with the checkpoint's weights.
+    Import(import::ImportArgs),
     /// Show the ONNX Runtime library in use and its execution providers, and with --model
     /// which model a bundle holds.
     Info {
@@ -209,6 +213,7 @@ fn run(command: Command) -> Result<()> {
         Command::Render(args) => render::render(&args),
         Command::Bench(args) => bench::bench(&args),
         Command::Play { file } => play::play(&file),
+        Command::Import(args) => import::run(&args),
         Command::Info { ort_library, model } => {
             info(ort_library)?;
             model.map_or(Ok(()), |dir| describe_model(&dir))

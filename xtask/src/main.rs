@@ -55,6 +55,9 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Write the graph templates `musicgen import` carries (models/templates/<shape>/<precision>/)
+    /// for these shapes (default: all), each exported from a random model of its shape.
+    Templates { shapes: Vec<String> },
     /// The main job: render 10 s on the tiny model into demo.wav through the streaming path
     /// (and play it where there is an audio device).
     Demo,
@@ -101,6 +104,10 @@ fn run_task(task: Task) -> Result<()> {
     match task {
         Task::Ort { provider } => ort::fetch(&root, provider).map(|_| ()),
         Task::Export { args } => python::export(&root, &args),
+        Task::Templates { shapes } => {
+            let all = python::TEMPLATE_SHAPES.map(str::to_owned).to_vec();
+            python::write_templates(&root, if shapes.is_empty() { &all } else { &shapes })
+        }
         Task::Bundle { args } => bundle::bundle(&root, args),
         Task::Bench { stream_seconds, quick } => bench::bench(&root, &bench::BenchOptions { stream_seconds, quick }),
         Task::Demo => demo(&root),
@@ -167,20 +174,24 @@ fn test(root: &Path) -> Result<()> {
         // Before the build: torch's environment at its install peak and the build cache
         // would together need 1 GiB more than either needs beside the other. On a small
         // disk the environment then makes room for the build, CUDA's libraries and the tests.
-        ("fresh tiny export, and a bundle whose decoder fails", &|| {
-            python::check_tiny_export(root)?;
-            python::write_fault_bundle(root)?;
-            let cuda_bytes = if ort::cuda_check_is_ready(root) {
-                0
-            } else {
-                ort::CUDA_FETCH_BYTES
-            };
-            python::remove_venv_when_short(
-                root,
-                BUILD_BYTES + cuda_bytes,
-                "the build, CUDA's libraries and the tests",
-            )
-        }),
+        (
+            "fresh tiny export, a bundle whose decoder fails, checkpoints to import",
+            &|| {
+                python::check_tiny_export(root)?;
+                python::write_fault_bundle(root)?;
+                python::write_checkpoint_fixtures(root)?;
+                let cuda_bytes = if ort::cuda_check_is_ready(root) {
+                    0
+                } else {
+                    ort::CUDA_FETCH_BYTES
+                };
+                python::remove_venv_when_short(
+                    root,
+                    BUILD_BYTES + cuda_bytes,
+                    "the build, CUDA's libraries and the tests",
+                )
+            },
+        ),
         ("cargo clippy", &|| {
             cargo(
                 root,

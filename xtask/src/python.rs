@@ -104,11 +104,159 @@ fn install_requirements(python: &Path, requirements: &Path) -> Result<()> {
 
 /// Runs the export tool with `args`.
 pub fn export(root: &Path, args: &[String]) -> Result<()> {
+    models_script(root, "export.py", args)
+}
+
+/// Runs `models/<script>` with `args` in the export environment.
+fn models_script(root: &Path, script: &str, args: &[String]) -> Result<()> {
     let python = ensure_venv(root)?;
     run(Command::new(python)
-        .arg(root.join("models").join("export.py"))
+        .arg(root.join("models").join(script))
         .args(args)
         .current_dir(root))
+}
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|&a| a.to_owned()).collect()
+}
+
+/// The export's arguments for each template precision: quantized templates keep the
+/// cache and the codec in float32 (their int8 forms are calibrated by running the model,
+/// which an import cannot do).
+const TEMPLATE_PRECISIONS: [(&str, &[&str]); 3] = [
+    ("float32", &[]),
+    (
+        "int8",
+        &[
+            "--quantize",
+            "int8",
+            "--codec-lstm",
+            "float32",
+            "--codec-upsampler",
+            "float32",
+        ],
+    ),
+    (
+        "int4",
+        &[
+            "--quantize",
+            "int4",
+            "--codec-lstm",
+            "float32",
+            "--codec-upsampler",
+            "float32",
+        ],
+    ),
+];
+
+/// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
+pub const TEMPLATE_SHAPES: [&str; 4] = ["tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small"];
+
+/// Writes the graph templates of `shapes` in every precision into `models/templates/`.
+pub fn write_templates(root: &Path, shapes: &[String]) -> Result<()> {
+    for shape in shapes {
+        ensure!(
+            TEMPLATE_SHAPES.contains(&shape.as_str()),
+            "no template shape {shape}; the shapes are {}",
+            TEMPLATE_SHAPES.join(", ")
+        );
+        for (precision, flags) in TEMPLATE_PRECISIONS {
+            let template = root.join("models").join("templates").join(shape).join(precision);
+            if template.exists() {
+                fs::remove_dir_all(&template)?;
+            }
+            let scratch = root.join("target").join("template-bundles").join(shape).join(precision);
+            let mut args = owned(&["--random", shape, "--skip-check", "--out"]);
+            args.push(scratch.to_string_lossy().into_owned());
+            args.push("--template-out".to_owned());
+            args.push(template.to_string_lossy().into_owned());
+            args.extend(owned(flags));
+            println!("\n{shape}, {precision}:");
+            export(root, &args)?;
+            fs::remove_dir_all(&scratch)?;
+        }
+    }
+    Ok(())
+}
+
+/// Where the import tests find their checkpoints and the export's bundles of them.
+const CHECKPOINTS: &str = "checkpoints";
+const CHECKPOINT_EXPORTS: &str = "checkpoint-exports";
+
+/// Writes the import tests' fixtures under `target/`: random tiny checkpoints as
+/// transformers saves them (mono in one file; stereo in shards with the hub's older weight
+/// norm names), and `export.py --checkpoint` bundles of them to compare an import with.
+/// The quantized export also writes a fresh template, which must match the committed one.
+pub fn write_checkpoint_fixtures(root: &Path) -> Result<()> {
+    let target = root.join("target");
+    for dir in [CHECKPOINTS, CHECKPOINT_EXPORTS] {
+        if target.join(dir).exists() {
+            fs::remove_dir_all(target.join(dir))?;
+        }
+    }
+    let path = |parts: &[&str]| -> String {
+        parts
+            .iter()
+            .fold(target.clone(), |p, part| p.join(part))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let tiny = path(&[CHECKPOINTS, "tiny"]);
+    let stereo = path(&[CHECKPOINTS, "tiny-stereo"]);
+    models_script(root, "checkpoint.py", &owned(&["--random", "tiny", "--out", &tiny]))?;
+    models_script(
+        root,
+        "checkpoint.py",
+        &owned(&[
+            "--random",
+            "tiny-stereo",
+            "--shard-bytes",
+            "4000000",
+            "--legacy-names",
+            "--out",
+            &stereo,
+        ]),
+    )?;
+    export(
+        root,
+        &owned(&["--checkpoint", &tiny, "--out", &path(&[CHECKPOINT_EXPORTS, "tiny"])]),
+    )?;
+    export(
+        root,
+        &owned(&[
+            "--checkpoint",
+            &stereo,
+            "--out",
+            &path(&[CHECKPOINT_EXPORTS, "tiny-stereo"]),
+        ]),
+    )?;
+    let fresh_template = path(&[CHECKPOINT_EXPORTS, "template-tiny-int4"]);
+    let mut args = owned(&[
+        "--checkpoint",
+        &tiny,
+        "--out",
+        &path(&[CHECKPOINT_EXPORTS, "tiny-int4"]),
+    ]);
+    args.extend(owned(TEMPLATE_PRECISIONS[2].1));
+    args.extend(["--template-out".to_owned(), fresh_template.clone()]);
+    export(root, &args)?;
+    same_template(Path::new(&fresh_template), &root.join("models/templates/tiny/int4"))
+}
+
+/// Fails unless two templates have the same recipes, offsets and manifest.
+fn same_template(fresh: &Path, committed: &Path) -> Result<()> {
+    let read = |dir: &Path| -> Result<Value> {
+        let path = dir.join("template.json");
+        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    };
+    ensure!(
+        read(fresh)? == read(committed)?,
+        "a fresh template differs from {}; rewrite the templates (`cargo xtask templates`)",
+        committed.display()
+    );
+    println!("a fresh template reproduces {}", committed.display());
+    Ok(())
 }
 
 /// The decoder step at which the fault tests' bundle fails.
@@ -135,8 +283,8 @@ pub fn write_fault_bundle(root: &Path) -> Result<()> {
 /// under `models/`.
 const TINY_BUNDLES: [(&str, &str); 2] = [("tiny", "tiny"), ("tiny-stereo", "tiny-stereo")];
 
-/// Exports each tiny bundle afresh and checks that it reproduces the committed one: the
-/// same manifest and the same golden codes from transformers.
+/// Exports each tiny bundle afresh and checks that it reproduces the committed one (the
+/// same manifest and the same golden codes from transformers) and its float32 template.
 pub fn check_tiny_export(root: &Path) -> Result<()> {
     for (shape, folder) in TINY_BUNDLES {
         let out = root.join("target").join("tiny-export-check").join(folder);
@@ -144,9 +292,23 @@ pub fn check_tiny_export(root: &Path) -> Result<()> {
             fs::remove_dir_all(&out)?;
         }
         let out_arg = out.to_string_lossy().into_owned();
+        let template = out.with_file_name(format!("{folder}-template"));
+        let template_arg = template.to_string_lossy().into_owned();
         export(
             root,
-            &["--random", shape, "--golden", "--out", &out_arg].map(str::to_owned),
+            &owned(&[
+                "--random",
+                shape,
+                "--golden",
+                "--out",
+                &out_arg,
+                "--template-out",
+                &template_arg,
+            ]),
+        )?;
+        same_template(
+            &template,
+            &root.join("models").join("templates").join(shape).join("float32"),
         )?;
         let committed = root.join("models").join(folder);
         let read = |dir: &Path, file: &str| -> Result<Value> {
