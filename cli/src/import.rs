@@ -26,17 +26,21 @@ pub struct ImportArgs {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
-enum Quantize {
+pub enum Quantize {
     Int8,
     Int4,
 }
 
-pub fn run(args: &ImportArgs) -> Result<()> {
-    let precision = match args.quantize {
+pub fn precision_of(quantize: Option<Quantize>) -> Precision {
+    match quantize {
         None => Precision::Float32,
         Some(Quantize::Int8) => Precision::Int8,
         Some(Quantize::Int4) => Precision::Int4,
-    };
+    }
+}
+
+pub fn run(args: &ImportArgs) -> Result<()> {
+    let precision = precision_of(args.quantize);
     let options = ImportOptions {
         precision,
         model_name: args.name.clone(),
@@ -71,7 +75,7 @@ pub fn run(args: &ImportArgs) -> Result<()> {
 }
 
 /// This process's peak resident memory (`VmHWM`), where the system reports it.
-fn peak_rss_mb() -> Option<f64> {
+pub fn peak_rss_mb() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;

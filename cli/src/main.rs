@@ -10,6 +10,7 @@ use musicgen_engine::{Bundle, Coord, Delays, ExecutionProvider, Pattern, Pattern
 use serde::Serialize;
 
 mod bench;
+mod download;
 mod import;
 mod play;
 mod render;
@@ -36,6 +37,9 @@ enum Command {
     /// Turn a transformers MusicGen checkpoint folder (safetensors) into a bundle, with no
     /// Python: the project's graphs, filled with the checkpoint's weights.
     Import(import::ImportArgs),
+    /// Download one of Meta's checkpoints from the Hugging Face hub (into its standard
+    /// cache, resumably) and import it; `--list` shows which there are.
+    Download(download::DownloadArgs),
     /// Show the ONNX Runtime library in use and its execution providers, and with --model
     /// which model a bundle holds.
     Info {
@@ -214,6 +218,7 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench::bench(&args),
         Command::Play { file } => play::play(&file),
         Command::Import(args) => import::run(&args),
+        Command::Download(args) => download::run(&args),
         Command::Info { ort_library, model } => {
             info(ort_library)?;
             model.map_or(Ok(()), |dir| describe_model(&dir))

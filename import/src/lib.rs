@@ -10,6 +10,7 @@
 
 mod blockwise;
 mod checkpoint;
+pub mod hub;
 mod recipe;
 mod template;
 
@@ -95,7 +96,8 @@ pub fn import(
     progress: &mut dyn FnMut(ImportProgress),
 ) -> Result<ImportReport, ImportError> {
     let checkpoint = Checkpoint::open(checkpoint_dir)?;
-    let template = select_template(&checkpoint, options.precision)?;
+    let config_path = checkpoint_dir.join(checkpoint::CONFIG_FILE);
+    let template = select_template(checkpoint.config(), &config_path, options.precision)?;
     let tokenizer = checkpoint_dir.join(checkpoint::TOKENIZER_FILE);
     if !tokenizer.is_file() {
         return Err(CheckpointError::Read {
@@ -129,11 +131,15 @@ pub fn import(
     }
 }
 
-/// The template of the checkpoint's architecture at `precision`, or an error that names
-/// the first config field no carried template has.
-pub fn select_template(checkpoint: &Checkpoint, precision: Precision) -> Result<Template, ImportError> {
-    let config_path = checkpoint.dir().join(checkpoint::CONFIG_FILE);
-    let architectures = checkpoint.config().get("architectures");
+/// The template for `config` (a checkpoint's config.json, read from `config_path`) at
+/// `precision`, or an error that names the first config field no carried template has.
+pub fn select_template(
+    config: &serde_json::Value,
+    config_path: &Path,
+    precision: Precision,
+) -> Result<Template, ImportError> {
+    let config_path = config_path.to_owned();
+    let architectures = config.get("architectures");
     let known = architectures
         .and_then(|a| a.as_array())
         .is_some_and(|a| a.iter().any(|name| name == ARCHITECTURE));
@@ -150,7 +156,7 @@ pub fn select_template(checkpoint: &Checkpoint, precision: Precision) -> Result<
         if !template.name.ends_with(&format!("/{}", precision.folder())) {
             continue;
         }
-        let mismatches = template.mismatches(checkpoint.config());
+        let mismatches = template.mismatches(config);
         if mismatches.is_empty() {
             return Ok(template);
         }
@@ -181,6 +187,13 @@ pub fn select_template(checkpoint: &Checkpoint, precision: Precision) -> Result<
             first.expected
         ),
     })
+}
+
+/// The per-user folder imported bundles go to by default, and the plugin lists:
+/// `<data folder>/musicgen-live/models` (`~/.local/share` on Linux, `~/Library/Application
+/// Support` on macOS, `%APPDATA%` on Windows).
+pub fn models_dir() -> Option<PathBuf> {
+    dirs::data_dir().map(|dir| dir.join("musicgen-live").join("models"))
 }
 
 /// A bundle name for a checkpoint folder: the repository's name for a Hugging Face cache
