@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
 use musicgen_import::hub::{HubOptions, LICENCE, OFFICIAL, fetch_checkpoint};
-use musicgen_import::{ImportOptions, Precision, import, model_name_of};
+use musicgen_import::{ImportOptions, bundle_name, import, model_name_of};
 
 use crate::import::{Quantize, peak_rss_mb, precision_of};
 
@@ -101,14 +101,6 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
         println!("peak memory: {peak_mb:.0} MB resident");
     }
     Ok(())
-}
-
-/// `musicgen-small`, `musicgen-small-int4`, ...
-pub fn bundle_name(name: &str, precision: Precision) -> String {
-    match precision {
-        Precision::Float32 => name.to_owned(),
-        _ => format!("{name}-{}", precision.folder()),
-    }
 }
 
 /// Asks on the terminal; without one, the licence counts as not accepted.

@@ -34,7 +34,17 @@ pub struct Official {
     pub weight_bytes: Option<u64>,
     /// Whether this build carries its templates (float32, int8, int4).
     pub importable: bool,
+    /// What it needs to play in real time, from the project's bench figures.
+    pub realtime: &'static str,
 }
+
+/// The bench figure an imported small model's speed follows: its 4-bit import runs the
+/// graphs of BENCHMARKS.md's `int4` row (blocks of 32, float32 cache), whose codec was int8.
+const SMALL_REALTIME: &str = "about twice the bench machine's speed: BENCHMARKS.md's closest row \
+(4-bit, float32 cache) played 0.49x real time on 2 cores of an AMD EPYC";
+const STEREO_SMALL_REALTIME: &str = "a little more than musicgen-small (twice the codebooks' \
+embeddings and heads; not benchmarked)";
+const NO_TEMPLATE: &str = "not importable by this build yet";
 
 /// Every MusicGen checkpoint Meta published, smallest first.
 pub const OFFICIAL: [Official; 9] = [
@@ -43,54 +53,63 @@ pub const OFFICIAL: [Official; 9] = [
         description: "300M, mono, text",
         weight_bytes: Some(2_358_843_992),
         importable: true,
+        realtime: SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-small",
         description: "300M, stereo, text",
         weight_bytes: Some(2_425_970_152),
         importable: true,
+        realtime: STEREO_SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-medium",
         description: "1.5B, mono, text",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-stereo-medium",
         description: "1.5B, stereo, text",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-melody",
         description: "1.5B, mono, text and melody",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-stereo-melody",
         description: "1.5B, stereo, text and melody",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-large",
         description: "3.3B, mono, text",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-stereo-large",
         description: "3.3B, stereo, text",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
     Official {
         repo: "facebook/musicgen-melody-large",
         description: "3.3B, mono, text and melody",
         weight_bytes: None,
         importable: false,
+        realtime: NO_TEMPLATE,
     },
 ];
 

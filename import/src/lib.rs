@@ -196,6 +196,15 @@ pub fn models_dir() -> Option<PathBuf> {
     dirs::data_dir().map(|dir| dir.join("musicgen-live").join("models"))
 }
 
+/// The bundle folder name for model `name` at `precision`: `musicgen-small`,
+/// `musicgen-small-int4`, ...
+pub fn bundle_name(name: &str, precision: Precision) -> String {
+    match precision {
+        Precision::Float32 => name.to_owned(),
+        _ => format!("{name}-{}", precision.folder()),
+    }
+}
+
 /// A bundle name for a checkpoint folder: the repository's name for a Hugging Face cache
 /// snapshot (`.../models--facebook--musicgen-small/snapshots/<commit>`), else the folder's.
 pub fn model_name_of(dir: &Path) -> String {

@@ -1,5 +1,6 @@
-//! The egui editor: prompt, Generate and Stop, the parameters, the model and execution
-//! provider, a status line, and a live view of the codebook pattern.
+//! The egui editor: prompt, Generate and Stop, the parameters, the model (a folder, or
+//! *Get model...* from the hub) and execution provider, a status line, and a live view of
+//! the codebook pattern.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -9,6 +10,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
 use musicgen_engine::{Bundle, Coord, ExecutionProvider, Readiness};
+use musicgen_import::Precision;
+use musicgen_import::hub::{HubOptions, LICENCE, OFFICIAL};
 use nice_plug::context::gui::{GuiContext, ParamSetter};
 use nice_plug::editor::ResizeHint;
 use nice_plug::editor::dpi::LogicalSize;
@@ -18,6 +21,7 @@ use nice_plug_egui::{EguiEditor, EguiNiceSettings, Frame, NiceEguiApp, create_eg
 use parking_lot::Mutex;
 
 use crate::controller::{Controller, Request, Snapshot, resources_dir};
+use crate::downloads::{ModelDownload, Phase, bundle_dir};
 use crate::params::{EDITOR_MIN_SIZE, MusicGenParams};
 use crate::slots::{PromptBank, SLOT_COUNT, note_name};
 
@@ -38,6 +42,9 @@ pub struct EditorApp {
     model_problem: Option<String>,
     /// The folder dialog's answer, while one is open.
     browsing: Option<Receiver<Browsed>>,
+    /// The *Get model...* list: open or not, the checkpoint chosen in it, the precision,
+    /// and the download under way.
+    get_model: GetModel,
     /// A bank file dialog's answer, while one is open, and what the file is for.
     bank_dialog: Option<(BankAction, Receiver<Browsed>)>,
     /// What the last bank load or save said.
@@ -61,6 +68,7 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         model_dir,
         model_problem: None,
         browsing: None,
+        get_model: GetModel::default(),
         bank_dialog: None,
         bank_message: None,
         output_peak: controller.output_peak(),
@@ -447,9 +455,23 @@ impl EditorApp {
             if browse.clicked() {
                 self.browsing = Some(browse_for_folder(&self.model_dir));
             }
+            if ui
+                .selectable_label(self.get_model.open, "Get model...")
+                .on_hover_text("Download one of Meta's MusicGen checkpoints and make a bundle of it")
+                .clicked()
+            {
+                self.get_model.open = !self.get_model.open;
+            }
         });
         if let Some(problem) = &self.model_problem {
             ui.colored_label(RED, problem);
+        }
+        if let Some(ready) = self.get_model.take_finished() {
+            self.model_dir = ready.display().to_string();
+            self.choose_model();
+        }
+        if self.get_model.open {
+            ui.group(|ui| self.get_model.ui(ui));
         }
         ui.horizontal(|ui| {
             ui.label("Execution provider");
@@ -626,6 +648,136 @@ const SLOT_KEYS: [egui::Key; SLOT_COUNT] = [
 enum BankAction {
     Load,
     Save,
+}
+
+/// The *Get model...* panel: Meta's checkpoints, the licence, and one download at a time.
+#[derive(Default)]
+struct GetModel {
+    open: bool,
+    chosen: Option<usize>,
+    precision: Option<Precision>,
+    download: Option<ModelDownload>,
+    problem: Option<String>,
+}
+
+impl GetModel {
+    fn precision(&self) -> Precision {
+        self.precision.unwrap_or(Precision::Int4)
+    }
+
+    /// The bundle of a download that has just finished, once.
+    fn take_finished(&mut self) -> Option<PathBuf> {
+        let Phase::Done(dir) = self.download.as_ref()?.phase() else {
+            return None;
+        };
+        self.download = None;
+        self.open = false;
+        Some(dir)
+    }
+
+    fn ui(&mut self, ui: &mut egui::Ui) {
+        ui.label("Meta's MusicGen checkpoints, from the Hugging Face hub (its cache is shared with Python's)");
+        egui::Grid::new("official-checkpoints").striped(true).show(ui, |ui| {
+            for (index, official) in OFFICIAL.iter().enumerate() {
+                let label = ui.add_enabled(
+                    official.importable,
+                    egui::Button::selectable(self.chosen == Some(index), official.repo),
+                );
+                if label.clicked() {
+                    self.chosen = Some(index);
+                }
+                ui.label(official.description);
+                ui.label(
+                    official
+                        .weight_bytes
+                        .map_or_else(|| "-".to_owned(), |b| format!("{:.2} GB", b as f64 / 1e9)),
+                );
+                ui.label(if official.importable {
+                    "imports"
+                } else {
+                    "no template yet"
+                });
+                ui.end_row();
+            }
+        });
+        let Some(official) = self.chosen.map(|i| OFFICIAL[i]) else {
+            return;
+        };
+        ui.separator();
+        ui.add(egui::Label::new(format!("Real time needs {}.", official.realtime)).wrap());
+        ui.add(egui::Label::new(format!("Licence: {LICENCE}")).wrap());
+        let mut precision = self.precision();
+        ui.horizontal(|ui| {
+            ui.label("Weights");
+            egui::ComboBox::from_id_salt("download-precision")
+                .selected_text(precision_name(precision))
+                .show_ui(ui, |ui| {
+                    for choice in [Precision::Int4, Precision::Int8, Precision::Float32] {
+                        ui.selectable_value(&mut precision, choice, precision_name(choice));
+                    }
+                });
+        });
+        self.precision = Some(precision);
+        let installed = bundle_dir(official.repo, precision).filter(|dir| dir.join("musicgen.json").is_file());
+        let busy = self
+            .download
+            .as_ref()
+            .is_some_and(|d| !matches!(d.phase(), Phase::Failed(_)));
+        let action = if installed.is_some() {
+            "Use it (already downloaded)"
+        } else {
+            "Accept the licence and download"
+        };
+        if ui.add_enabled(!busy, egui::Button::new(action)).clicked() {
+            self.problem = None;
+            self.download = bundle_dir(official.repo, precision)
+                .map(|out| ModelDownload::start(official.repo, precision, HubOptions::default(), out));
+            if self.download.is_none() {
+                self.problem = Some("this system names no data folder to keep models in".to_owned());
+            }
+        }
+        if let Some(problem) = &self.problem {
+            ui.colored_label(RED, problem);
+        }
+        let Some(download) = &self.download else { return };
+        match download.phase() {
+            Phase::Fetching {
+                file,
+                done_bytes,
+                total_bytes,
+            } => progress(ui, &format!("{}: {file}", download.repo), done_bytes, total_bytes),
+            Phase::Importing {
+                done_bytes,
+                total_bytes,
+            } => progress(ui, "making the bundle", done_bytes, total_bytes),
+            Phase::Failed(message) => {
+                ui.colored_label(RED, message);
+            }
+            Phase::Done(_) => {}
+        }
+    }
+}
+
+fn precision_name(precision: Precision) -> &'static str {
+    match precision {
+        Precision::Int4 => "4-bit (smallest, fastest on a CPU)",
+        Precision::Int8 => "8-bit",
+        Precision::Float32 => "float32 (exact; a GPU)",
+    }
+}
+
+fn progress(ui: &mut egui::Ui, what: &str, done_bytes: u64, total_bytes: u64) {
+    let fraction = if total_bytes == 0 {
+        0.0
+    } else {
+        done_bytes as f32 / total_bytes as f32
+    };
+    let text = format!(
+        "{what}: {:.1} of {:.1} MB",
+        done_bytes as f64 / 1e6,
+        total_bytes as f64 / 1e6
+    );
+    ui.add(egui::ProgressBar::new(fraction).text(text));
 }
 
 /// Opens the system's file dialog for a bank to load or to save, starting in the factory

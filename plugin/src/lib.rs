@@ -7,6 +7,7 @@
 //! status) happens on the [`controller`] thread.
 
 mod controller;
+mod downloads;
 mod editor;
 mod error;
 mod model_cache;
