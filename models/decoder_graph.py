@@ -116,10 +116,9 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     total = g.op("Add", ["past_len", steps])
     scalar_axes = g.const("scalar_axes", np.array([0], np.int64))
     end_position = g.op("Squeeze", [total, scalar_axes])
-    positions_table = f32(decoder.embed_positions.weights)
-    position_table = g.weight(
-        "embed_positions", positions_table, {"sinusoid": {"positions": positions_table.shape[0], "frequencies": position_frequencies(width)}}
-    )
+    sinusoid_table = f32(decoder.embed_positions.weights)
+    sinusoid_recipe = {"sinusoid": {"positions": sinusoid_table.shape[0], "frequencies": position_frequencies(width)}}
+    position_table = g.weight("embed_positions", sinusoid_table, sinusoid_recipe)
     positions = g.op("Slice", [position_table, "past_len", total, scalar_axes])
     hidden = g.op("Add", [hidden, positions])
     total_len = g.op("Cast", [end_position], to=TensorProto.INT32)

@@ -365,7 +365,9 @@ def save_model(model: onnx.ModelProto, path: Path) -> None:
     onnx.save(model, str(path))
 
 
-def export_graphs(model, out: Path, progress: Progress) -> dict:
+def export_graphs(model, out: Path, progress: Progress) -> tuple[dict, dict]:
+    """Writes every graph; returns their `(file, inputs, outputs)` by manifest key, and the
+    decoder's weight recipes (see template.py)."""
     dec = model.decoder.config
     layers = dec.num_hidden_layers
     k = dec.num_codebooks
@@ -728,16 +730,15 @@ def quantization_spec(args) -> dict:
 # --------------------------------------------------------------------------- template
 
 
-def write_template(model, name: str, args, manifest: dict, progress: Progress) -> None:
+def write_template(model, args, manifest: dict, progress: Progress) -> None:
     """The graph template of this export, from the same graphs exported again off the model
     with its tensors scrambled (the model is not used after this)."""
     progress.stage("template: scrambling every tensor of the model, so that each weight has one recipe")
     template.scramble(model, SEED + 2)
     with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
         staging = Path(tmp)
-        graphs, decoder_recipes = export_graphs(model, staging, progress)
+        _, decoder_recipes = export_graphs(model, staging, progress)
         quantize_decoder(staging, args, progress)
-        write_manifest(model, name, staging, graphs, args)
         progress.stage(f"template: writing {args.template_out} (weights out, a recipe for each)")
         template.write_template(model, staging, args.template_out, manifest, decoder_recipes)
 
@@ -802,7 +803,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="musicgen-export-") as tmp:
         staging = Path(tmp)
         write_tokenizer(args, model, staging)
-        graphs, decoder_recipes = export_graphs(model, staging, progress)
+        graphs, _ = export_graphs(model, staging, progress)
         if args.kv_cache == "int8":
             float_manifest = write_manifest(model, name, staging, graphs, args, kv_cache="float32")
             scales = calibrate_kv_scales(staging, float_manifest, progress)
@@ -822,7 +823,7 @@ def main() -> int:
             print(f"    self-check passed: {json.dumps(report)}")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
         if args.template_out:
-            write_template(model, name, args, manifest, progress)
+            write_template(model, args, manifest, progress)
         out.mkdir(parents=True, exist_ok=True)
         for item in staging.iterdir():
             shutil.copy2(item, out / item.name)

@@ -279,20 +279,23 @@ def transposed_conv_strides(model) -> dict[str, int]:
     }
 
 
-def match(name: str, value: np.ndarray, found: dict) -> dict | None:
-    """The recipe that makes `value`: exact bytes for rearrangements, float rounding for
-    folded weight norms."""
+def agrees(recipe: dict, made: np.ndarray, value: np.ndarray) -> bool:
+    """Whether `made` is `value`: the same bytes for rearrangements, equal to float
+    rounding for folded weight norms and the position table."""
+    if is_exact(recipe):
+        return np.array_equal(made, value)
+    return np.allclose(made, value, rtol=1e-5, atol=1e-6)
+
+
+def match(value: np.ndarray, found: dict) -> dict | None:
+    """The recipe among `found` that makes `value`."""
     flat = value.reshape(-1)
     total = float(np.sum(flat, dtype=np.float64))
     scale = float(np.sum(np.abs(flat), dtype=np.float64)) + 1e-12
     for recipe, candidate in found.get(flat.size, []):
         if abs(float(np.sum(candidate, dtype=np.float64)) - total) > 1e-5 * scale:
             continue
-        candidate = np.ascontiguousarray(candidate).reshape(value.shape)
-        if is_exact(recipe):
-            if np.array_equal(candidate, value):
-                return recipe
-        elif np.allclose(candidate, value, rtol=1e-5, atol=1e-6):
+        if agrees(recipe, np.ascontiguousarray(candidate).reshape(value.shape), value):
             return recipe
     return None
 
@@ -301,34 +304,28 @@ def match(name: str, value: np.ndarray, found: dict) -> dict | None:
 
 
 def graph_recipes(
-    model, bundle: Path, files: list[str], decoder_recipes: dict[str, dict], quantization: dict
-) -> dict[str, dict[str, dict]]:
-    """For each graph file, its weights' recipes by initializer name."""
-    tensors = checkpoint_tensors(model)
-    found = candidates(model, tensors)
-    recipes: dict[str, dict[str, dict]] = {}
-    for file in files:
-        graph = onnx.load(str(bundle / file)).graph
-        chosen, missing = {}, []
-        for init in graph.initializer:
-            if init.data_type not in (TensorProto.FLOAT, TensorProto.UINT8):
-                continue
-            value = numpy_helper.to_array(init)
-            recipe = None
-            if file == "decoder.onnx":
-                recipe = decoder_recipe(init.name, decoder_recipes, quantization)
-            elif init.data_type == TensorProto.FLOAT:
-                recipe = match(init.name, value, found)
-            if recipe is None:
-                if init.data_type == TensorProto.FLOAT and value.size >= LARGEST_CONSTANT:
-                    missing.append(f"{init.name} {list(value.shape)}")
-                continue
-            check(file, init.name, recipe, value, tensors)
-            chosen[init.name] = recipe
-        if missing:
-            raise SystemExit(f"{file}: no recipe makes these weights from the checkpoint: {', '.join(missing)}")
-        recipes[file] = chosen
-    return recipes
+    file: str, graph: onnx.GraphProto, tensors, found: dict, decoder_recipes: dict[str, dict], quantization: dict
+) -> dict[str, dict]:
+    """The recipes of `graph`'s weights (the graph file `file`) by initializer name."""
+    chosen, missing = {}, []
+    for init in graph.initializer:
+        if init.data_type not in (TensorProto.FLOAT, TensorProto.UINT8):
+            continue
+        value = numpy_helper.to_array(init)
+        recipe = None
+        if file == "decoder.onnx":
+            recipe = decoder_recipe(init.name, decoder_recipes, quantization)
+        elif init.data_type == TensorProto.FLOAT:
+            recipe = match(value, found)
+        if recipe is None:
+            if init.data_type == TensorProto.FLOAT and value.size >= LARGEST_CONSTANT:
+                missing.append(f"{init.name} {list(value.shape)}")
+            continue
+        check(file, init.name, recipe, value, tensors)
+        chosen[init.name] = recipe
+    if missing:
+        raise SystemExit(f"{file}: no recipe makes these weights from the checkpoint: {', '.join(missing)}")
+    return chosen
 
 
 def decoder_recipe(name: str, decoder_recipes: dict[str, dict], quantization: dict) -> dict | None:
@@ -351,11 +348,8 @@ def check(file: str, name: str, recipe: dict, value: np.ndarray, tensors) -> Non
     if made.size != value.size:
         raise SystemExit(f"{file}: {name}: its recipe makes {made.size} values, the graph holds {value.size}")
     made = made.reshape(value.shape)
-    if is_exact(recipe):
-        if not np.array_equal(made, value):
-            raise SystemExit(f"{file}: {name}: its recipe does not give the export's bytes")
-    elif not np.allclose(made, value, rtol=1e-5, atol=1e-6):
-        error = float(np.max(np.abs(made - value)))
+    if not agrees(recipe, made, value):
+        error = float(np.max(np.abs(made.astype(np.float64) - value.astype(np.float64))))
         raise SystemExit(f"{file}: {name}: its recipe differs from the export's weight by {error:.3e}")
 
 
@@ -368,15 +362,17 @@ def architecture(model) -> dict:
 def write_template(model, bundle: Path, out: Path, manifest: dict, decoder_recipes: dict[str, dict]) -> None:
     """Writes the template of `bundle` (made from `model`) to `out`."""
     files = [graph["file"] for graph in manifest["graphs"].values()]
-    recipes = graph_recipes(model, bundle, files, decoder_recipes, manifest["quantization"])
+    checkpoint = checkpoint_tensors(model)
+    found = candidates(model, checkpoint)
     out.mkdir(parents=True, exist_ok=True)
     tensors = []
     for file in files:
         proto = onnx.load(str(bundle / file))
+        recipes = graph_recipes(file, proto.graph, checkpoint, found, decoder_recipes, manifest["quantization"])
         data = f"{file}.data"
         offset = 0
         for init in proto.graph.initializer:
-            recipe = recipes[file].get(init.name)
+            recipe = recipes.get(init.name)
             if recipe is None:
                 continue
             dtype = {TensorProto.FLOAT: "float32", TensorProto.UINT8: "uint8"}[init.data_type]
