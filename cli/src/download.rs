@@ -5,10 +5,10 @@ use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result, bail};
-use musicgen_import::hub::{HubOptions, LICENCE, OFFICIAL, fetch_checkpoint};
-use musicgen_import::{ImportOptions, bundle_name, import, model_name_of};
+use musicgen_import::hub::{DownloadProgress, HubOptions, LICENCE, OFFICIAL, download};
+use musicgen_import::{ImportOptions, bundle_name, model_name_of};
 
-use crate::import::{Quantize, peak_rss_mb, precision_of};
+use crate::import::{Quantize, byte_progress_bar, peak_rss_mb, precision_of, show_progress};
 
 #[derive(clap::Args)]
 pub struct DownloadArgs {
@@ -60,42 +60,32 @@ pub fn run(args: &DownloadArgs) -> Result<()> {
     if !args.accept_licence && !accepted_interactively()? {
         bail!("the licence was not accepted; nothing was downloaded (add --accept-licence to accept it)");
     }
-    let options = HubOptions {
+    let hub = HubOptions {
         endpoint: args.endpoint.clone(),
         cache_dir: args.cache_dir.clone(),
     };
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {msg}")
-            .expect("a valid template"),
-    );
-    let snapshot = fetch_checkpoint(repo, &options, precision, &mut |progress| {
-        bar.set_length(progress.total_bytes);
-        bar.set_position(progress.done_bytes);
-        bar.set_message(progress.file.to_owned());
-    })
-    .with_context(|| format!("downloading {repo}"))?;
-    bar.finish_and_clear();
-    println!("{repo}: in the Hugging Face cache at {}", snapshot.display());
-    let report = import(
-        &snapshot,
-        &out,
+    let bar = byte_progress_bar();
+    let downloaded = download(
+        repo,
+        &hub,
         &ImportOptions {
             precision,
-            model_name: Some(name),
+            model_name: None,
         },
-        &mut |progress| {
-            bar.set_length(progress.total_bytes);
-            bar.set_position(progress.done_bytes);
-            bar.set_message(progress.tensor.to_owned());
+        &out,
+        &mut |progress| match progress {
+            DownloadProgress::Fetching(p) => show_progress(&bar, p.file, p.done_bytes, p.total_bytes),
+            DownloadProgress::Importing(p) => show_progress(&bar, p.tensor, p.done_bytes, p.total_bytes),
         },
     )
-    .with_context(|| format!("importing {}", snapshot.display()))?;
+    .with_context(|| format!("downloading {repo}"))?;
     bar.finish_and_clear();
+    println!("{repo}: in the Hugging Face cache at {}", downloaded.snapshot.display());
     println!(
         "imported into {} (template {}, {:.1} MB of weights)",
         out.display(),
-        report.template,
-        report.weight_bytes as f64 / 1e6
+        downloaded.report.template,
+        downloaded.report.weight_bytes as f64 / 1e6
     );
     if let Some(peak_mb) = peak_rss_mb() {
         println!("peak memory: {peak_mb:.0} MB resident");

@@ -46,14 +46,9 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         model_name: args.name.clone(),
     };
     let start = Instant::now();
-    let bar = indicatif::ProgressBar::new(0).with_style(
-        indicatif::ProgressStyle::with_template("{bar:40} {bytes:>10}/{total_bytes:10} {elapsed_precise} {msg}")
-            .expect("a valid template"),
-    );
-    let report = import(&args.checkpoint, &args.out, &options, &mut |progress| {
-        bar.set_length(progress.total_bytes);
-        bar.set_position(progress.done_bytes);
-        bar.set_message(progress.tensor.to_owned());
+    let bar = byte_progress_bar();
+    let report = import(&args.checkpoint, &args.out, &options, &mut |p| {
+        show_progress(&bar, p.tensor, p.done_bytes, p.total_bytes);
     })
     .with_context(|| format!("importing {}", args.checkpoint.display()))?;
     bar.finish_and_clear();
@@ -72,6 +67,23 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         println!("peak memory: {peak_mb:.0} MB resident");
     }
     Ok(())
+}
+
+/// A progress bar counting bytes, with their rate.
+pub fn byte_progress_bar() -> indicatif::ProgressBar {
+    indicatif::ProgressBar::new(0).with_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {bytes:>10}/{total_bytes:10} {bytes_per_sec:>12} {elapsed_precise} {msg}",
+        )
+        .expect("a valid template"),
+    )
+}
+
+/// Shows `done_bytes` of `total_bytes`, the work being `what`.
+pub fn show_progress(bar: &indicatif::ProgressBar, what: &str, done_bytes: u64, total_bytes: u64) {
+    bar.set_length(total_bytes);
+    bar.set_position(done_bytes);
+    bar.set_message(what.to_owned());
 }
 
 /// This process's peak resident memory (`VmHWM`), where the system reports it.

@@ -1,17 +1,14 @@
 //! `musicgen import` as a person runs it, on the random checkpoint `cargo xtask test`
 //! saves with transformers into `target/checkpoints/tiny`.
 
+#[path = "../../engine/tests/common/mod.rs"]
+mod common;
+
 use std::path::PathBuf;
 use std::process::Command;
 
 fn checkpoint() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let target = exe
-        .ancestors()
-        .find(|dir| dir.file_name().is_some_and(|name| name == "target"))
-        .expect("tests run from inside target/")
-        .to_path_buf();
-    let dir = target.join("checkpoints").join("tiny");
+    let dir = common::target_dir().join("checkpoints").join("tiny");
     assert!(
         dir.is_dir(),
         "{} is missing: `cargo xtask test` writes it",

@@ -15,11 +15,11 @@ use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
 
 pub const CONFIG_FILE: &str = "config.json";
+pub const TOKENIZER_FILE: &str = "tokenizer.json";
+pub(crate) const SINGLE_FILE: &str = "model.safetensors";
+pub(crate) const INDEX_FILE: &str = "model.safetensors.index.json";
 /// A safetensors file starts with its header's length, a little-endian u64.
 const HEADER_LENGTH_BYTES: usize = 8;
-pub const TOKENIZER_FILE: &str = "tokenizer.json";
-const SINGLE_FILE: &str = "model.safetensors";
-const INDEX_FILE: &str = "model.safetensors.index.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CheckpointError {
@@ -67,20 +67,7 @@ impl Checkpoint {
         let names: Vec<String> = if dir.join(SINGLE_FILE).is_file() {
             vec![SINGLE_FILE.to_owned()]
         } else if dir.join(INDEX_FILE).is_file() {
-            let index = read_json(&dir.join(INDEX_FILE))?;
-            let mut shards: Vec<String> = index
-                .get("weight_map")
-                .and_then(Value::as_object)
-                .ok_or_else(|| CheckpointError::Safetensors {
-                    path: dir.join(INDEX_FILE),
-                    problem: "no `weight_map` object".to_owned(),
-                })?
-                .values()
-                .filter_map(|file| file.as_str().map(str::to_owned))
-                .collect();
-            shards.sort();
-            shards.dedup();
-            shards
+            shard_files(&dir.join(INDEX_FILE))?
         } else {
             return Err(CheckpointError::NoWeights { dir: dir.to_owned() });
         };
@@ -197,6 +184,24 @@ fn aliases(name: &str) -> Vec<String> {
         .filter(|(from, _)| name.ends_with(from))
         .map(|(from, to)| format!("{}{to}", &name[..name.len() - from.len()]))
         .collect()
+}
+
+/// The shard files `model.safetensors.index.json` at `index` names, each once, in order.
+pub(crate) fn shard_files(index: &Path) -> Result<Vec<String>, CheckpointError> {
+    let json = read_json(index)?;
+    let mut shards: Vec<String> = json
+        .get("weight_map")
+        .and_then(Value::as_object)
+        .ok_or_else(|| CheckpointError::Safetensors {
+            path: index.to_owned(),
+            problem: "no `weight_map` object".to_owned(),
+        })?
+        .values()
+        .filter_map(|file| file.as_str().map(str::to_owned))
+        .collect();
+    shards.sort();
+    shards.dedup();
+    Ok(shards)
 }
 
 pub(crate) fn read_json(path: &Path) -> Result<Value, CheckpointError> {

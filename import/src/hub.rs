@@ -15,7 +15,8 @@ use hf_hub::api::Progress;
 use hf_hub::api::sync::{ApiBuilder, ApiError, ApiRepo};
 use hf_hub::{Cache, Repo, RepoType};
 
-use crate::{ImportError, Precision, select_template};
+use crate::checkpoint::{CONFIG_FILE, INDEX_FILE, SINGLE_FILE, TOKENIZER_FILE, read_json, shard_files};
+use crate::{ImportError, ImportOptions, ImportProgress, ImportReport, Precision, import, select_template};
 use sha1::Sha1;
 use sha2::{Digest, Sha256};
 
@@ -144,6 +145,8 @@ pub enum HubError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{repo}: not downloaded: {source}")]
     Unsupported { repo: String, source: Box<ImportError> },
+    #[error("{repo}: downloaded, but not imported: {source}")]
+    Import { repo: String, source: Box<ImportError> },
 }
 
 /// Where to fetch from and to.
@@ -176,10 +179,41 @@ pub struct FetchProgress<'a> {
     pub total_bytes: u64,
 }
 
-const CONFIG: &str = "config.json";
-const TOKENIZER: &str = "tokenizer.json";
-const WEIGHTS: &str = "model.safetensors";
-const WEIGHTS_INDEX: &str = "model.safetensors.index.json";
+/// Where a download and its import stand.
+#[derive(Clone, Debug)]
+pub enum DownloadProgress<'a> {
+    Fetching(FetchProgress<'a>),
+    Importing(ImportProgress<'a>),
+}
+
+/// What a download made: the checkpoint's folder in the cache and the import's report.
+#[derive(Clone, Debug)]
+pub struct Downloaded {
+    pub snapshot: PathBuf,
+    pub report: ImportReport,
+}
+
+/// Fetches `repo` (see [`fetch_checkpoint`]) and imports it with `options` into the new
+/// bundle folder `out`; unless `options` names the model, it is named for the repository.
+pub fn download(
+    repo: &str,
+    hub: &HubOptions,
+    options: &ImportOptions,
+    out: &Path,
+    progress: &mut dyn FnMut(DownloadProgress),
+) -> Result<Downloaded, HubError> {
+    let snapshot = fetch_checkpoint(repo, hub, options.precision, &mut |p| {
+        progress(DownloadProgress::Fetching(p));
+    })?;
+    let report = import(&snapshot, out, options, &mut |p| {
+        progress(DownloadProgress::Importing(p))
+    })
+    .map_err(|e| HubError::Import {
+        repo: repo.to_owned(),
+        source: Box::new(e),
+    })?;
+    Ok(Downloaded { snapshot, report })
+}
 
 /// The folder of `repo`'s checkpoint in the cache (a snapshot), fetching what it lacks.
 /// Its config.json comes first: a checkpoint this build cannot import at `precision` is
@@ -208,9 +242,9 @@ pub fn fetch_checkpoint(
     let remote = api.model(repo.to_owned());
     let info = remote.info().map_err(|e| request_error(&endpoint, repo, e))?;
     let listed: Vec<&str> = info.siblings.iter().map(|s| s.rfilename.as_str()).collect();
-    let mut wanted = vec![CONFIG, TOKENIZER];
-    let sharded = listed.contains(&WEIGHTS_INDEX);
-    wanted.push(if sharded { WEIGHTS_INDEX } else { WEIGHTS });
+    let mut wanted = vec![CONFIG_FILE, TOKENIZER_FILE];
+    let sharded = listed.contains(&INDEX_FILE);
+    wanted.push(if sharded { INDEX_FILE } else { SINGLE_FILE });
     for file in &wanted {
         if !listed.contains(file) {
             return Err(HubError::MissingFile {
@@ -222,14 +256,18 @@ pub fn fetch_checkpoint(
     let mut paths = Vec::new();
     for file in wanted {
         let path = fetch_file(&remote, repo, file, progress)?;
-        if file == CONFIG {
+        if file == CONFIG_FILE {
             check_config(repo, &path, precision)?;
         }
         paths.push(path);
     }
     if sharded {
         let index = paths.last().expect("the index was fetched");
-        for shard in shard_names(index)? {
+        let shards = shard_files(index).map_err(|e| HubError::Unsupported {
+            repo: repo.to_owned(),
+            source: Box::new(e.into()),
+        })?;
+        for shard in shards {
             fetch_file(&remote, repo, &shard, progress)?;
         }
     }
@@ -241,41 +279,23 @@ fn check_config(repo: &str, path: &Path, precision: Precision) -> Result<(), Hub
         repo: repo.to_owned(),
         source: Box::new(source),
     };
-    let config = crate::checkpoint::read_json(path).map_err(|e| unsupported(e.into()))?;
+    let config = read_json(path).map_err(|e| unsupported(e.into()))?;
     select_template(&config, path, precision).map_err(unsupported)?;
     Ok(())
 }
 
 /// The snapshot folder, when the cache holds every file an import reads.
 fn complete_in_cache(get: impl Fn(&str) -> Option<PathBuf>) -> Option<PathBuf> {
-    let config = get(CONFIG)?;
-    get(TOKENIZER)?;
-    if let Some(index) = get(WEIGHTS_INDEX) {
-        for shard in shard_names(&index).ok()? {
+    let config = get(CONFIG_FILE)?;
+    get(TOKENIZER_FILE)?;
+    if let Some(index) = get(INDEX_FILE) {
+        for shard in shard_files(&index).ok()? {
             get(&shard)?;
         }
     } else {
-        get(WEIGHTS)?;
+        get(SINGLE_FILE)?;
     }
     config.parent().map(Path::to_owned)
-}
-
-fn shard_names(index: &Path) -> Result<Vec<String>, HubError> {
-    let io = |source| HubError::Io {
-        path: index.to_owned(),
-        source,
-    };
-    let text = std::fs::read_to_string(index).map_err(io)?;
-    let json: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| io(std::io::Error::new(std::io::ErrorKind::InvalidData, e)))?;
-    let mut shards: Vec<String> = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .map(|m| m.values().filter_map(|v| v.as_str().map(str::to_owned)).collect())
-        .unwrap_or_default();
-    shards.sort();
-    shards.dedup();
-    Ok(shards)
 }
 
 /// Forwards hf-hub's progress to the caller's callback.

@@ -152,10 +152,7 @@ pub fn select_template(
         });
     }
     let mut nearest: Option<(Template, Vec<Mismatch>)> = None;
-    for template in carried()? {
-        if !template.name.ends_with(&format!("/{}", precision.folder())) {
-            continue;
-        }
+    for template in carried(precision)? {
         let mismatches = template.mismatches(config);
         if mismatches.is_empty() {
             return Ok(template);

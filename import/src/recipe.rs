@@ -184,21 +184,6 @@ impl Recipe {
         Ok(recipe)
     }
 
-    /// The checkpoint tensors this recipe reads.
-    pub fn sources(&self) -> Vec<&str> {
-        match self {
-            Recipe::Tensor(name) => vec![name],
-            Recipe::WeightNorm { g, v } => vec![g, v],
-            Recipe::Sinusoid { .. } => Vec::new(),
-            Recipe::Concat { parts, .. } => parts.iter().flat_map(Recipe::sources).collect(),
-            Recipe::Transpose(source)
-            | Recipe::LstmGates(source)
-            | Recipe::Polyphase { source, .. }
-            | Recipe::Repeat { source, .. }
-            | Recipe::Blockwise { source, .. } => source.sources(),
-        }
-    }
-
     /// Makes the tensor from `checkpoint`.
     pub fn evaluate(&self, checkpoint: &Checkpoint) -> Result<Array, RecipeError> {
         match self {
@@ -452,8 +437,22 @@ mod tests {
             "blockwise": {"concat": [{"transpose": {"tensor": "a"}}, {"weight_norm": {"g": "g", "v": "v"}}], "axis": 1},
             "bits": 4, "block": 32, "part": "scales"
         });
-        let recipe = Recipe::from_json(&json).unwrap();
-        assert_eq!(recipe.sources(), vec!["a", "g", "v"]);
+        let parsed = Recipe::Blockwise {
+            source: Box::new(Recipe::Concat {
+                parts: vec![
+                    Recipe::Transpose(Box::new(Recipe::Tensor("a".to_owned()))),
+                    Recipe::WeightNorm {
+                        g: "g".to_owned(),
+                        v: "v".to_owned(),
+                    },
+                ],
+                axis: 1,
+            }),
+            bits: 4,
+            block: 32,
+            part: BlockPart::Scales,
+        };
+        assert_eq!(Recipe::from_json(&json).unwrap(), parsed);
         assert!(Recipe::from_json(&serde_json::json!({"rotate": {"tensor": "a"}})).is_err());
     }
 }

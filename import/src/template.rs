@@ -174,7 +174,7 @@ impl Template {
 
     /// The shape the template was made for (`musicgen-small`, ...).
     pub fn shape(&self) -> &'static str {
-        self.name.split('/').next().unwrap_or(self.name)
+        shape_of(self.name)
     }
 }
 
@@ -191,17 +191,24 @@ fn same_value(have: Option<&Value>, want: &Value) -> bool {
     }
 }
 
-/// Every template this build carries.
-pub fn carried() -> Result<Vec<Template>, TemplateError> {
-    CARRIED.iter().map(Template::parse).collect()
+/// `musicgen-small` of a template named `musicgen-small/int4`.
+fn shape_of(name: &'static str) -> &'static str {
+    name.split('/').next().unwrap_or(name)
+}
+
+/// The templates this build carries at `precision`, parsed.
+pub fn carried(precision: Precision) -> Result<Vec<Template>, TemplateError> {
+    let suffix = format!("/{}", precision.folder());
+    CARRIED
+        .iter()
+        .filter(|t| t.name.ends_with(&suffix))
+        .map(Template::parse)
+        .collect()
 }
 
 /// The carried templates' shapes, each once, for messages.
 pub fn carried_shapes() -> Vec<&'static str> {
-    let mut shapes: Vec<&'static str> = CARRIED
-        .iter()
-        .map(|t| t.name.split('/').next().unwrap_or(t.name))
-        .collect();
+    let mut shapes: Vec<&'static str> = CARRIED.iter().map(|t| shape_of(t.name)).collect();
     shapes.dedup();
     shapes
 }
@@ -212,7 +219,11 @@ mod tests {
 
     #[test]
     fn every_carried_template_parses_and_tiny_is_among_them() {
-        let templates = carried().unwrap();
+        let templates: Vec<Template> = [Precision::Float32, Precision::Int8, Precision::Int4]
+            .into_iter()
+            .flat_map(|precision| carried(precision).unwrap())
+            .collect();
+        assert_eq!(templates.len(), CARRIED.len());
         assert!(templates.iter().any(|t| t.name == "tiny/float32"));
         for template in &templates {
             assert!(!template.tensors.is_empty(), "{}", template.name);

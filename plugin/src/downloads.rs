@@ -5,8 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use musicgen_import::hub::{HubOptions, fetch_checkpoint};
-use musicgen_import::{ImportOptions, Precision, bundle_name, import, model_name_of, models_dir};
+use musicgen_import::hub::{DownloadProgress, HubOptions, download};
+use musicgen_import::{ImportOptions, Precision, bundle_name, model_name_of, models_dir};
 use parking_lot::Mutex;
 
 /// Where a download stands.
@@ -80,22 +80,21 @@ fn fetch_and_import(
     if out.join("musicgen.json").is_file() {
         return Ok(out.to_owned());
     }
-    let snapshot = fetch_checkpoint(repo, hub, precision, &mut |p| {
-        *phase.lock() = Phase::Fetching {
-            file: p.file.to_owned(),
-            done_bytes: p.done_bytes,
-            total_bytes: p.total_bytes,
-        };
-    })
-    .map_err(|e| e.to_string())?;
     let options = ImportOptions {
         precision,
-        model_name: Some(model_name_of(std::path::Path::new(repo))),
+        model_name: None,
     };
-    import(&snapshot, out, &options, &mut |p| {
-        *phase.lock() = Phase::Importing {
-            done_bytes: p.done_bytes,
-            total_bytes: p.total_bytes,
+    download(repo, hub, &options, out, &mut |progress| {
+        *phase.lock() = match progress {
+            DownloadProgress::Fetching(p) => Phase::Fetching {
+                file: p.file.to_owned(),
+                done_bytes: p.done_bytes,
+                total_bytes: p.total_bytes,
+            },
+            DownloadProgress::Importing(p) => Phase::Importing {
+                done_bytes: p.done_bytes,
+                total_bytes: p.total_bytes,
+            },
         };
     })
     .map_err(|e| e.to_string())?;

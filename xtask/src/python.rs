@@ -245,18 +245,20 @@ pub fn write_checkpoint_fixtures(root: &Path) -> Result<()> {
 
 /// Fails unless two templates have the same recipes, offsets and manifest.
 fn same_template(fresh: &Path, committed: &Path) -> Result<()> {
-    let read = |dir: &Path| -> Result<Value> {
-        let path = dir.join("template.json");
-        let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-    };
     ensure!(
-        read(fresh)? == read(committed)?,
+        read_json(fresh, "template.json")? == read_json(committed, "template.json")?,
         "a fresh template differs from {}; rewrite the templates (`cargo xtask templates`)",
         committed.display()
     );
     println!("a fresh template reproduces {}", committed.display());
     Ok(())
+}
+
+/// `dir/file`, parsed as JSON.
+fn read_json(dir: &Path, file: &str) -> Result<Value> {
+    let path = dir.join(file);
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
 }
 
 /// The decoder step at which the fault tests' bundle fails.
@@ -311,16 +313,11 @@ pub fn check_tiny_export(root: &Path) -> Result<()> {
             &root.join("models").join("templates").join(shape).join("float32"),
         )?;
         let committed = root.join("models").join(folder);
-        let read = |dir: &Path, file: &str| -> Result<Value> {
-            let path = dir.join(file);
-            let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
-            serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
-        };
         ensure!(
-            read(&out, "musicgen.json")? == read(&committed, "musicgen.json")?,
+            read_json(&out, "musicgen.json")? == read_json(&committed, "musicgen.json")?,
             "a fresh export's musicgen.json differs from models/{folder}'s; re-export models/{folder}"
         );
-        let (fresh, kept) = (read(&out, "golden.json")?, read(&committed, "golden.json")?);
+        let (fresh, kept) = (read_json(&out, "golden.json")?, read_json(&committed, "golden.json")?);
         for field in ["input_ids", "codes"] {
             ensure!(
                 fresh[field] == kept[field],
