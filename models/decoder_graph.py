@@ -19,6 +19,8 @@ come transposed (`[2, H, D, L]`) so that a step multiplies without a transpose.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
@@ -31,18 +33,43 @@ EMBED_NODE = "embedded_codes"
 LM_HEADS_NODE = "lm_heads"
 
 
-class GraphBuilder:
-    """Collects nodes and initializers; names every intermediate value uniquely."""
+# Initializers of at least this many bytes go to the external data file, when there is one.
+EXTERNAL_MIN_BYTES = 1024
+# Each one starts at a multiple of the page size there, so that a runtime may map it.
+EXTERNAL_ALIGN_BYTES = 4096
 
-    def __init__(self) -> None:
+
+class GraphBuilder:
+    """Collects nodes and initializers; names every intermediate value uniquely. With
+    `external_data` (a file path), weights are written to that file as they come (ONNX
+    external data beside the graph), so that a graph larger than protobuf's 2 GB never
+    sits in memory whole."""
+
+    def __init__(self, external_data: Path | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
         self.initializers: list[onnx.TensorProto] = []
         # How each weight is made from the checkpoint's tensors (see template.py).
         self.recipes: dict[str, dict] = {}
         self.count = 0
+        self.external_data = external_data
+        if external_data is not None:
+            external_data.write_bytes(b"")
 
     def const(self, name: str, array: np.ndarray) -> str:
-        self.initializers.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        if self.external_data is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            self.initializers.append(numpy_helper.from_array(array, name))
+            return name
+        with self.external_data.open("ab") as data:
+            data.write(bytes(-data.tell() % EXTERNAL_ALIGN_BYTES))
+            offset = data.tell()
+            data.write(array.tobytes())
+        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.external_data.name), ("offset", offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        self.initializers.append(tensor)
         return name
 
     def weight(self, name: str, array: np.ndarray, recipe: dict) -> str:
@@ -67,10 +94,13 @@ def f32(tensor) -> np.ndarray:
     return tensor.detach().cpu().float().numpy()
 
 
-def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None = None) -> tuple[onnx.ModelProto, dict]:
+def build_decoder_graph(
+    model, kv_cache: str = "float32", kv_scales: dict | None = None, external_data: Path | None = None
+) -> tuple[onnx.ModelProto, dict]:
     """The decoder graph of `model` (a MusicgenForConditionalGeneration), and the recipes of
     its weights by initializer name. `kv_cache` is `float32` or `int8`; int8 needs
-    `kv_scales`: per layer `(key_scale, value_scale)`, each `[1, H, 1, D]` float32."""
+    `kv_scales`: per layer `(key_scale, value_scale)`, each `[1, H, 1, D]` float32. With
+    `external_data`, the weights are written there (see GraphBuilder)."""
     decoder = model.decoder.model.decoder
     config = model.decoder.config
     layers, heads = config.num_hidden_layers, config.num_attention_heads
@@ -78,7 +108,7 @@ def build_decoder_graph(model, kv_cache: str = "float32", kv_scales: dict | None
     head_dim = width // heads
     k_count, vocab = config.num_codebooks, config.vocab_size
     cache_type = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8}[kv_cache]
-    g = GraphBuilder()
+    g = GraphBuilder(external_data)
     source = Sources(model)
 
     def transposed(*modules) -> tuple[np.ndarray, dict]:

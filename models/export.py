@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -49,29 +50,61 @@ KV_HEADROOM = 1.5
 
 
 class Progress:
-    """Prints each stage with the time it took, so long exports show where they are."""
+    """Prints each stage with the time since the start and the process's peak memory so
+    far, so that long exports show where they are and what they need."""
 
     def __init__(self) -> None:
         self.start = time.monotonic()
-        self.stage_start = self.start
 
     def stage(self, text: str) -> None:
-        now = time.monotonic()
-        print(f"[{now - self.start:7.1f} s] {text}", flush=True)
-        self.stage_start = now
+        elapsed = time.monotonic() - self.start
+        print(f"[{elapsed:7.1f} s, peak {peak_rss_gib():5.1f} GiB] {text}", flush=True)
+
+
+def peak_rss_gib() -> float:
+    """The most memory this process has held at once (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
 
 # --------------------------------------------------------------------------- models
 
 
-RANDOM_SHAPES = ["tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small"]
+# The tests' tiny model.
+TINY_TEXT = {
+    "vocab_size": 256,
+    "d_model": 32,
+    "d_kv": 16,
+    "d_ff": 64,
+    "num_layers": 2,
+    "num_heads": 2,
+    "relative_attention_num_buckets": 8,
+}
+TINY_AUDIO = {"num_filters": 4, "hidden_size": 8, "codebook_dim": 8, "num_lstm_layers": 1}
+TINY_DECODER = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "ffn_dim": 128}
+# Meta's checkpoints share the T5-base text encoder and the 32 kHz Encodec; their decoders
+# (audiocraft's `dim`, `num_layers`, `num_heads`) have the feed-forward 4 times as wide.
+T5_BASE = {"vocab_size": 32128, "d_model": 768, "d_kv": 64, "d_ff": 3072, "num_layers": 12, "num_heads": 12}
+ENCODEC_32KHZ = {"num_filters": 64, "hidden_size": 128, "codebook_dim": 128, "num_lstm_layers": 2}
+DECODER_SIZES = {
+    "musicgen-small": {"hidden_size": 1024, "num_hidden_layers": 24, "num_attention_heads": 16},
+    "musicgen-medium": {"hidden_size": 1536, "num_hidden_layers": 48, "num_attention_heads": 24},
+    "musicgen-large": {"hidden_size": 2048, "num_hidden_layers": 48, "num_attention_heads": 32},
+}
+RANDOM_SHAPES = [
+    "tiny",
+    "tiny-stereo",
+    "musicgen-small",
+    "musicgen-stereo-small",
+    "musicgen-medium",
+    "musicgen-stereo-medium",
+]
 
 
 def random_configs(shape: str):
-    """Transformers configs for randomly initialised models: `tiny` for tests, or
-    musicgen-small's real shape for benchmarks. A `-stereo` shape is the same model with
-    the stereo checkpoints' decoder: 8 codebooks, left and right interleaved, decoded by
-    the same mono Encodec one channel at a time."""
+    """Transformers configs for randomly initialised models: `tiny` for tests, or a real
+    checkpoint's shape (see DECODER_SIZES) for benchmarks. A `-stereo` shape is the same
+    model with the stereo checkpoints' decoder: 8 codebooks, left and right interleaved,
+    decoded by the same mono Encodec one channel at a time."""
     stereo = "-stereo" in shape
     text, audio, decoder = mono_configs(shape.replace("-stereo", ""))
     if stereo:
@@ -84,77 +117,29 @@ def mono_configs(shape: str):
     from transformers import EncodecConfig, MusicgenDecoderConfig, T5Config
 
     if shape == "tiny":
-        text = T5Config(
-            vocab_size=256,
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=2,
-            num_heads=2,
-            relative_attention_num_buckets=8,
-            decoder_start_token_id=0,
-        )
-        audio = EncodecConfig(
-            audio_channels=1,
-            sampling_rate=32000,
-            target_bandwidths=[2.2],
-            upsampling_ratios=[8, 5, 4, 4],
-            num_filters=4,
-            hidden_size=8,
-            codebook_dim=8,
-            codebook_size=2048,
-            num_lstm_layers=1,
-            norm_type="weight_norm",
-            normalize=False,
-            use_causal_conv=False,
-        )
-        decoder = MusicgenDecoderConfig(
-            vocab_size=2048,
-            hidden_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            ffn_dim=128,
-            num_codebooks=4,
-            max_position_embeddings=2048,
-            audio_channels=1,
-        )
-    elif shape == "musicgen-small":
-        text = T5Config(
-            vocab_size=32128,
-            d_model=768,
-            d_kv=64,
-            d_ff=3072,
-            num_layers=12,
-            num_heads=12,
-            decoder_start_token_id=0,
-        )
-        audio = EncodecConfig(
-            audio_channels=1,
-            sampling_rate=32000,
-            target_bandwidths=[2.2],
-            upsampling_ratios=[8, 5, 4, 4],
-            num_filters=64,
-            hidden_size=128,
-            codebook_dim=128,
-            codebook_size=2048,
-            num_lstm_layers=2,
-            norm_type="weight_norm",
-            normalize=False,
-            use_causal_conv=False,
-        )
-        decoder = MusicgenDecoderConfig(
-            vocab_size=2048,
-            hidden_size=1024,
-            num_hidden_layers=24,
-            num_attention_heads=16,
-            ffn_dim=4096,
-            num_codebooks=4,
-            max_position_embeddings=2048,
-            audio_channels=1,
-        )
+        text, audio, decoder = TINY_TEXT, TINY_AUDIO, TINY_DECODER
+    elif shape in RANDOM_SHAPES:
+        size = DECODER_SIZES[shape]
+        text, audio, decoder = T5_BASE, ENCODEC_32KHZ, {**size, "ffn_dim": 4 * size["hidden_size"]}
     else:
         raise SystemExit(f"unknown --random shape {shape!r}; use one of {', '.join(RANDOM_SHAPES)}")
-    return text, audio, decoder
+    return (
+        T5Config(**text, decoder_start_token_id=0),
+        EncodecConfig(
+            audio_channels=1,
+            sampling_rate=32000,
+            target_bandwidths=[2.2],
+            upsampling_ratios=[8, 5, 4, 4],
+            codebook_size=2048,
+            norm_type="weight_norm",
+            normalize=False,
+            use_causal_conv=False,
+            **audio,
+        ),
+        MusicgenDecoderConfig(
+            vocab_size=2048, num_codebooks=4, max_position_embeddings=2048, audio_channels=1, **decoder
+        ),
+    )
 
 
 def build_random_model(shape: str):
@@ -359,13 +344,43 @@ def dim(name: str, max_size: int = 8192):
     return torch.export.Dim(name, min=1, max=max_size)
 
 
-def save_model(model: onnx.ModelProto, path: Path) -> None:
-    """Checks and saves a graph in one file (musicgen-small's decoder is under 2 GB)."""
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
+# What one serialized ONNX file may hold (protobuf's limit), less room for everything that
+# is not a weight.
+INLINE_LIMIT_BYTES = onnx.checker.MAXIMUM_PROTOBUF - (64 << 20)
 
 
-def export_graphs(model, out: Path, progress: Progress) -> tuple[dict, dict]:
+def write_decoder(model, path: Path, args, kv_cache: str = "float32", kv_scales: list | None = None) -> dict:
+    """Builds and saves the decoder graph; returns its weights' recipes. A decoder that
+    does not fit protobuf's 2 GB (musicgen-medium's is 6.5 GB in float32; small's is 1.5
+    GB), or any with `--external-data`, keeps its weights in ONNX external data,
+    `decoder.onnx.data`, written as the graph is built so that the whole never sits in
+    memory. ONNX Runtime reads both from the path."""
+    external_data = start_external_data(path)
+    weight_bytes = 4 * sum(p.numel() for p in model.decoder.parameters())
+    if weight_bytes <= INLINE_LIMIT_BYTES and not args.external_data:
+        proto, recipes = build_decoder_graph(model, kv_cache, kv_scales)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, str(path))
+    else:
+        proto, recipes = build_decoder_graph(model, kv_cache, kv_scales, external_data)
+        onnx.save(proto, str(path))
+        onnx.checker.check_model(str(path))
+    return recipes
+
+
+def needs_external_data(model: onnx.ModelProto, args) -> bool:
+    return args.external_data or sum(len(init.raw_data) for init in model.graph.initializer) > INLINE_LIMIT_BYTES
+
+
+def start_external_data(path: Path) -> Path:
+    """Removes the external data an earlier save of `path` left (onnx appends to an existing
+    data file, so a graph saved again must start a new one); returns its path."""
+    external_data = Path(f"{path}.data")
+    external_data.unlink(missing_ok=True)
+    return external_data
+
+
+def export_graphs(model, out: Path, args, progress: Progress) -> tuple[dict, dict]:
     """Writes every graph; returns their `(file, inputs, outputs)` by manifest key, and the
     decoder's weight recipes (see template.py)."""
     dec = model.decoder.config
@@ -394,8 +409,7 @@ def export_graphs(model, out: Path, progress: Progress) -> tuple[dict, dict]:
     graphs["cross_kv"] = ("cross_kv.onnx", ["conditioning"], cross_out)
 
     progress.stage("writing decoder.onnx (float32 cache)")
-    decoder, recipes = build_decoder_graph(model)
-    save_model(decoder, out / "decoder.onnx")
+    recipes = write_decoder(model, out / "decoder.onnx", args)
     graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers))
 
     progress.stage("exporting codec_frontend.onnx and codec_upsampler.onnx")
@@ -436,6 +450,8 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
 
         if args.quantize != "int8":
             raise SystemExit("--quant-method dynamic quantizes to int8 only")
+        if Path(f"{path}.data").exists():
+            raise SystemExit("--quant-method dynamic needs a decoder of under 2 GB in float32 (small); use matmul_nbits")
         progress.stage("quantizing decoder.onnx matrix multiplications to int8 (dynamic, MatMulInteger)")
         tmp = out / "decoder.int8.onnx"
         # Only MatMuls with constant weights: attention stays in float.
@@ -469,7 +485,8 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
     excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), nodes_to_exclude=excluded, algo_config=config)
     quantizer.process()
-    quantizer.model.save_model_to_file(str(path), use_external_data_format=False)
+    start_external_data(path)
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=needs_external_data(quantizer.model.model, args))
 
 
 def calibrate_kv_scales(out: Path, manifest: dict, progress: Progress) -> list:
@@ -659,6 +676,7 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         "num_codebooks": dec.num_codebooks,
         "cardinality": dec.vocab_size,
         "special_token_id": dec.vocab_size,
+        "family": family(dec),
         "pattern": {"kind": "delay", "delays": delays(dec)},
         "max_frames": min(1500, dec.max_position_embeddings - dec.num_codebooks),
         "decoder": {
@@ -689,6 +707,22 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         manifest["graphs"][key] = {"file": file, "inputs": inputs, "outputs": outputs}
     (out / "musicgen.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
+
+
+def family(dec) -> dict:
+    """Which MusicGen the bundle holds: its channels, its conditioning, and its size as
+    Meta's checkpoints have it (`custom` for another decoder, such as tiny's)."""
+    geometry = {"hidden_size": dec.hidden_size, "num_hidden_layers": dec.num_hidden_layers}
+    sizes = [
+        name.removeprefix("musicgen-")
+        for name, size in DECODER_SIZES.items()
+        if all(size[key] == value for key, value in geometry.items())
+    ]
+    return {
+        "channels": "stereo" if dec.audio_channels == 2 else "mono",
+        "conditioning": "text",
+        "size": sizes[0] if sizes else "custom",
+    }
 
 
 def delays(dec) -> list[int]:
@@ -737,7 +771,7 @@ def write_template(model, args, manifest: dict, progress: Progress) -> None:
     template.scramble(model, SEED + 2)
     with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
         staging = Path(tmp)
-        _, decoder_recipes = export_graphs(model, staging, progress)
+        _, decoder_recipes = export_graphs(model, staging, args, progress)
         quantize_decoder(staging, args, progress)
         progress.stage(f"template: writing {args.template_out} (weights out, a recipe for each)")
         template.write_template(model, staging, args.template_out, manifest, decoder_recipes)
@@ -778,6 +812,11 @@ def main() -> int:
         default="auto",
         help="codec upsampler convolutions but the last stage (auto: int8 when --quantize is set)",
     )
+    parser.add_argument(
+        "--external-data",
+        action="store_true",
+        help="keep the decoder's weights in decoder.onnx.data even where they fit in the graph (always above 2 GB)",
+    )
     parser.add_argument("--golden", action="store_true", help="also write golden.json and golden.wav")
     parser.add_argument(
         "--template-out", type=Path, help="also write the graph template `musicgen import` fills (see template.py)"
@@ -803,12 +842,12 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="musicgen-export-") as tmp:
         staging = Path(tmp)
         write_tokenizer(args, model, staging)
-        graphs, _ = export_graphs(model, staging, progress)
+        graphs, _ = export_graphs(model, staging, args, progress)
         if args.kv_cache == "int8":
             float_manifest = write_manifest(model, name, staging, graphs, args, kv_cache="float32")
             scales = calibrate_kv_scales(staging, float_manifest, progress)
             progress.stage("writing decoder.onnx (int8 cache)")
-            save_model(build_decoder_graph(model, "int8", scales)[0], staging / "decoder.onnx")
+            write_decoder(model, staging / "decoder.onnx", args, "int8", scales)
         quantize_decoder(staging, args, progress)
         if codec_lstm(args) == "int8":
             progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
@@ -825,8 +864,13 @@ def main() -> int:
         if args.template_out:
             write_template(model, args, manifest, progress)
         out.mkdir(parents=True, exist_ok=True)
+        # Weights an earlier export kept beside a graph that now holds its own.
+        for stale in out.glob("*.onnx.data"):
+            stale.unlink()
         for item in staging.iterdir():
-            shutil.copy2(item, out / item.name)
+            # onnx writes some files for its owner alone; a bundle is for whoever plays it.
+            item.chmod(0o644)
+            shutil.move(item, out / item.name)
     size = sum(f.stat().st_size for f in out.iterdir() if f.is_file())
     progress.stage(f"wrote {out} ({size / 1e6:.2f} MB)")
     return 0

@@ -62,7 +62,11 @@ pub fn run(args: &ImportArgs) -> Result<()> {
         report.tensors,
         report.weight_bytes as f64 / 1e6
     );
-    println!("model:       {} ({})", report.model_name, bundle.manifest().family());
+    println!(
+        "model:       {} ({})",
+        report.model_name,
+        bundle.manifest().describe_family()
+    );
     if let Some(peak_mb) = peak_rss_mb() {
         println!("peak memory: {peak_mb:.0} MB resident");
     }

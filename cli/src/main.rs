@@ -349,7 +349,7 @@ fn describe_model(dir: &Path) -> Result<()> {
     let pattern = bundle.pattern(1);
     println!();
     println!("model:                {} ({})", m.model_name, dir.display());
-    println!("family:               {}", m.family());
+    println!("family:               {}", m.describe_family());
     println!(
         "codebooks:            {} of {} codes, pattern {}",
         m.num_codebooks,

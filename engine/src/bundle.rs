@@ -72,6 +72,77 @@ pub struct Manifest {
     pub quantization: Quantization,
     pub kv_cache: KvCacheSpec,
     pub graphs: BTreeMap<String, GraphSpec>,
+    /// As the export names it; bundles exported before the field have it derived.
+    #[serde(default)]
+    family: Option<Family>,
+}
+
+/// Which member of the MusicGen family a bundle holds: what the controls that apply to it
+/// and the people choosing it go by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct Family {
+    pub channels: Channels,
+    pub conditioning: Conditioning,
+    pub size: Size,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Channels {
+    Mono,
+    Stereo,
+}
+
+/// What the music is conditioned on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum Conditioning {
+    #[serde(rename = "text")]
+    Text,
+    /// Text and the chroma of a melody (`musicgen-melody`).
+    #[serde(rename = "text+melody")]
+    TextAndMelody,
+}
+
+/// The decoder's size as Meta's checkpoints have it (`custom`: another geometry, such as
+/// the tests' tiny model).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Size {
+    Small,
+    Medium,
+    Large,
+    Custom,
+}
+
+impl Channels {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Mono => "mono",
+            Self::Stereo => "stereo",
+        }
+    }
+}
+
+impl Size {
+    /// As the manifest spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Small => "small",
+            Self::Medium => "medium",
+            Self::Large => "large",
+            Self::Custom => "custom",
+        }
+    }
+
+    /// Meta's size for a decoder of `num_layers` layers `hidden_size` wide.
+    fn of(num_layers: usize, hidden_size: usize) -> Self {
+        match (num_layers, hidden_size) {
+            (24, 1024) => Self::Small,
+            (48, 1536) => Self::Medium,
+            (48, 2048) => Self::Large,
+            _ => Self::Custom,
+        }
+    }
 }
 
 impl Manifest {
@@ -81,18 +152,68 @@ impl Manifest {
         self.num_codebooks / self.audio_channels
     }
 
-    /// Which member of the MusicGen family the bundle holds, for people: its channels, its
-    /// conditioning and its size, the size named from the decoder's geometry as Meta's
-    /// checkpoints have it.
-    pub fn family(&self) -> String {
-        let channels = if self.audio_channels == 2 { "stereo" } else { "mono" };
-        let size = match (self.decoder.num_layers, self.decoder.hidden_size) {
-            (24, 1024) => "small (300M)".to_owned(),
-            (48, 1536) => "medium (1.5B)".to_owned(),
-            (48, 2048) => "large (3.3B)".to_owned(),
-            (layers, width) => format!("{layers} layers of width {width}, not one of Meta's sizes"),
+    /// Which member of the MusicGen family the bundle holds: the manifest's `family`, or
+    /// for a bundle exported before it, the text-conditioned model its channels and
+    /// decoder geometry make.
+    pub fn family(&self) -> Family {
+        self.family.unwrap_or(Family {
+            channels: if self.audio_channels == 2 {
+                Channels::Stereo
+            } else {
+                Channels::Mono
+            },
+            conditioning: Conditioning::Text,
+            size: Size::of(self.decoder.num_layers, self.decoder.hidden_size),
+        })
+    }
+
+    /// The family for people: `stereo, text-conditioned, medium (1.5B)`.
+    pub fn describe_family(&self) -> String {
+        let family = self.family();
+        let conditioning = match family.conditioning {
+            Conditioning::Text => "text-conditioned",
+            Conditioning::TextAndMelody => "text- and melody-conditioned",
         };
-        format!("{channels}, text-conditioned, {size}")
+        let size = match family.size {
+            Size::Small => "small (300M)".to_owned(),
+            Size::Medium => "medium (1.5B)".to_owned(),
+            Size::Large => "large (3.3B)".to_owned(),
+            Size::Custom => format!(
+                "{} layers of width {}, not one of Meta's sizes",
+                self.decoder.num_layers, self.decoder.hidden_size
+            ),
+        };
+        format!("{}, {conditioning}, {size}", family.channels.name())
+    }
+
+    /// Why the stated family cannot be this bundle's, naming the field.
+    fn family_disagreement(&self) -> Option<(&'static str, String, String)> {
+        let stated = self.family?;
+        let derived = Manifest {
+            family: None,
+            ..self.clone()
+        }
+        .family();
+        if stated.channels != derived.channels {
+            return Some((
+                "family.channels",
+                stated.channels.name().to_owned(),
+                format!("audio_channels is {}: {}", self.audio_channels, derived.channels.name()),
+            ));
+        }
+        if stated.size != derived.size {
+            return Some((
+                "family.size",
+                stated.size.name().to_owned(),
+                format!(
+                    "a decoder of {} layers of width {} is {}",
+                    self.decoder.num_layers,
+                    self.decoder.hidden_size,
+                    derived.size.name()
+                ),
+            ));
+        }
+        None
     }
 }
 
@@ -335,6 +456,9 @@ impl Bundle {
         };
         if let Some((field, value, why)) = out_of_range(&manifest) {
             return Err(invalid(field, value, why));
+        }
+        if let Some((field, value, why)) = manifest.family_disagreement() {
+            return Err(invalid(field, value, &why));
         }
         if manifest.special_token_id as usize != manifest.cardinality {
             return Err(invalid(

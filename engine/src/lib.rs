@@ -28,7 +28,7 @@ mod seam;
 mod stream;
 mod window;
 
-pub use bundle::{Bundle, BundleError, Manifest, find_tiny_bundle};
+pub use bundle::{Bundle, BundleError, Channels, Conditioning, Family, Manifest, Size, find_tiny_bundle};
 pub use codec::{CodecError, CodecWindow, StreamingCodec};
 pub use conditioning::{ConditioningError, CrossAttention};
 pub use cuda::CudaReadiness;

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use musicgen_engine::{Model, ModelOptions};
+use musicgen_engine::{Bundle, Channels, Conditioning, Family, Model, ModelOptions, Size};
 use serde_json::Value;
 
 fn copy_of_tiny() -> tempfile::TempDir {
@@ -166,4 +166,50 @@ fn graph_files_outside_the_bundle_folder_are_refused() {
             "{file}: {err}"
         );
     }
+}
+
+#[test]
+fn a_family_the_bundle_contradicts_is_refused_naming_the_field() {
+    let cases = [
+        ("channels", "stereo", "audio_channels is 1: mono"),
+        ("size", "medium", "a decoder of 2 layers of width 64 is custom"),
+    ];
+    for (field, value, why) in cases {
+        let dir = copy_of_tiny();
+        edit_manifest(dir.path(), |m| m["family"][field] = Value::from(value));
+        let err = load_error(dir.path());
+        assert!(
+            err.contains(&format!("family.{field} is {value}: {why}")),
+            "{field}: {err}"
+        );
+    }
+}
+
+#[test]
+fn the_family_is_read_from_the_manifest_and_derived_for_older_bundles() {
+    let dir = copy_of_tiny();
+    let stated = Bundle::open(dir.path()).unwrap().manifest().family();
+    assert_eq!(
+        stated,
+        Family {
+            channels: Channels::Mono,
+            conditioning: Conditioning::Text,
+            size: Size::Custom,
+        }
+    );
+    edit_manifest(dir.path(), |m| {
+        m.as_object_mut().unwrap().remove("family");
+    });
+    let bundle = Bundle::open(dir.path()).unwrap();
+    assert_eq!(bundle.manifest().family(), stated);
+    assert_eq!(
+        bundle.manifest().describe_family(),
+        "mono, text-conditioned, 2 layers of width 64, not one of Meta's sizes"
+    );
+    // A melody model's conditioning is the manifest's to say: it cannot be derived.
+    edit_manifest(dir.path(), |m| {
+        m["family"] = serde_json::json!({"channels": "mono", "conditioning": "text+melody", "size": "custom"});
+    });
+    let melody = Bundle::open(dir.path()).unwrap().manifest().family();
+    assert_eq!(melody.conditioning, Conditioning::TextAndMelody);
 }

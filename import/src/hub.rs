@@ -45,6 +45,13 @@ const SMALL_REALTIME: &str = "about twice the bench machine's speed: BENCHMARKS.
 (4-bit, float32 cache) played 0.49x real time on 2 cores of an AMD EPYC";
 const STEREO_SMALL_REALTIME: &str = "a little more than musicgen-small (twice the codebooks' \
 embeddings and heads; not benchmarked)";
+/// From the bench's musicgen-medium section: its recommended CPU bundle, which an export
+/// makes (this build has no medium template to import with).
+const MEDIUM_REALTIME: &str = "about 7 times the bench machine's speed: BENCHMARKS.md's \
+musicgen-medium 4-bit CPU bundle (blocks of 128, int8 cache) played 0.14x real time on 2 cores of an \
+AMD EPYC; `cargo xtask export` makes it, this build cannot import it yet";
+const STEREO_MEDIUM_REALTIME: &str = "a little more than musicgen-medium (twice the codebooks' \
+embeddings and heads; not benchmarked); this build cannot import it yet";
 const NO_TEMPLATE: &str = "not importable by this build yet";
 
 /// Every MusicGen checkpoint Meta published, smallest first.
@@ -68,14 +75,14 @@ pub const OFFICIAL: [Official; 9] = [
         description: "1.5B, mono, text",
         weight_bytes: None,
         importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-medium",
         description: "1.5B, stereo, text",
         weight_bytes: None,
         importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: STEREO_MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-melody",

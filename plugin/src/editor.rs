@@ -20,7 +20,7 @@ use nice_plug_egui::widgets::ParamSlider;
 use nice_plug_egui::{EguiEditor, EguiNiceSettings, Frame, NiceEguiApp, create_egui_editor};
 use parking_lot::Mutex;
 
-use crate::controller::{Controller, Request, Snapshot, resources_dir};
+use crate::controller::{Controller, Request, Snapshot, default_model_dir, resources_dir};
 use crate::downloads::{ModelDownload, Phase, bundle_dir};
 use crate::params::{EDITOR_MIN_SIZE, MusicGenParams};
 use crate::slots::{PromptBank, SLOT_COUNT, note_name};
@@ -38,8 +38,9 @@ pub struct EditorApp {
     /// The persisted prompt as last seen, to notice one a loaded state brings.
     stored_prompt: String,
     model_dir: String,
-    /// Why the chosen model folder cannot be used, checked when it is chosen.
-    model_problem: Option<String>,
+    /// The chosen model as its manifest names it (its family), or why it cannot be used;
+    /// checked when it is chosen.
+    model_check: Result<String, String>,
     /// The folder dialog's answer, while one is open.
     browsing: Option<Receiver<Browsed>>,
     /// The *Get model...* list: open or not, the checkpoint chosen in it, the precision,
@@ -65,8 +66,8 @@ pub fn create(params: Arc<MusicGenParams>, controller: &Controller) -> Option<Eg
         gui: None,
         stored_prompt: prompt.clone(),
         prompt,
+        model_check: describe_model(&model_dir),
         model_dir,
-        model_problem: None,
         browsing: None,
         get_model: GetModel::default(),
         bank_dialog: None,
@@ -436,7 +437,7 @@ impl EditorApp {
                     self.choose_model();
                 }
                 None if answer.open_for < NO_DIALOG_WITHIN => {
-                    self.model_problem = Some(format!("{NO_DIALOG}; type the model folder's path instead"));
+                    self.model_check = Err(format!("{NO_DIALOG}; type the model folder's path instead"));
                 }
                 None => {}
             }
@@ -463,9 +464,10 @@ impl EditorApp {
                 self.get_model.open = !self.get_model.open;
             }
         });
-        if let Some(problem) = &self.model_problem {
-            ui.colored_label(RED, problem);
-        }
+        match &self.model_check {
+            Ok(family) => ui.weak(family),
+            Err(problem) => ui.colored_label(RED, problem),
+        };
         if let Some(ready) = self.get_model.take_finished() {
             self.model_dir = ready.display().to_string();
             self.choose_model();
@@ -492,11 +494,7 @@ impl EditorApp {
     /// now, not at the next Generate, when it is not a bundle.
     fn choose_model(&mut self) {
         let chosen = self.model_dir.trim().to_owned();
-        self.model_problem = if chosen.is_empty() {
-            None
-        } else {
-            Bundle::open(std::path::Path::new(&chosen)).err().map(|e| e.to_string())
-        };
+        self.model_check = describe_model(&chosen);
         *self.params.model_dir.write() = chosen;
     }
 
@@ -823,6 +821,19 @@ fn ask_in_dialog(
         })
         .expect("the OS can start a thread");
     answer_rx
+}
+
+/// The model in `chosen` (empty: the bundled one), as its manifest names it and its
+/// family, or why it is not a bundle.
+fn describe_model(chosen: &str) -> Result<String, String> {
+    let dir = if chosen.is_empty() {
+        default_model_dir()
+    } else {
+        PathBuf::from(chosen)
+    };
+    let bundle = Bundle::open(&dir).map_err(|e| e.to_string())?;
+    let manifest = bundle.manifest();
+    Ok(format!("{}: {}", manifest.model_name, manifest.describe_family()))
 }
 
 /// Opens the system's folder dialog for a model folder, starting in `current`.

@@ -1,8 +1,8 @@
-//! `cargo xtask bench`: exports (once, cached under `target/bench/`) random bundles of
-//! musicgen-small's real shape in each precision and cache type worth comparing, times
-//! each with `musicgen bench` (one process per bundle, so that peak memory is its own),
-//! times transformers' own `generate` on the same model as the anchor, and writes the
-//! tables to BENCHMARKS.md.
+//! `cargo xtask bench`: exports (once, cached under `target/bench/`) random bundles of a
+//! real checkpoint's shape (musicgen-small in each precision and cache type worth
+//! comparing, musicgen-medium in 4 bits), times each with `musicgen bench` (one process per
+//! bundle, so that peak memory is its own), times transformers' own `generate` on the same
+//! small model as the anchor, and writes the shape's section of BENCHMARKS.md.
 //!
 //! The baseline rows are the engine and exporter as they were before the CPU work
 //! ([`BASELINE_COMMIT`]): a git worktree of that commit is built and runs its own bundles,
@@ -112,7 +112,48 @@ pub const VARIANTS: &[Variant] = &[
     },
 ];
 
+/// The model shapes the bench exports (`models/export.py --random SHAPE`).
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Shape {
+    MusicgenSmall,
+    MusicgenMedium,
+}
+
+impl Shape {
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::MusicgenSmall => "musicgen-small",
+            Self::MusicgenMedium => "musicgen-medium",
+        }
+    }
+
+    pub fn description(self) -> &'static str {
+        match self {
+            Self::MusicgenSmall => "24 layers, 16 heads, width 1024, K = 4, cardinality 2048",
+            Self::MusicgenMedium => "48 layers, 24 heads, width 1536, K = 4, cardinality 2048",
+        }
+    }
+
+    /// Every variant for musicgen-small; for medium, whose float32 bundle streams too
+    /// slowly on a CPU to be worth an hour of the bench, the 4-bit ones.
+    fn variants(self) -> Vec<&'static Variant> {
+        VARIANTS
+            .iter()
+            .filter(|v| self == Self::MusicgenSmall || MEDIUM_VARIANTS.contains(&v.name))
+            .collect()
+    }
+
+    /// The baseline engine and transformers' anchor run on musicgen-small only: the first
+    /// is the CPU work's starting point, the second would take half an hour on medium.
+    pub fn has_comparisons(self) -> bool {
+        self == Self::MusicgenSmall
+    }
+}
+
+const MEDIUM_VARIANTS: [&str; 2] = ["int4", RECOMMENDED];
+
 pub struct BenchOptions {
+    pub shape: Shape,
     pub stream_seconds: f64,
     pub quick: bool,
 }
@@ -121,8 +162,10 @@ pub fn bench(root: &Path, options: &BenchOptions) -> Result<()> {
     system::ensure_build_prerequisites()?;
     let library = ort::ensure(root, ort::Provider::Cpu)?;
     let started = Instant::now();
-    let variants: Vec<&Variant> = VARIANTS
-        .iter()
+    let shape = options.shape;
+    let variants: Vec<&Variant> = shape
+        .variants()
+        .into_iter()
         .filter(|v| !options.quick || v.name == RECOMMENDED)
         .collect();
     // Quick streams still pass one slide of the default live window (10 s).
@@ -133,11 +176,14 @@ pub fn bench(root: &Path, options: &BenchOptions) -> Result<()> {
     } else {
         Err("not run".to_owned())
     };
-    let reference = (!options.quick).then(|| bundle_dir(root, REFERENCE));
-    let total = variants.len() + 1;
+    let reference = variants
+        .iter()
+        .any(|v| v.name == REFERENCE)
+        .then(|| bundle_dir(root, shape, REFERENCE));
+    let total = variants.len() + usize::from(shape.has_comparisons());
     let mut measured = Vec::new();
     for (i, variant) in variants.iter().enumerate() {
-        println!("[{}/{total}] musicgen-small {}", i + 1, variant.name);
+        println!("[{}/{total}] {} {}", i + 1, shape.name(), variant.name);
         let engine = match variant.engine {
             Engine::Current => Ok(Tools {
                 musicgen: current.clone(),
@@ -160,23 +206,30 @@ pub fn bench(root: &Path, options: &BenchOptions) -> Result<()> {
         .find_map(|m| m.report.as_ref().ok())
         .and_then(|r| r["stream"]["pattern_steps"].as_u64())
         .context("no bundle could be measured; see the errors above")?;
-    let anchor_steps = if options.quick { 60 } else { pattern_steps };
-    println!("[{total}/{total}] transformers generate, {anchor_steps} steps");
-    let anchor = run_anchor(root, anchor_steps)?;
+    let anchor = if shape.has_comparisons() {
+        let anchor_steps = if options.quick { 60 } else { pattern_steps };
+        println!("[{total}/{total}] transformers generate, {anchor_steps} steps");
+        Some(run_anchor(root, anchor_steps)?)
+    } else {
+        None
+    };
     let facts = RunFacts {
+        shape,
         stream_seconds,
         total_seconds: started.elapsed().as_secs_f64(),
         quick: options.quick,
     };
-    let markdown = bench_report::render(&measured, &anchor, &facts)?;
-    print!("{markdown}");
+    let section = bench_report::render(&measured, anchor.as_ref(), &facts)?;
+    print!("{section}");
     if options.quick {
         println!("(--quick: BENCHMARKS.md left as it is)");
         return Ok(());
     }
     let out = root.join("BENCHMARKS.md");
-    fs::write(&out, markdown).with_context(|| format!("writing {}", out.display()))?;
-    println!("wrote {}", out.display());
+    let previous = fs::read_to_string(&out).unwrap_or_default();
+    fs::write(&out, bench_report::replace_section(&previous, shape, &section))
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("wrote the {} section of {}", shape.name(), out.display());
     Ok(())
 }
 
@@ -232,8 +285,10 @@ fn build_baseline(root: &Path) -> Result<Tools> {
     })
 }
 
-fn bundle_dir(root: &Path, name: &str) -> PathBuf {
-    root.join("target").join("bench").join(format!("musicgen-small-{name}"))
+fn bundle_dir(root: &Path, shape: Shape, name: &str) -> PathBuf {
+    root.join("target")
+        .join("bench")
+        .join(format!("{}-{name}", shape.name()))
 }
 
 /// Exports (once) and times one bundle.
@@ -246,13 +301,14 @@ fn measure(
     options: &BenchOptions,
     reference: Option<&Path>,
 ) -> Measured {
-    let dir = bundle_dir(root, variant.name);
+    let shape = options.shape;
+    let dir = bundle_dir(root, shape, variant.name);
     let failed = |why: String| Measured::failed(variant, why);
     let tools = match tools {
         Ok(tools) => tools,
         Err(why) => return failed(format!("baseline unavailable: {why}")),
     };
-    let export_seconds = match export_once(root, &dir, &tools.export_py, variant.export_args) {
+    let export_seconds = match export_once(root, shape, &dir, &tools.export_py, variant.export_args) {
         Ok(seconds) => seconds,
         Err(error) => return failed(format!("export failed: {error:#}")),
     };
@@ -289,7 +345,7 @@ fn measure(
 
 /// Exports the bundle with `export_py` unless `dir` already holds it in the bundle format
 /// of `models/tiny`; returns the export's time when it ran.
-fn export_once(root: &Path, dir: &Path, export_py: &Path, export_args: &[&str]) -> Result<Option<f64>> {
+fn export_once(root: &Path, shape: Shape, dir: &Path, export_py: &Path, export_args: &[&str]) -> Result<Option<f64>> {
     let format_version = |dir: &Path| -> Option<Value> {
         let text = fs::read_to_string(dir.join("musicgen.json")).ok()?;
         Some(serde_json::from_str::<Value>(&text).ok()?["format_version"].clone())
@@ -303,7 +359,7 @@ fn export_once(root: &Path, dir: &Path, export_py: &Path, export_args: &[&str]) 
     let python_bin = python::ensure_venv(root)?;
     run(Command::new(python_bin)
         .arg(export_py)
-        .args(["--random", "musicgen-small", "--out"])
+        .args(["--random", shape.name(), "--out"])
         .arg(dir)
         .args(export_args)
         .current_dir(root))?;

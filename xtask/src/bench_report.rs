@@ -1,6 +1,6 @@
-//! BENCHMARKS.md from one `cargo xtask bench` run: the decoder's steps per second against
-//! the memory bound, the whole streaming path, quality against float32, and the issue's
-//! targets.
+//! BENCHMARKS.md, a section per model shape, each from one `cargo xtask bench --shape` run:
+//! the decoder's steps per second against the memory bound, the whole streaming path,
+//! quality against float32, and (musicgen-small) the CPU work's targets.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -9,7 +9,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 use serde_json::Value;
 
-use crate::bench::{BASELINE_COMMIT, RECOMMENDED, Variant};
+use crate::bench::{BASELINE_COMMIT, RECOMMENDED, Shape, Variant};
 
 /// One bundle's outcome: its `musicgen bench` report, or why there is none.
 pub struct Measured {
@@ -39,6 +39,7 @@ impl Measured {
 }
 
 pub struct RunFacts {
+    pub shape: Shape,
     pub stream_seconds: f64,
     pub total_seconds: f64,
     pub quick: bool,
@@ -54,24 +55,61 @@ const TARGET_PEAK_RSS_MB: f64 = 1300.0;
 
 const CONTEXTS: [u64; 3] = [10, 500, 1500];
 
-pub fn render(measured: &[Measured], anchor: &Value, facts: &RunFacts) -> Result<String> {
+const TITLE: &str = "# Benchmarks\n\nOne section per model shape, each from one `cargo xtask bench --shape SHAPE` run on one machine: compare figures within a section; across sections (runs, perhaps machines) compare ratios such as the share of the memory bound.\n";
+
+/// The shape's section of BENCHMARKS.md, between its markers.
+pub fn render(measured: &[Measured], anchor: Option<&Value>, facts: &RunFacts) -> Result<String> {
     let mut md = String::new();
+    writeln!(md, "{}", start_marker(facts.shape))?;
     header(&mut md, anchor, facts)?;
     decoder_table(&mut md, measured)?;
     stream_table(&mut md, measured, anchor, facts)?;
-    targets(&mut md, measured)?;
+    if facts.shape.has_comparisons() {
+        targets(&mut md, measured)?;
+        writeln!(md)?;
+    }
     writeln!(
         md,
-        "\nReproduce: `cargo xtask bench` (bundles are exported once into `target/bench/`; `--quick` times the recommended bundle alone on a 16 s stream)."
+        "Reproduce: `cargo xtask bench --shape {}` (bundles are exported once into `target/bench/`; `--quick` times the recommended bundle alone on a 16 s stream).",
+        facts.shape.name()
     )?;
+    writeln!(md, "{}", end_marker(facts.shape))?;
     Ok(md)
 }
 
-fn header(md: &mut String, anchor: &Value, facts: &RunFacts) -> Result<()> {
-    writeln!(md, "# Benchmarks\n")?;
+fn start_marker(shape: Shape) -> String {
+    format!("<!-- bench {} -->", shape.name())
+}
+
+fn end_marker(shape: Shape) -> String {
+    format!("<!-- end bench {} -->", shape.name())
+}
+
+/// `previous` BENCHMARKS.md with `shape`'s section replaced by `section` (appended when it
+/// has none), the other shapes' sections kept as their runs wrote them.
+pub fn replace_section(previous: &str, shape: Shape, section: &str) -> String {
+    let body = if previous.starts_with(TITLE) { previous } else { TITLE };
+    let (start, end) = (start_marker(shape), end_marker(shape));
+    match (body.find(&start), body.find(&end)) {
+        (Some(from), Some(to)) if from < to => {
+            let after = body[to + end.len()..].trim_start_matches('\n');
+            let after = if after.is_empty() {
+                String::new()
+            } else {
+                format!("\n{after}")
+            };
+            format!("{}{section}{after}", &body[..from])
+        }
+        _ => format!("{}\n\n{section}", body.trim_end()),
+    }
+}
+
+fn header(md: &mut String, anchor: Option<&Value>, facts: &RunFacts) -> Result<()> {
+    let shape = facts.shape.name();
+    writeln!(md, "## {shape}\n")?;
     writeln!(
         md,
-        "Measured by `cargo xtask bench{}` on {} (UTC), {:.0} s in all, one run on one machine.\n",
+        "Measured by `cargo xtask bench --shape {shape}{}` on {} (UTC), {:.0} s in all, one run on one machine.\n",
         if facts.quick { " --quick" } else { "" },
         shell_output("date", &["-u", "+%Y-%m-%d %H:%M"]),
         facts.total_seconds
@@ -79,23 +117,37 @@ fn header(md: &mut String, anchor: &Value, facts: &RunFacts) -> Result<()> {
     writeln!(md, "- Machine: {}", machine())?;
     writeln!(
         md,
-        "- Model: a randomly initialised MusicGen of musicgen-small's shape (24 layers, 16 heads, width 1024, K = 4, cardinality 2048), exported by `models/export.py --random musicgen-small`; the cost of a step is that of the trained weights."
+        "- Model: a randomly initialised MusicGen of {shape}'s shape ({}), exported by `models/export.py --random {shape}`; the cost of a step is that of the trained weights.",
+        facts.shape.description()
     )?;
     writeln!(
         md,
-        "- Engine: `musicgen bench` (release build), CPU execution provider, every core, guidance as one batch of 2 rows, output at 48 kHz. Baseline rows: the engine and exporter of commit `{}` (before this work), built from a worktree and run on their own bundles in the same run.",
-        &BASELINE_COMMIT[..7]
+        "- Engine: `musicgen bench` (release build), CPU execution provider, every core, guidance as one batch of 2 rows, output at 48 kHz.{}",
+        if facts.shape.has_comparisons() {
+            format!(
+                " Baseline rows: the engine and exporter of commit `{}` (before this work), built from a worktree and run on their own bundles in the same run.",
+                &BASELINE_COMMIT[..7]
+            )
+        } else {
+            String::new()
+        }
     )?;
-    writeln!(
-        md,
-        "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps on the same random model: {:.2} steps/s (its final Encodec decode, {:.2} s, left out).\n",
-        anchor["transformers"].as_str().unwrap_or("?"),
-        anchor["torch"].as_str().unwrap_or("?"),
-        anchor["threads"],
-        anchor["steps"],
-        anchor["steps_per_second"].as_f64().unwrap_or(0.0),
-        anchor["decode_seconds"].as_f64().unwrap_or(0.0)
-    )?;
+    match anchor {
+        Some(anchor) => writeln!(
+            md,
+            "- Anchor: transformers {} with PyTorch {} (eager, {} threads), `generate(do_sample=True, top_k=250, guidance_scale=3)` for {} steps on the same random model: {:.2} steps/s (its final Encodec decode, {:.2} s, left out).\n",
+            anchor["transformers"].as_str().unwrap_or("?"),
+            anchor["torch"].as_str().unwrap_or("?"),
+            anchor["threads"],
+            anchor["steps"],
+            anchor["steps_per_second"].as_f64().unwrap_or(0.0),
+            anchor["decode_seconds"].as_f64().unwrap_or(0.0)
+        )?,
+        None => writeln!(
+            md,
+            "- No baseline or transformers rows: those run on musicgen-small (its section).\n"
+        )?,
+    }
     Ok(())
 }
 
@@ -119,7 +171,7 @@ fn bound_at(m: &Measured, report: &Value, frames: u64) -> Option<f64> {
 }
 
 fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
-    writeln!(md, "## Decoder steps per second (guidance, batch of 2)\n")?;
+    writeln!(md, "### Decoder steps per second (guidance, batch of 2)\n")?;
     writeln!(
         md,
         "| bundle | what | MB | nodes | 10 | 500 | 1500 | bound 10 / 500 / 1500 | share of bound at 500 | x baseline-int8 at 500 |"
@@ -175,13 +227,13 @@ fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
     Ok(())
 }
 
-fn stream_table(md: &mut String, measured: &[Measured], anchor: &Value, facts: &RunFacts) -> Result<()> {
-    let anchor_rate = anchor["steps_per_second"]
-        .as_f64()
-        .context("the anchor reported no rate")?;
+fn stream_table(md: &mut String, measured: &[Measured], anchor: Option<&Value>, facts: &RunFacts) -> Result<()> {
+    let anchor_rate = anchor
+        .map(|a| a["steps_per_second"].as_f64().context("the anchor reported no rate"))
+        .transpose()?;
     writeln!(
         md,
-        "## The whole streaming path ({} s of audio, live window 10 s keeping 4 s)\n",
+        "### The whole streaming path ({} s of audio, live window 10 s keeping 4 s)\n",
         facts.stream_seconds
     )?;
     writeln!(
@@ -223,7 +275,7 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: &Value, facts: &
                 .map_or_else(|| "-".to_owned(), |e| f(&e["code_agreement"], 2)),
             f(&r["snr_db_vs_reference"], 1),
             opt(pattern_rate, 1),
-            opt(pattern_rate.map(|p| p / anchor_rate), 2),
+            opt(pattern_rate.zip(anchor_rate).map(|(p, a)| p / a), 2),
             m.export_seconds
                 .map_or_else(|| "cached".to_owned(), |s| format!("{s:.0}")),
         )?;
@@ -236,7 +288,7 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: &Value, facts: &
 }
 
 fn targets(md: &mut String, measured: &[Measured]) -> Result<()> {
-    writeln!(md, "## Targets (recommended CPU bundle: {RECOMMENDED})\n")?;
+    writeln!(md, "### Targets (recommended CPU bundle: {RECOMMENDED})\n")?;
     writeln!(md, "| target | measured | met |")?;
     writeln!(md, "| --- | ---: | --- |")?;
     let report = |name: &str| {
@@ -342,4 +394,39 @@ fn machine() -> String {
         })
         .map_or_else(String::new, |kb| format!(", {:.0} GiB", kb / 1024.0 / 1024.0));
     format!("{cpu}, {cores} cores available{memory_gb}, no GPU")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_replaces_its_own_section_and_keeps_the_others() {
+        let small = |run: &str| {
+            format!("<!-- bench musicgen-small -->\n## musicgen-small\n{run}\n<!-- end bench musicgen-small -->\n")
+        };
+        let medium = |run: &str| {
+            format!("<!-- bench musicgen-medium -->\n## musicgen-medium\n{run}\n<!-- end bench musicgen-medium -->\n")
+        };
+
+        let first = replace_section("", Shape::MusicgenSmall, &small("run 1"));
+        assert_eq!(first, format!("{TITLE}\n{}", small("run 1")));
+        let both = replace_section(&first, Shape::MusicgenMedium, &medium("run 2"));
+        assert_eq!(both, format!("{TITLE}\n{}\n{}", small("run 1"), medium("run 2")));
+        let again = replace_section(&both, Shape::MusicgenSmall, &small("run 3"));
+        assert_eq!(again, format!("{TITLE}\n{}\n{}", small("run 3"), medium("run 2")));
+        assert_eq!(
+            replace_section(&again, Shape::MusicgenMedium, &medium("run 4")),
+            format!("{TITLE}\n{}\n{}", small("run 3"), medium("run 4"))
+        );
+    }
+
+    #[test]
+    fn a_file_without_the_title_is_started_again() {
+        let section = "<!-- bench musicgen-medium -->\nx\n<!-- end bench musicgen-medium -->\n";
+        assert_eq!(
+            replace_section("# Benchmarks\n\nan older layout\n", Shape::MusicgenMedium, section),
+            format!("{TITLE}\n{section}")
+        );
+    }
 }

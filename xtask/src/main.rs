@@ -43,10 +43,13 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Time musicgen-small's shape in every precision and cache type worth comparing, and
-    /// the engine before this work, against transformers and the memory bound; writes
-    /// BENCHMARKS.md (bundles are exported once into target/bench/).
+    /// Time a model shape's bundles against the memory bound: musicgen-small in every
+    /// precision and cache type worth comparing, the engine before this work and
+    /// transformers; musicgen-medium in 4 bits. Writes the shape's section of BENCHMARKS.md
+    /// (bundles are exported once into target/bench/).
     Bench {
+        #[arg(long, value_enum, default_value_t = bench::Shape::MusicgenSmall)]
+        shape: bench::Shape,
         /// Audio streamed through the whole path per bundle.
         #[arg(long, default_value_t = 30.0)]
         stream_seconds: f64,
@@ -109,7 +112,18 @@ fn run_task(task: Task) -> Result<()> {
             python::write_templates(&root, if shapes.is_empty() { &all } else { &shapes })
         }
         Task::Bundle { args } => bundle::bundle(&root, args),
-        Task::Bench { stream_seconds, quick } => bench::bench(&root, &bench::BenchOptions { stream_seconds, quick }),
+        Task::Bench {
+            shape,
+            stream_seconds,
+            quick,
+        } => bench::bench(
+            &root,
+            &bench::BenchOptions {
+                shape,
+                stream_seconds,
+                quick,
+            },
+        ),
         Task::Demo => demo(&root),
         Task::Test => test(&root),
         Task::Validate { release } => validate::validate(&root, release),

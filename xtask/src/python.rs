@@ -226,6 +226,8 @@ pub fn write_checkpoint_fixtures(root: &Path) -> Result<()> {
         &owned(&[
             "--checkpoint",
             &stereo,
+            // The layout of decoders over 2 GB (medium, large), on a tiny one.
+            "--external-data",
             "--out",
             &path(&[CHECKPOINT_EXPORTS, "tiny-stereo"]),
         ]),
