@@ -45,11 +45,11 @@ const SMALL_REALTIME: &str = "about twice the bench machine's speed: BENCHMARKS.
 (4-bit, float32 cache) played 0.49x real time on 2 cores of an AMD EPYC";
 const STEREO_SMALL_REALTIME: &str = "a little more than musicgen-small (twice the codebooks' \
 embeddings and heads; not benchmarked)";
-/// From the bench's musicgen-medium section: its recommended CPU bundle, which an export
-/// makes (this build has no medium template to import with).
-const MEDIUM_REALTIME: &str = "about 7 times the bench machine's speed: BENCHMARKS.md's \
-musicgen-medium 4-bit CPU bundle (blocks of 128, int8 cache) played 0.14x real time on 2 cores of an \
-AMD EPYC; `cargo xtask export` makes it, this build cannot import it yet";
+/// From the bench's musicgen-medium section: its `int4` row runs the graphs of a 4-bit
+/// import (blocks of 32, float32 cache; its codec was int8).
+const MEDIUM_REALTIME: &str = "about 8 times the bench machine's speed: BENCHMARKS.md's \
+musicgen-medium 4-bit row (float32 cache) played 0.12x real time on 2 cores of an AMD EPYC; a GPU, \
+or rendering to a file";
 const STEREO_MEDIUM_REALTIME: &str = "a little more than musicgen-medium (twice the codebooks' \
 embeddings and heads; not benchmarked); this build cannot import it yet";
 const NO_TEMPLATE: &str = "not importable by this build yet";
@@ -73,8 +73,8 @@ pub const OFFICIAL: [Official; 9] = [
     Official {
         repo: "facebook/musicgen-medium",
         description: "1.5B, mono, text",
-        weight_bytes: None,
-        importable: false,
+        weight_bytes: Some(8_032_360_536),
+        importable: true,
         realtime: MEDIUM_REALTIME,
     },
     Official {

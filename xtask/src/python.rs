@@ -150,7 +150,13 @@ const TEMPLATE_PRECISIONS: [(&str, &[&str]); 3] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 4] = ["tiny", "tiny-stereo", "musicgen-small", "musicgen-stereo-small"];
+pub const TEMPLATE_SHAPES: [&str; 5] = [
+    "tiny",
+    "tiny-stereo",
+    "musicgen-small",
+    "musicgen-stereo-small",
+    "musicgen-medium",
+];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
 pub fn write_templates(root: &Path, shapes: &[String]) -> Result<()> {
