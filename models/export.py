@@ -356,8 +356,7 @@ def write_decoder(model, path: Path, args, kv_cache: str = "float32", kv_scales:
     `decoder.onnx.data`, written as the graph is built so that the whole never sits in
     memory. ONNX Runtime reads both from the path."""
     external_data = start_external_data(path)
-    weight_bytes = 4 * sum(p.numel() for p in model.decoder.parameters())
-    if weight_bytes <= INLINE_LIMIT_BYTES and not args.external_data:
+    if not keeps_external_data(4 * sum(p.numel() for p in model.decoder.parameters()), args):
         proto, recipes = build_decoder_graph(model, kv_cache, kv_scales)
         onnx.checker.check_model(proto)
         onnx.save(proto, str(path))
@@ -368,8 +367,9 @@ def write_decoder(model, path: Path, args, kv_cache: str = "float32", kv_scales:
     return recipes
 
 
-def needs_external_data(model: onnx.ModelProto, args) -> bool:
-    return args.external_data or sum(len(init.raw_data) for init in model.graph.initializer) > INLINE_LIMIT_BYTES
+def keeps_external_data(weight_bytes: int, args) -> bool:
+    """Whether a decoder of `weight_bytes` keeps its weights in `decoder.onnx.data`."""
+    return args.external_data or weight_bytes > INLINE_LIMIT_BYTES
 
 
 def start_external_data(path: Path) -> Path:
@@ -485,8 +485,9 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
     excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), nodes_to_exclude=excluded, algo_config=config)
     quantizer.process()
+    quantized_bytes = sum(len(init.raw_data) for init in quantizer.model.model.graph.initializer)
     start_external_data(path)
-    quantizer.model.save_model_to_file(str(path), use_external_data_format=needs_external_data(quantizer.model.model, args))
+    quantizer.model.save_model_to_file(str(path), use_external_data_format=keeps_external_data(quantized_bytes, args))
 
 
 def calibrate_kv_scales(out: Path, manifest: dict, progress: Progress) -> list:

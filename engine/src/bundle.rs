@@ -156,7 +156,12 @@ impl Manifest {
     /// for a bundle exported before it, the text-conditioned model its channels and
     /// decoder geometry make.
     pub fn family(&self) -> Family {
-        self.family.unwrap_or(Family {
+        self.family.unwrap_or_else(|| self.derived_family())
+    }
+
+    /// The text-conditioned model the channels and the decoder's geometry make.
+    fn derived_family(&self) -> Family {
+        Family {
             channels: if self.audio_channels == 2 {
                 Channels::Stereo
             } else {
@@ -164,7 +169,7 @@ impl Manifest {
             },
             conditioning: Conditioning::Text,
             size: Size::of(self.decoder.num_layers, self.decoder.hidden_size),
-        })
+        }
     }
 
     /// The family for people: `stereo, text-conditioned, medium (1.5B)`.
@@ -189,11 +194,7 @@ impl Manifest {
     /// Why the stated family cannot be this bundle's, naming the field.
     fn family_disagreement(&self) -> Option<(&'static str, String, String)> {
         let stated = self.family?;
-        let derived = Manifest {
-            family: None,
-            ..self.clone()
-        }
-        .family();
+        let derived = self.derived_family();
         if stated.channels != derived.channels {
             return Some((
                 "family.channels",
