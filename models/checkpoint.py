@@ -1,6 +1,7 @@
 """Saves a randomly initialised MusicGen as a transformers checkpoint folder, the shape the
 hub's `facebook/musicgen-*` folders have: config.json, safetensors weights (one file or
-shards with an index) and the T5 tokenizer.json. The weights are the ones `export.py
+shards with an index), the T5 tokenizer.json, and for a melody model the feature
+extractor's preprocessor_config.json. The weights are the ones `export.py
 --random SHAPE` exports, so the bundle `musicgen import` makes of this folder must give
 that export's golden codes.
 
@@ -54,6 +55,11 @@ def main() -> int:
     shard = args.shard_bytes if args.shard_bytes else "100GB"
     model.save_pretrained(str(args.out), safe_serialization=True, max_shard_size=shard)
     export.build_tiny_tokenizer(min(model.text_encoder.config.vocab_size, 256), args.out / "tokenizer.json")
+    if "melody" in args.random:
+        # As the hub's melody folders have it: the chroma settings (preprocessor_config.json).
+        from transformers import MusicgenMelodyFeatureExtractor
+
+        MusicgenMelodyFeatureExtractor().save_pretrained(str(args.out))
     if args.legacy_names:
         legacy_names(args.out)
     files = sorted(p.name for p in args.out.iterdir())

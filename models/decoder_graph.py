@@ -15,6 +15,13 @@ ONNX Runtime runs fastest on the CPU, and a cache contract that never copies the
 
 Cross-attention runs on keys and values `cross_kv.onnx` computes once per prompt; its keys
 come transposed (`[2, H, D, L]`) so that a step multiplies without a transpose.
+
+A melody model (`MusicgenMelodyForConditionalGeneration`) has no cross-attention: its
+conditioning is a prefix of the decoder's own sequence, the projected chroma followed by the
+projected text (transformers concatenates them in front of the codes' embeddings). The graph
+takes both as inputs, `chroma` `[2, C, 12]` and `conditioning` `[2, L, width]`, and puts them
+in front of the step's embeddings; the engine passes them with the first call on an empty
+cache and zero-length ones afterwards, so the cache's first `C + L` slots hold the prefix.
 """
 
 from __future__ import annotations
@@ -94,11 +101,16 @@ def f32(tensor) -> np.ndarray:
     return tensor.detach().cpu().float().numpy()
 
 
+def is_melody(model) -> bool:
+    """Whether `model` conditions by prefix (MusicgenMelodyForConditionalGeneration)."""
+    return not hasattr(model.decoder.model.decoder.layers[0], "encoder_attn")
+
+
 def build_decoder_graph(
     model, kv_cache: str = "float32", kv_scales: dict | None = None, external_data: Path | None = None
 ) -> tuple[onnx.ModelProto, dict]:
-    """The decoder graph of `model` (a MusicgenForConditionalGeneration), and the recipes of
-    its weights by initializer name. `kv_cache` is `float32` or `int8`; int8 needs
+    """The decoder graph of `model` (a MusicgenForConditionalGeneration or
+    MusicgenMelodyForConditionalGeneration), and the recipes of its weights by initializer name. `kv_cache` is `float32` or `int8`; int8 needs
     `kv_scales`: per layer `(key_scale, value_scale)`, each `[1, H, 1, D]` float32. With
     `external_data`, the weights are written there (see GraphBuilder)."""
     decoder = model.decoder.model.decoder
@@ -108,6 +120,7 @@ def build_decoder_graph(
     head_dim = width // heads
     k_count, vocab = config.num_codebooks, config.vocab_size
     cache_type = {"float32": TensorProto.FLOAT, "int8": TensorProto.INT8}[kv_cache]
+    melody = is_melody(model)
     g = GraphBuilder(external_data)
     source = Sources(model)
 
@@ -120,8 +133,12 @@ def build_decoder_graph(
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, "steps", k_count]),
         helper.make_tensor_value_info("past_len", TensorProto.INT64, [1]),
-        helper.make_tensor_value_info("encoder_attention_bias", TensorProto.FLOAT, [2, "text"]),
     ]
+    if melody:
+        inputs.append(helper.make_tensor_value_info("chroma", TensorProto.FLOAT, [2, "chroma", model.config.num_chroma]))
+        inputs.append(helper.make_tensor_value_info("conditioning", TensorProto.FLOAT, [2, "text", width]))
+    else:
+        inputs.append(helper.make_tensor_value_info("encoder_attention_bias", TensorProto.FLOAT, [2, "text"]))
     outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, k_count, vocab])]
     for i in range(layers):
         for kind in ("key", "value"):
@@ -129,7 +146,7 @@ def build_decoder_graph(
             outputs.append(
                 helper.make_tensor_value_info(f"present_{kind}_{i}", cache_type, [2, heads, "capacity", head_dim])
             )
-    for i in range(layers):
+    for i in range(layers if not melody else 0):
         inputs.append(helper.make_tensor_value_info(f"cross_key_{i}", TensorProto.FLOAT, [2, heads, head_dim, "text"]))
         inputs.append(helper.make_tensor_value_info(f"cross_value_{i}", TensorProto.FLOAT, [2, heads, "text", head_dim]))
 
@@ -140,9 +157,19 @@ def build_decoder_graph(
     ids = g.op("Add", ["input_ids", g.const("codebook_offsets", offsets)])
     embedded = g.op("Gather", [g.weight("embed_tokens", table, table_recipe), ids], outputs=[EMBED_NODE], axis=0)
     hidden = g.op("ReduceSum", [embedded, g.const("codebook_axis", np.array([2], np.int64))], keepdims=0)
+    if melody:
+        # The prefix: chroma projected to the decoder's width, then the (already projected)
+        # text; both empty after the first call.
+        chroma = "chroma"
+        proj = getattr(model, "audio_enc_to_dec_proj", None)
+        if proj is not None:
+            chroma = g.op("MatMul", [chroma, g.weight("audio_enc_to_dec_proj.weight", *transposed(proj))])
+            chroma = g.op("Add", [chroma, g.weight("audio_enc_to_dec_proj.bias", f32(proj.bias), source.tensor(proj.bias))])
+        hidden = g.op("Concat", [chroma, "conditioning", hidden], axis=1)
 
-    # Positions past_len .. past_len + S - 1; GroupQueryAttention's lengths as int32.
-    steps = g.op("Gather", [g.op("Shape", ["input_ids"]), g.const("step_axis", np.array([1], np.int64))], axis=0)
+    # Positions past_len .. past_len + S - 1 (S counts a melody model's prefix too);
+    # GroupQueryAttention's lengths as int32.
+    steps = g.op("Gather", [g.op("Shape", [hidden]), g.const("step_axis", np.array([1], np.int64))], axis=0)
     total = g.op("Add", ["past_len", steps])
     scalar_axes = g.const("scalar_axes", np.array([0], np.int64))
     end_position = g.op("Squeeze", [total, scalar_axes])
@@ -164,12 +191,14 @@ def build_decoder_graph(
     # it from a mask. A float input rather than a mask, so that a morph between two prompts
     # can weigh each prompt's tokens: adding log(w) to a token's scores weighs its share of
     # the softmax by w.
-    cross_bias = g.op("Unsqueeze", ["encoder_attention_bias", g.const("bias_axes", np.array([1, 2], np.int64))])
+    if not melody:
+        cross_bias = g.op("Unsqueeze", ["encoder_attention_bias", g.const("bias_axes", np.array([1, 2], np.int64))])
 
     scaling = np.array(head_dim**-0.5, np.float32)
-    scaling_name = g.const("attention_scaling", scaling)
-    split_shape = g.const("split_heads", np.array([2, -1, heads, head_dim], np.int64))
-    merge_shape = g.const("merge_heads", np.array([2, -1, width], np.int64))
+    if not melody:
+        scaling_name = g.const("attention_scaling", scaling)
+        split_shape = g.const("split_heads", np.array([2, -1, heads, head_dim], np.int64))
+        merge_shape = g.const("merge_heads", np.array([2, -1, width], np.int64))
 
     def layer_norm_weights(norm, name):
         return (
@@ -211,16 +240,18 @@ def build_decoder_graph(
             **gqa_attrs,
         )
         delta = g.op("MatMul", [attended, g.weight(f"{prefix}.self_attn.out_proj.weight", *transposed(attn.out_proj))])
-        x, hidden = skip_norm(delta, hidden, layer.encoder_attn_layer_norm, f"{prefix}.encoder_attn_layer_norm")
-
-        cross = layer.encoder_attn
-        q = g.op("MatMul", [x, g.weight(f"{prefix}.encoder_attn.q_proj.weight", *transposed(cross.q_proj))])
-        q = g.op("Transpose", [g.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
-        scores = g.op("MatMul", [q, f"cross_key_{i}"])
-        scores = g.op("Add", [g.op("Mul", [scores, scaling_name]), cross_bias])
-        context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), f"cross_value_{i}"])
-        context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_shape])
-        delta = g.op("MatMul", [context, g.weight(f"{prefix}.encoder_attn.out_proj.weight", *transposed(cross.out_proj))])
+        if not melody:
+            x, hidden = skip_norm(delta, hidden, layer.encoder_attn_layer_norm, f"{prefix}.encoder_attn_layer_norm")
+            cross = layer.encoder_attn
+            q = g.op("MatMul", [x, g.weight(f"{prefix}.encoder_attn.q_proj.weight", *transposed(cross.q_proj))])
+            q = g.op("Transpose", [g.op("Reshape", [q, split_shape])], perm=[0, 2, 1, 3])
+            scores = g.op("MatMul", [q, f"cross_key_{i}"])
+            scores = g.op("Add", [g.op("Mul", [scores, scaling_name]), cross_bias])
+            context = g.op("MatMul", [g.op("Softmax", [scores], axis=-1), f"cross_value_{i}"])
+            context = g.op("Reshape", [g.op("Transpose", [context], perm=[0, 2, 1, 3]), merge_shape])
+            delta = g.op(
+                "MatMul", [context, g.weight(f"{prefix}.encoder_attn.out_proj.weight", *transposed(cross.out_proj))]
+            )
         x, hidden = skip_norm(delta, hidden, layer.final_layer_norm, f"{prefix}.final_layer_norm")
 
         up = g.op("MatMul", [x, g.weight(f"{prefix}.fc1.weight", *transposed(layer.fc1))])
@@ -247,12 +278,12 @@ def build_decoder_graph(
     return model_proto, g.recipes
 
 
-def decoder_io_names(layers: int) -> tuple[list[str], list[str]]:
-    inputs = ["input_ids", "past_len", "encoder_attention_bias"]
+def decoder_io_names(layers: int, melody: bool) -> tuple[list[str], list[str]]:
+    inputs = ["input_ids", "past_len", *(["chroma", "conditioning"] if melody else ["encoder_attention_bias"])]
     outputs = ["logits"]
     for i in range(layers):
         inputs += [f"past_key_{i}", f"past_value_{i}"]
         outputs += [f"present_key_{i}", f"present_value_{i}"]
-    for i in range(layers):
+    for i in range(layers if not melody else 0):
         inputs += [f"cross_key_{i}", f"cross_value_{i}"]
     return inputs, outputs

@@ -32,7 +32,7 @@ import codec_graphs
 from graph_facts import decoder_facts
 import stepper
 import template
-from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names
+from decoder_graph import LM_HEADS_NODE, build_decoder_graph, decoder_io_names, is_melody
 from torch import nn
 
 FORMAT_VERSION = 3
@@ -93,20 +93,30 @@ DECODER_SIZES = {
 RANDOM_SHAPES = [
     "tiny",
     "tiny-stereo",
+    "tiny-melody",
     "musicgen-small",
     "musicgen-stereo-small",
     "musicgen-medium",
     "musicgen-stereo-medium",
+    "musicgen-melody",
+    "musicgen-stereo-melody",
 ]
+# Meta's melody checkpoints (`musicgen-melody`, `musicgen-stereo-melody`) have medium's decoder.
+MELODY_SIZE = "musicgen-medium"
 
 
 def random_configs(shape: str):
     """Transformers configs for randomly initialised models: `tiny` for tests, or a real
     checkpoint's shape (see DECODER_SIZES) for benchmarks. A `-stereo` shape is the same
     model with the stereo checkpoints' decoder: 8 codebooks, left and right interleaved,
-    decoded by the same mono Encodec one channel at a time."""
+    decoded by the same mono Encodec one channel at a time. A `-melody` shape has the melody
+    checkpoints' decoder (conditioning as a prefix, no cross-attention): see
+    build_random_model."""
     stereo = "-stereo" in shape
-    text, audio, decoder = mono_configs(shape.replace("-stereo", ""))
+    base = shape.replace("-stereo", "")
+    if base == "musicgen-melody":
+        base = MELODY_SIZE
+    text, audio, decoder = mono_configs(base.removesuffix("-melody"))
     if stereo:
         decoder.num_codebooks = 2 * decoder.num_codebooks
         decoder.audio_channels = 2
@@ -143,17 +153,28 @@ def mono_configs(shape: str):
 
 
 def build_random_model(shape: str):
-    from transformers import MusicgenConfig, MusicgenForConditionalGeneration
+    from transformers import (
+        MusicgenConfig,
+        MusicgenForConditionalGeneration,
+        MusicgenMelodyConfig,
+        MusicgenMelodyDecoderConfig,
+        MusicgenMelodyForConditionalGeneration,
+    )
 
     torch.manual_seed(SEED)
     text, audio, decoder = random_configs(shape)
-    config = MusicgenConfig(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
+    if "melody" in shape:
+        decoder = MusicgenMelodyDecoderConfig(**{k: v for k, v in decoder.to_dict().items() if k != "model_type"})
+        config_class, model_class = MusicgenMelodyConfig, MusicgenMelodyForConditionalGeneration
+    else:
+        config_class, model_class = MusicgenConfig, MusicgenForConditionalGeneration
+    config = config_class(text_encoder=text.to_dict(), audio_encoder=audio.to_dict(), decoder=decoder.to_dict())
     config.decoder.pad_token_id = decoder.vocab_size
     config.decoder.decoder_start_token_id = decoder.vocab_size
     config.decoder.bos_token_id = decoder.vocab_size
     config.pad_token_id = decoder.vocab_size
     config.decoder_start_token_id = decoder.vocab_size
-    model = MusicgenForConditionalGeneration(config)
+    model = model_class(config)
     # transformers starts Encodec's codebooks at zero (training fills them by k-means), so
     # every code would decode to the same audio and every sound would encode to code 0.
     # Random vectors, from a generator of their own so that every other weight stays as
@@ -164,17 +185,26 @@ def build_random_model(shape: str):
             embed = torch.randn(layer.codebook.embed.shape, generator=codebooks)
             layer.codebook.embed.copy_(embed)
             layer.codebook.embed_avg.copy_(embed)
+        # Likewise, a melody model's projections of chroma and text at transformers'
+        # initial scale (std 0.02) leave its decoder all but deaf to its prefix; at the
+        # scale of the decoder's own activations the melody and the prompt change the
+        # codes as a trained model's do.
+        if "melody" in shape:
+            for proj in (model.audio_enc_to_dec_proj, model.enc_to_dec_proj):
+                proj.weight.copy_(torch.randn(proj.weight.shape, generator=codebooks))
     return model
 
 
 def load_model(args):
-    from transformers import MusicgenForConditionalGeneration
+    from transformers import AutoConfig, MusicgenForConditionalGeneration, MusicgenMelodyForConditionalGeneration
 
     if args.random:
         model = build_random_model(args.random)
         name = f"random-{args.random}"
     else:
-        model = MusicgenForConditionalGeneration.from_pretrained(args.checkpoint)
+        melody = AutoConfig.from_pretrained(args.checkpoint).model_type == "musicgen_melody"
+        model_class = MusicgenMelodyForConditionalGeneration if melody else MusicgenForConditionalGeneration
+        model = model_class.from_pretrained(args.checkpoint)
         name = Path(args.checkpoint).name
     model.config._attn_implementation = "eager"
     for sub in (model.text_encoder, model.decoder, model.audio_encoder):
@@ -402,15 +432,19 @@ def export_graphs(model, out: Path, args, progress: Progress) -> tuple[dict, dic
     )
     graphs["text_encoder"] = ("text_encoder.onnx", *names)
 
-    progress.stage("exporting cross_kv.onnx")
-    cross_out = [n for i in range(layers) for n in (f"cross_key_{i}", f"cross_value_{i}")]
-    conditioning = torch.randn(2, 4, dec.hidden_size)
-    export_graph(CrossKvGraph(model), (conditioning,), out / "cross_kv.onnx", ["conditioning"], cross_out, ({1: tokens},))
-    graphs["cross_kv"] = ("cross_kv.onnx", ["conditioning"], cross_out)
+    melody = is_melody(model)
+    if not melody:
+        progress.stage("exporting cross_kv.onnx")
+        cross_out = [n for i in range(layers) for n in (f"cross_key_{i}", f"cross_value_{i}")]
+        conditioning = torch.randn(2, 4, dec.hidden_size)
+        export_graph(
+            CrossKvGraph(model), (conditioning,), out / "cross_kv.onnx", ["conditioning"], cross_out, ({1: tokens},)
+        )
+        graphs["cross_kv"] = ("cross_kv.onnx", ["conditioning"], cross_out)
 
     progress.stage("writing decoder.onnx (float32 cache)")
     recipes = write_decoder(model, out / "decoder.onnx", args)
-    graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers))
+    graphs["decoder"] = ("decoder.onnx", *decoder_io_names(layers, melody))
 
     progress.stage("exporting codec_frontend.onnx and codec_upsampler.onnx")
     graphs.update(codec_graphs.export_codec_graphs(model, out, export_graph_traced))
@@ -516,13 +550,90 @@ def sessions(out: Path):
     options.intra_op_num_threads = max(1, (os.cpu_count() or 2))
     make = lambda name: ort.InferenceSession(str(out / name), options, providers=["CPUExecutionProvider"])  # noqa: E731
     names = ("text_encoder", "cross_kv", "decoder", "codec_frontend", "codec_upsampler")
-    return {name: make(f"{name}.onnx") for name in names}
+    return {name: make(f"{name}.onnx") for name in names if (out / f"{name}.onnx").exists()}
 
 
-def transformers_generate(model, input_ids, new_tokens: int):
+# --------------------------------------------------------------------------- melody
+
+# The golden melody: three notes at a DAW's usual rate, so that its chroma is computed from
+# resampled audio as a user's would be. Each note changes halfway between two chroma frames'
+# centres (one every 4096 samples at 32 kHz: 128 ms), so that no frame's pitch class is a
+# near tie between two notes.
+MELODY_FILE = "melody.wav"
+MELODY_RATE_HZ = 44100
+MELODY_SECONDS = 3.0
+MELODY_NOTES = [(0.0, 329.63), (0.96, 392.00), (1.984, 523.25)]  # (start s, Hz): E4, G4, C5
+
+
+def golden_melody() -> np.ndarray:
+    """The golden melody, mono float32 at MELODY_RATE_HZ: each note with two overtones, on
+    16-bit steps, so that the file written holds exactly these samples."""
+    t = np.arange(int(MELODY_SECONDS * MELODY_RATE_HZ)) / MELODY_RATE_HZ
+    audio = np.zeros_like(t)
+    ends = [start for start, _ in MELODY_NOTES[1:]] + [MELODY_SECONDS]
+    for (start, hz), end in zip(MELODY_NOTES, ends):
+        note = (t >= start) & (t < end)
+        for harmonic, gain in ((1, 0.5), (2, 0.2), (3, 0.1)):
+            audio[note] += gain * np.sin(2 * np.pi * hz * harmonic * t[note])
+    return (np.round(audio * 32767.0) / 32768.0).astype(np.float32)
+
+
+def write_wav_pcm16(path: Path, samples: np.ndarray, rate: int) -> None:
+    import wave
+
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(1)
+        wav.setsampwidth(2)
+        wav.setframerate(rate)
+        wav.writeframes(np.clip(np.round(samples * 32768.0), -32768, 32767).astype("<i2").tobytes())
+
+
+def feature_extractor(args):
+    """The melody model's MusicgenMelodyFeatureExtractor: the checkpoint's own settings
+    when it has them, transformers' defaults (those of Meta's checkpoints) otherwise."""
+    from transformers import MusicgenMelodyFeatureExtractor
+
+    if args.checkpoint and (Path(args.checkpoint) / "preprocessor_config.json").exists():
+        return MusicgenMelodyFeatureExtractor.from_pretrained(args.checkpoint)
+    return MusicgenMelodyFeatureExtractor()
+
+
+def melody_chroma(extractor, audio: np.ndarray, rate: int) -> tuple[np.ndarray, np.ndarray]:
+    """The feature extractor's one-hot chroma of `audio` (`[T, 12]`), and the normalized
+    chroma it takes the argmax of (`[T, 12]`), computed with its own resampling,
+    spectrogram and filters, for the engine's tests to hold their values to."""
+    import torchaudio
+
+    # As a batch of one tensor: the extractor resamples tensors only.
+    one_hot = extractor(torch.from_numpy(audio)[None], sampling_rate=rate, return_tensors="np")["input_features"][0]
+    wav = torch.from_numpy(audio)[None]
+    if rate != extractor.sampling_rate:
+        wav = torchaudio.functional.resample(wav, rate, extractor.sampling_rate, rolloff=0.945, lowpass_filter_width=24)
+    wav = wav[:, : extractor.n_samples]
+    raw = torch.einsum("cf,...ft->...ct", extractor.chroma_filters, extractor.spectrogram(wav))
+    values = torch.nn.functional.normalize(raw, p=float("inf"), dim=-2, eps=1e-6)[0].T.numpy()
+    assert np.array_equal(values.argmax(-1), one_hot.argmax(-1)), "the chroma values do not give the extractor's"
+    return one_hot, values
+
+
+def melody_spec(extractor, model) -> dict:
+    """The manifest's `melody`: how the engine computes chroma as the feature extractor
+    does, and how the model takes it."""
+    return {
+        "num_chroma": model.config.num_chroma,
+        "chroma_length": model.config.chroma_length,
+        "sample_rate_hz": extractor.sampling_rate,
+        "n_fft": extractor.n_fft,
+        "hop_length": extractor.hop_length,
+        "max_seconds": extractor.chunk_length,
+    }
+
+
+def transformers_generate(model, input_ids, new_tokens: int, input_features=None):
     """Greedy generation with guidance 3 by transformers itself; returns its codes [K, T]
     (captured from the codec calls: a stereo model decodes its even codebooks as the left
-    channel and its odd ones as the right) and its decoded audio [channels, samples]."""
+    channel and its odd ones as the right) and its decoded audio [channels, samples].
+    `input_features` is a melody model's chroma."""
     captured = []
     original = model.audio_encoder.decode
 
@@ -539,6 +650,7 @@ def transformers_generate(model, input_ids, new_tokens: int):
                 do_sample=False,
                 guidance_scale=GOLDEN_GUIDANCE,
                 max_new_tokens=new_tokens,
+                **({} if input_features is None else {"input_features": torch.from_numpy(input_features)[None]}),
             )
     finally:
         model.audio_encoder.decode = original
@@ -555,11 +667,19 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
     report = {}
     exact = manifest["quantization"]["weights"] == "none" and manifest["kv_cache"]["dtype"] == "float32"
     new_tokens = GOLDEN_NEW_TOKENS if args.golden else CHECK_NEW_TOKENS
+    chroma = melody = extracted = None
+    if "melody" in manifest:
+        melody = golden_melody()
+        chroma, values = melody_chroma(feature_extractor(args), melody, MELODY_RATE_HZ)
+        extracted = values
+        margins = np.sort(values, axis=-1)
+        report["melody_chroma_min_margin"] = float(np.min(margins[:, -1] - margins[:, -2]))
+        print(f"    golden melody: {len(chroma)} chroma frames, pitch classes {values.argmax(-1).tolist()}")
     progress.stage(f"self-check: transformers generate, greedy, guidance {GOLDEN_GUIDANCE}, {new_tokens} steps")
-    reference_codes, reference_audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens)
+    reference_codes, reference_audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens, chroma)
     frames = reference_codes.shape[1]
     progress.stage(f"self-check: the same through the exported graphs ({frames} frames, one step per call)")
-    stepped, _ = stepper.generate(graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE)
+    stepped, _ = stepper.generate(graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE, chroma=chroma)
     agreement = float(np.mean(stepped == reference_codes))
     report["frames"] = frames
     report["code_agreement"] = agreement
@@ -567,7 +687,7 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
     prefill_steps = frames // 2
     progress.stage(f"self-check: the first {prefill_steps} steps again as one prefill call, then stepping on")
     prefilled, _ = stepper.generate(
-        graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE, given=stepped, prefill_steps=prefill_steps
+        graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE, given=stepped, prefill_steps=prefill_steps, chroma=chroma
     )
     prefill_agreement = float(np.mean(prefilled == stepped))
     report["prefill_agreement"] = prefill_agreement
@@ -616,18 +736,30 @@ def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> 
         assert snr_db >= 30.0, f"the int8 codec's audio is {snr_db:.1f} dB from float32's"
 
     if args.golden:
-        write_golden(out, prompt_ids, reference_codes, reference_audio, manifest)
+        golden_melody_spec = None
+        if melody is not None:
+            write_wav_pcm16(out / MELODY_FILE, melody, MELODY_RATE_HZ)
+            golden_melody_spec = {
+                "file": MELODY_FILE,
+                "sample_rate_hz": MELODY_RATE_HZ,
+                "generated_by": "transformers MusicgenMelodyFeatureExtractor (torchaudio resampling)",
+                "pitch_classes": extracted.argmax(-1).tolist(),
+                "normalized_chroma": extracted.round(6).tolist(),
+            }
+        write_golden(out, prompt_ids, reference_codes, reference_audio, manifest, golden_melody_spec)
     return report
 
 
-def write_golden(out: Path, prompt_ids, codes, audio, manifest) -> None:
+def write_golden(out: Path, prompt_ids, codes, audio, manifest, melody: dict | None = None) -> None:
+    model_class = "MusicgenMelodyForConditionalGeneration" if melody else "MusicgenForConditionalGeneration"
     golden = {
         "prompt": GOLDEN_PROMPT,
         "input_ids": [int(i) for i in prompt_ids],
         "guidance_scale": GOLDEN_GUIDANCE,
         "greedy": True,
         "max_new_tokens": GOLDEN_NEW_TOKENS,
-        "generated_by": "transformers MusicgenForConditionalGeneration.generate(do_sample=False, guidance_scale=3)",
+        "generated_by": f"transformers {model_class}.generate(do_sample=False, guidance_scale=3)",
+        **({"melody": melody} if melody else {}),
         "codes": codes.astype(int).tolist(),
     }
     (out / "golden.json").write_text(json.dumps(golden) + "\n")
@@ -677,9 +809,9 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         "num_codebooks": dec.num_codebooks,
         "cardinality": dec.vocab_size,
         "special_token_id": dec.vocab_size,
-        "family": family(dec),
+        "family": family(model),
         "pattern": {"kind": "delay", "delays": delays(dec)},
-        "max_frames": min(1500, dec.max_position_embeddings - dec.num_codebooks),
+        "max_frames": min(MAX_FRAMES, dec.max_position_embeddings - dec.num_codebooks),
         "decoder": {
             "num_layers": dec.num_hidden_layers,
             "num_heads": dec.num_attention_heads,
@@ -689,7 +821,7 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         "text_encoder": {
             "vocab_size": model.text_encoder.config.vocab_size,
             "hidden_size": model.text_encoder.config.d_model,
-            "max_tokens": 512,
+            "max_tokens": max_prompt_tokens(model),
         },
         "codec": {
             "conv_context_frames": codec_graphs.conv_context_frames(model),
@@ -703,6 +835,8 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
         "kv_cache": {"dtype": kv_cache or args.kv_cache},
         "graphs": {},
     }
+    if is_melody(model):
+        manifest["melody"] = melody_spec(feature_extractor(args), model)
     for key, (file, _, _) in graphs.items():
         inputs, outputs = graph_io(out / file)
         manifest["graphs"][key] = {"file": file, "inputs": inputs, "outputs": outputs}
@@ -710,9 +844,30 @@ def write_manifest(model, name: str, out: Path, graphs: dict, args, kv_cache: st
     return manifest
 
 
-def family(dec) -> dict:
+# The longest window the engine generates in one context: 30 s at 50 Hz, as Meta's models
+# were trained.
+MAX_FRAMES = 1500
+# T5's own limit on a prompt.
+MAX_TEXT_TOKENS = 512
+
+
+def max_prompt_tokens(model) -> int:
+    """The longest prompt the decoder's positions leave room for. A cross-attention model's
+    text takes no positions; a melody model's prefix (chroma, then text) comes before the
+    window's steps (step 0, frames, and the pattern's delays) in one position table."""
+    dec = model.decoder.config
+    if not is_melody(model):
+        return MAX_TEXT_TOKENS
+    room = dec.max_position_embeddings - model.config.chroma_length - MAX_FRAMES - dec.num_codebooks
+    if room <= 0:
+        raise SystemExit(f"max_position_embeddings {dec.max_position_embeddings} leaves no room for a prompt")
+    return min(MAX_TEXT_TOKENS, room)
+
+
+def family(model) -> dict:
     """Which MusicGen the bundle holds: its channels, its conditioning, and its size as
     Meta's checkpoints have it (`custom` for another decoder, such as tiny's)."""
+    dec = model.decoder.config
     geometry = {"hidden_size": dec.hidden_size, "num_hidden_layers": dec.num_hidden_layers}
     sizes = [
         name.removeprefix("musicgen-")
@@ -721,7 +876,7 @@ def family(dec) -> dict:
     ]
     return {
         "channels": "stereo" if dec.audio_channels == 2 else "mono",
-        "conditioning": "text",
+        "conditioning": "text+melody" if is_melody(model) else "text",
         "size": sizes[0] if sizes else "custom",
     }
 

@@ -11,6 +11,15 @@ import numpy as np
 import onnxruntime as ort
 
 
+# A melody decoder's inputs that hold its conditioning prefix.
+PREFIX_INPUTS = ("chroma", "conditioning")
+
+
+def prefix_len(inputs: dict) -> int:
+    """Cache slots the conditioning prefix takes (0 for cross-attention models)."""
+    return sum(inputs[name].shape[1] for name in PREFIX_INPUTS if name in inputs)
+
+
 class DecoderRunner:
     """decoder.onnx with its self-attention cache of `capacity` slots per layer."""
 
@@ -29,18 +38,24 @@ class DecoderRunner:
 
     def run(self, columns: np.ndarray, inputs: dict) -> np.ndarray:
         """Runs the steps of `columns` (`[S, K]`, the same for both rows) and returns the
-        last step's logits `[2, K, V]`."""
+        last step's logits `[2, K, V]`. A melody model's prefix (`chroma`, `conditioning`)
+        goes in with the first call only; later calls pass it empty."""
         binding = self.session.io_binding()
         binding.bind_cpu_input("input_ids", np.ascontiguousarray(np.repeat(columns[None], 2, axis=0), dtype=np.int64))
         binding.bind_cpu_input("past_len", np.array([self.length], np.int64))
+        prefix_len = 0
         for name, value in inputs.items():
-            binding.bind_cpu_input(name, value)
+            if name in PREFIX_INPUTS:
+                if self.length > 0:
+                    value = value[:, :0]
+                prefix_len += value.shape[1]
+            binding.bind_cpu_input(name, np.ascontiguousarray(value))
         binding.bind_output("logits")
         for name, cache in self.caches.items():
             binding.bind_ortvalue_input(f"past_{name}", cache)
             binding.bind_ortvalue_output(f"present_{name}", cache)
         self.session.run_with_iobinding(binding)
-        self.length += columns.shape[0]
+        self.length += prefix_len + columns.shape[0]
         return binding.get_outputs()[0].numpy()
 
     def filled(self, name: str) -> np.ndarray:
@@ -48,12 +63,23 @@ class DecoderRunner:
         return self.caches[name].numpy()[:, :, : self.length]
 
 
-def conditioning_inputs(graphs: dict, manifest: dict, input_ids: list[int]) -> dict:
+def conditioning_inputs(graphs: dict, manifest: dict, input_ids: list[int], chroma: np.ndarray | None = None) -> dict:
     """The decoder's per-prompt inputs: cross-attention keys and values of both guidance
-    rows (the second unconditional) and the text bias (the second row all masked)."""
+    rows (the second unconditional) and the text bias (the second row all masked). For a
+    melody model, the prefix instead: both rows' chroma (the melody's one-hot frames `[T,
+    12]`, or none, tiled to the model's chroma length; the unconditional row has the null
+    melody, pitch class 0) and text (zeros on the unconditional row), as transformers
+    builds them."""
     ids = np.array([input_ids], dtype=np.int64)
     conditioning = graphs["text_encoder"].run(None, {"input_ids": ids, "attention_mask": np.ones_like(ids)})[0]
     both = np.concatenate([conditioning, np.zeros_like(conditioning)], axis=0)
+    if "melody" in manifest:
+        melody = manifest["melody"]
+        null = np.zeros((1, melody["num_chroma"]), np.float32)
+        null[0, 0] = 1.0
+        rows = [null if chroma is None else chroma.astype(np.float32), null]
+        tiled = [np.tile(row, (-(-melody["chroma_length"] // len(row)), 1))[: melody["chroma_length"]] for row in rows]
+        return {"chroma": np.stack(tiled), "conditioning": both}
     cross = graphs["cross_kv"].run(None, {"conditioning": both})
     inputs = {}
     for i in range(manifest["decoder"]["num_layers"]):
@@ -75,16 +101,17 @@ def generate(
     prefill_steps: int = 0,
     rng: np.random.Generator | None = None,
     top_k: int = 250,
+    chroma: np.ndarray | None = None,
 ) -> tuple[np.ndarray, DecoderRunner]:
     """Guided generation of `frames` frames with the delay pattern: greedy, or top-k
     sampling with `rng`. The first `prefill_steps` steps run as one call, their columns
     taught from `given` (`[K, T]` codes); later steps sample. Returns the codes `[K, frames]`
-    and the runner (its cache)."""
+    and the runner (its cache). `chroma` is a melody model's melody (see conditioning_inputs)."""
     k_count, special = manifest["num_codebooks"], manifest["special_token_id"]
     delays = manifest["pattern"]["delays"]
-    inputs = conditioning_inputs(graphs, manifest, input_ids)
+    inputs = conditioning_inputs(graphs, manifest, input_ids, chroma)
     steps = frames + max(delays)
-    runner = DecoderRunner(graphs["decoder"], manifest, steps + 1)
+    runner = DecoderRunner(graphs["decoder"], manifest, prefix_len(inputs) + steps + 1)
     # columns[s, k]: codebook k's token at step s, frame s - 1 - delays[k].
     columns = np.full((steps + 1, k_count), special, dtype=np.int64)
     if given is not None:

@@ -353,10 +353,18 @@ def check(file: str, name: str, recipe: dict, value: np.ndarray, tensors) -> Non
         raise SystemExit(f"{file}: {name}: its recipe differs from the export's weight by {error:.3e}")
 
 
+# A melody model's own fields (config.json's top level, `model` here): how its chroma
+# prefix is shaped.
+MELODY_FIELDS = ["model_type", "num_chroma", "chroma_length"]
+
+
 def architecture(model) -> dict:
     config = model.config
     parts = {"decoder": config.decoder, "text_encoder": config.text_encoder, "audio_encoder": config.audio_encoder}
-    return {part: {field: getattr(parts[part], field) for field in fields} for part, fields in ARCHITECTURE_FIELDS.items()}
+    found = {part: {field: getattr(parts[part], field) for field in fields} for part, fields in ARCHITECTURE_FIELDS.items()}
+    if config.model_type == "musicgen_melody":
+        found["model"] = {field: getattr(config, field) for field in MELODY_FIELDS}
+    return found
 
 
 def write_template(model, bundle: Path, out: Path, manifest: dict, decoder_recipes: dict[str, dict]) -> None:

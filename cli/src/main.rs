@@ -102,6 +102,10 @@ struct RenderArgs {
     /// the music carries on from its last --keep seconds. --seconds counts the new part.
     #[arg(long = "continue", value_name = "FILE.wav")]
     continue_from: Option<PathBuf>,
+    /// Follow the melody of this WAV file (any rate, mixed to mono; its first 30 s):
+    /// melody models only (`musicgen info` says which a bundle is).
+    #[arg(long, value_name = "FILE.wav")]
+    melody: Option<PathBuf>,
     /// Seconds of context the model sees; at its end the window slides on.
     #[arg(long, default_value_t = 10.0)]
     window: f64,
@@ -364,6 +368,19 @@ fn describe_model(dir: &Path) -> Result<()> {
         "decoder:              {} layers, {} heads of {}, weights {}, cache {:?}",
         m.decoder.num_layers, m.decoder.num_heads, m.decoder.head_dim, m.quantization.weights, m.kv_cache.dtype
     );
+    if let Some(melody) = m.melody {
+        println!(
+            "melody:               chroma of {} pitch classes, {} frames in the context (a shorter melody repeats), \
+             from {} Hz audio (FFT {}, hop {}, at most {} s); prompts up to {} tokens",
+            melody.num_chroma,
+            melody.chroma_length,
+            melody.sample_rate_hz,
+            melody.n_fft,
+            melody.hop_length,
+            melody.max_seconds,
+            m.text_encoder.max_tokens
+        );
+    }
     Ok(())
 }
 

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use musicgen_engine::{
-    CodeGrid, Command, Manifest, Model, ModelOptions, PlaybackConsumer, Readiness, SamplingSettings, Stream,
+    CodeGrid, Command, Manifest, Melody, Model, ModelOptions, PlaybackConsumer, Readiness, SamplingSettings, Stream,
     StreamConfig, StreamResampler, find_tiny_bundle, measure_seams,
 };
 
@@ -40,7 +40,12 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         .map(|path| encode_wav(&model, path))
         .transpose()?;
     let given_seconds = given.as_ref().map_or(0, CodeGrid::num_timesteps) as f64 / manifest.frame_rate_hz;
-    let config = stream_config(args, given, manifest.sample_rate_hz);
+    let mut config = stream_config(args, given, manifest.sample_rate_hz);
+    config.melody = args
+        .melody
+        .as_deref()
+        .map(|path| read_melody(&model, path))
+        .transpose()?;
     // A WAV file's rate is whole hertz.
     let rate_hz = config.output_rate_hz as u32;
     let channels = manifest.audio_channels;
@@ -81,6 +86,29 @@ pub fn render(args: &RenderArgs) -> Result<()> {
         write_codes(&stream, path)?;
     }
     Ok(())
+}
+
+/// The melody of the WAV file at `path`, as `model` takes it.
+fn read_melody(model: &Model, path: &Path) -> Result<Melody> {
+    let extractor = model.chroma_extractor().with_context(|| {
+        format!(
+            "--melody {}: {} is not a melody model ({}); load a melody bundle (musicgen-melody) with --model",
+            path.display(),
+            model.manifest().model_name,
+            model.manifest().describe_family()
+        )
+    })?;
+    let audio = wav::read(path)?;
+    let melody = extractor
+        .melody(&audio.mono(), 1, f64::from(audio.sample_rate_hz))
+        .with_context(|| format!("reading the melody of {}", path.display()))?;
+    println!(
+        "melody: {} chroma frames from {} ({:.1} s)",
+        melody.pitch_classes().len(),
+        path.display(),
+        audio.seconds()
+    );
+    Ok(melody)
 }
 
 fn load_model(args: &RenderArgs) -> Result<Arc<Model>> {

@@ -72,9 +72,35 @@ pub struct Manifest {
     pub quantization: Quantization,
     pub kv_cache: KvCacheSpec,
     pub graphs: BTreeMap<String, GraphSpec>,
+    pub text_encoder: TextEncoderSpec,
+    /// A melody model's chroma settings; absent for text-conditioned models.
+    #[serde(default)]
+    pub melody: Option<MelodySpec>,
     /// As the export names it; bundles exported before the field have it derived.
     #[serde(default)]
     family: Option<Family>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+pub struct TextEncoderSpec {
+    /// The longest prompt in tokens (a melody model's prompt shares the decoder's
+    /// positions with its chroma and the window).
+    pub max_tokens: usize,
+}
+
+/// How a melody model takes its melody: the feature extractor's settings the export
+/// found, and the chroma frames the decoder's prefix holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub struct MelodySpec {
+    /// Pitch classes per frame (12).
+    pub num_chroma: usize,
+    /// Chroma frames in the decoder's prefix: a shorter melody is tiled, a longer one cut.
+    pub chroma_length: usize,
+    pub sample_rate_hz: u32,
+    pub n_fft: usize,
+    pub hop_length: usize,
+    /// The extractor reads at most this much audio.
+    pub max_seconds: usize,
 }
 
 /// Which member of the MusicGen family a bundle holds: what the controls that apply to it
@@ -123,6 +149,16 @@ impl Channels {
     }
 }
 
+impl Conditioning {
+    /// As the manifest spells it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Text => "text",
+            Self::TextAndMelody => "text+melody",
+        }
+    }
+}
+
 impl Size {
     /// As the manifest spells it.
     pub fn name(self) -> &'static str {
@@ -167,9 +203,36 @@ impl Manifest {
             } else {
                 Channels::Mono
             },
-            conditioning: Conditioning::Text,
+            conditioning: if self.melody.is_some() {
+                Conditioning::TextAndMelody
+            } else {
+                Conditioning::Text
+            },
             size: Size::of(self.decoder.num_layers, self.decoder.hidden_size),
         }
+    }
+
+    /// Decoder cache slots the conditioning may take before the first step at most: a
+    /// melody model's prefix (its chroma, then its prompt); none for a text-conditioned
+    /// model, which cross-attends to its prompt.
+    pub fn max_prefix_len(&self) -> usize {
+        self.melody
+            .map_or(0, |melody| melody.chroma_length + self.text_encoder.max_tokens)
+    }
+
+    /// The graphs this bundle must have: a melody model has no cross-attention, so no
+    /// `cross_kv`; the codec encoder is only needed to continue audio.
+    fn required_graphs(&self) -> Vec<Graph> {
+        let mut graphs = vec![
+            Graph::TextEncoder,
+            Graph::Decoder,
+            Graph::CodecFrontend,
+            Graph::CodecUpsampler,
+        ];
+        if self.melody.is_none() {
+            graphs.push(Graph::CrossKv);
+        }
+        graphs
     }
 
     /// The family for people: `stereo, text-conditioned, medium (1.5B)`.
@@ -200,6 +263,16 @@ impl Manifest {
                 "family.channels",
                 stated.channels.name().to_owned(),
                 format!("audio_channels is {}: {}", self.audio_channels, derived.channels.name()),
+            ));
+        }
+        if stated.conditioning != derived.conditioning {
+            return Some((
+                "family.conditioning",
+                stated.conditioning.name().to_owned(),
+                match derived.conditioning {
+                    Conditioning::Text => "the manifest has no `melody` settings: a text-conditioned model".to_owned(),
+                    Conditioning::TextAndMelody => "the manifest has `melody` settings: a melody model".to_owned(),
+                },
             ));
         }
         if stated.size != derived.size {
@@ -316,15 +389,6 @@ impl Graph {
             Self::CodecEncoder => "codec_encoder",
         }
     }
-
-    /// Graphs every bundle must have; the codec encoder is only needed to continue audio.
-    const REQUIRED: [Graph; 5] = [
-        Self::TextEncoder,
-        Self::CrossKv,
-        Self::Decoder,
-        Self::CodecFrontend,
-        Self::CodecUpsampler,
-    ];
 }
 
 /// The tiny random-weight bundle of a source tree (`models/tiny`), searched in `dir` and
@@ -341,7 +405,15 @@ pub fn find_tiny_bundle(dir: &Path) -> Option<PathBuf> {
 fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static str)> {
     let m = manifest;
     let g = &m.decoder;
-    let checks: [(&'static str, String, bool, &'static str); 11] = [
+    let melody = m.melody.unwrap_or(MelodySpec {
+        num_chroma: 12,
+        chroma_length: 1,
+        sample_rate_hz: 32_000,
+        n_fft: 2,
+        hop_length: 1,
+        max_seconds: 1,
+    });
+    let checks: [(&'static str, String, bool, &'static str); 17] = [
         (
             "num_codebooks",
             m.num_codebooks.to_string(),
@@ -407,6 +479,42 @@ fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static s
             m.codec.lstm_width.to_string(),
             (1..=1 << 16).contains(&m.codec.lstm_width),
             "the codec's LSTM is 1 to 65536 wide",
+        ),
+        (
+            "text_encoder.max_tokens",
+            m.text_encoder.max_tokens.to_string(),
+            (1..=4096).contains(&m.text_encoder.max_tokens),
+            "a prompt takes 1 to 4096 tokens",
+        ),
+        (
+            "melody.num_chroma",
+            melody.num_chroma.to_string(),
+            melody.num_chroma == 12,
+            "chroma has the 12 pitch classes",
+        ),
+        (
+            "melody.chroma_length",
+            melody.chroma_length.to_string(),
+            (1..=1 << 14).contains(&melody.chroma_length),
+            "a melody prefix holds 1 to 16384 chroma frames",
+        ),
+        (
+            "melody.n_fft",
+            melody.n_fft.to_string(),
+            (2..=1 << 20).contains(&melody.n_fft) && melody.n_fft.is_multiple_of(2),
+            "the chroma's FFT is even and 2 to 2^20 long",
+        ),
+        (
+            "melody.hop_length",
+            melody.hop_length.to_string(),
+            (1..=melody.n_fft).contains(&melody.hop_length),
+            "the chroma's hop is 1 sample to one FFT long",
+        ),
+        (
+            "melody.sample_rate_hz",
+            melody.sample_rate_hz.to_string(),
+            (1_000..=384_000).contains(&melody.sample_rate_hz) && melody.max_seconds >= 1,
+            "the chroma is computed at 1 to 384 kHz, over at least 1 s",
         ),
     ];
     checks
@@ -493,7 +601,7 @@ impl Bundle {
                 path: path.clone(),
                 source,
             })?;
-        for graph in Graph::REQUIRED {
+        for graph in manifest.required_graphs() {
             let spec = manifest.graphs.get(graph.key()).ok_or(BundleError::MissingGraph {
                 path: path.clone(),
                 graph: graph.key(),
@@ -635,14 +743,21 @@ impl Bundle {
         let m = &self.manifest;
         let k = m.num_codebooks as i64;
         match graph {
-            Graph::Decoder => vec![
-                ("input_ids", vec![2, -1, k]),
-                ("logits", vec![2, k, m.cardinality as i64]),
-                (
-                    "past_key_0",
-                    vec![2, m.decoder.num_heads as i64, -1, m.decoder.head_dim as i64],
-                ),
-            ],
+            Graph::Decoder => {
+                let mut dims = vec![
+                    ("input_ids", vec![2, -1, k]),
+                    ("logits", vec![2, k, m.cardinality as i64]),
+                    (
+                        "past_key_0",
+                        vec![2, m.decoder.num_heads as i64, -1, m.decoder.head_dim as i64],
+                    ),
+                ];
+                if let Some(melody) = m.melody {
+                    dims.push(("chroma", vec![2, -1, melody.num_chroma as i64]));
+                    dims.push(("conditioning", vec![2, -1, m.decoder.hidden_size as i64]));
+                }
+                dims
+            }
             Graph::CodecFrontend => vec![
                 ("audio_codes", vec![1, m.codebooks_per_channel() as i64, -1]),
                 ("lstm_h", vec![m.codec.lstm_layers as i64, 1, m.codec.lstm_width as i64]),

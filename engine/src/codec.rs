@@ -24,7 +24,7 @@ use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, CodecGeometry, Graph};
 use crate::pattern::CodeGrid;
-use crate::resample::{ResampleError, StreamResampler};
+use crate::resample::{ResampleError, resample_whole};
 use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
@@ -549,14 +549,9 @@ impl AudioEncoder {
         if rate_hz == f64::from(self.sample_rate_hz) {
             return self.encode_channel(samples);
         }
-        let mut resampler = StreamResampler::new(rate_hz, f64::from(self.sample_rate_hz), 1)?;
-        let mut resampled = Vec::new();
-        resampler.process(samples, &mut resampled);
-        resampler.flush(&mut resampled);
-        let expected = (samples.len() as f64 * f64::from(self.sample_rate_hz) / rate_hz) as usize;
-        let delay = resampler.delay_frames().min(resampled.len());
-        resampled.drain(..delay);
-        resampled.truncate(expected);
+        let target_hz = f64::from(self.sample_rate_hz);
+        let expected = (samples.len() as f64 * target_hz / rate_hz) as usize;
+        let resampled = resample_whole(samples, rate_hz, target_hz, expected)?;
         self.encode_channel(&resampled)
     }
 

@@ -1,9 +1,16 @@
-//! From prompt text to the decoder's cross-attention keys and values: tokenizer, text
-//! encoder, and the per-layer projections, computed once per prompt.
+//! From a prompt (and a melody model's melody) to what the decoder is conditioned on, a
+//! [`Condition`], computed once per prompt: the tokenizer, the text encoder, and then
+//!
+//! - for a text-conditioned model, every layer's cross-attention keys and values
+//!   (`cross_kv.onnx`), which every step reads;
+//! - for a melody model, the prefix its decoder puts in front of the codes: the melody's
+//!   one-hot chroma and the encoded prompt, which the first call on an empty cache writes
+//!   into the cache's first slots (see [`crate::decoder`]).
 //!
 //! Classifier-free guidance runs the decoder on two rows. Row 0 is conditioned on the
-//! prompt; row 1 is the unconditional row, built as transformers builds it for MusicGen:
-//! the same length of all-zero conditioning, all of it masked.
+//! prompt; row 1 is the unconditional row, built as transformers builds it: for MusicGen
+//! the same length of all-zero conditioning, all of it masked; for MusicGen-Melody zero
+//! text (attended, not masked) after the null melody (pitch class 0 throughout).
 //!
 //! A [`Morph`] blends two prompts' conditioning without touching the decoder's own cache:
 //! their keys and values side by side along the text axis, each prompt's tokens weighed by
@@ -16,7 +23,8 @@ use ort::session::Session;
 use ort::value::{DynValue, Tensor, TensorRef};
 use tokenizers::Tokenizer;
 
-use crate::bundle::{Bundle, BundleError, Graph};
+use crate::bundle::{Bundle, BundleError, Graph, MelodySpec};
+use crate::chroma::Melody;
 use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,16 +51,49 @@ pub enum ConditioningError {
     TooLong { tokens: usize, max: usize },
     #[error("running {graph}: {source}")]
     Run { graph: &'static str, source: ort::Error },
+    #[error(
+        "a melody was given but this model is text-conditioned: load a melody model (musicgen-melody) to follow one"
+    )]
+    MelodyNeedsMelodyModel,
+    #[error(
+        "morphing between prompts needs a text-conditioned model: a melody model holds its prompt in its \
+         context, so a new prompt starts a new context instead"
+    )]
+    MorphNeedsCrossAttention,
 }
 
-/// Cross-attention inputs for both guidance rows, ready to feed to every decoder step.
-pub struct CrossAttention {
+/// What the decoder is conditioned on, for both guidance rows.
+pub struct Condition {
+    pub(crate) inputs: ConditionInputs,
+}
+
+pub(crate) enum ConditionInputs {
+    /// A text-conditioned model's, fed to every step.
+    CrossAttention(CrossAttention),
+    /// A melody model's, fed with the first call on an empty cache.
+    Prefix(Prefix),
+}
+
+/// Cross-attention inputs for both guidance rows.
+pub(crate) struct CrossAttention {
     /// `cross_key_{i}` `[2, H, D, L]` and `cross_value_{i}` `[2, H, L, D]` for each layer.
     pub(crate) keys_values: Vec<(String, DynValue)>,
     /// `[2, L]`, added to the scores of each text token: 0 on the prompt row, the float
     /// minimum (masked) all along the unconditional row.
     pub(crate) encoder_bias: Tensor<f32>,
     text_len: usize,
+}
+
+/// A melody model's prefix for both rows, and the empty tensors later calls pass instead.
+pub(crate) struct Prefix {
+    /// `[2, chroma_length, 12]`: the melody's one-hot chroma; the null melody on row 1.
+    pub(crate) chroma: Tensor<f32>,
+    /// `[2, L, width]`: the encoded prompt; zeros on row 1.
+    pub(crate) text: Tensor<f32>,
+    pub(crate) no_chroma: Tensor<f32>,
+    pub(crate) no_text: Tensor<f32>,
+    /// Cache slots the prefix takes: chroma frames and text tokens.
+    pub(crate) len: usize,
 }
 
 /// The bias that masks a text token out of the softmax, as transformers makes it.
@@ -71,6 +112,31 @@ impl CrossAttention {
     }
 }
 
+impl Condition {
+    /// Cache slots the condition takes before the first step (a melody model's prefix).
+    pub(crate) fn prefix_len(&self) -> usize {
+        match &self.inputs {
+            ConditionInputs::CrossAttention(_) => 0,
+            ConditionInputs::Prefix(prefix) => prefix.len,
+        }
+    }
+
+    fn cross_attention(&self) -> Result<&CrossAttention, ConditioningError> {
+        match &self.inputs {
+            ConditionInputs::CrossAttention(cross) => Ok(cross),
+            ConditionInputs::Prefix(_) => Err(ConditioningError::MorphNeedsCrossAttention),
+        }
+    }
+}
+
+impl From<CrossAttention> for Condition {
+    fn from(cross: CrossAttention) -> Self {
+        Self {
+            inputs: ConditionInputs::CrossAttention(cross),
+        }
+    }
+}
+
 /// Prompt A's and prompt B's conditioning, blended by an amount `m` from 0 (A alone) to 1
 /// (B alone). In between, the decoder attends over A's tokens and B's side by side, with
 /// `ln(1 - m)` added to A's scores and `ln(m)` to B's: each prompt's share of every
@@ -78,15 +144,16 @@ impl CrossAttention {
 /// At 0 and 1 the prompt alone is used, so the ends are exactly the prompts.
 pub(crate) struct Morph {
     /// B's conditioning, shared with the morph a prompt change makes from this one.
-    target: Arc<CrossAttention>,
-    blend: CrossAttention,
+    target: Arc<Condition>,
+    blend: Condition,
     amount: f32,
 }
 
 impl Morph {
-    /// A morph from `a` toward `target`, at `amount`.
-    pub(crate) fn new(a: &CrossAttention, target: Arc<CrossAttention>, amount: f32) -> Result<Self, ConditioningError> {
-        let blend = side_by_side(a, &target)?;
+    /// A morph from `a` toward `target`, at `amount`; both must be cross-attention
+    /// conditions.
+    pub(crate) fn new(a: &Condition, target: Arc<Condition>, amount: f32) -> Result<Self, ConditioningError> {
+        let blend = side_by_side(a.cross_attention()?, target.cross_attention()?)?.into();
         let mut morph = Self {
             target,
             blend,
@@ -97,23 +164,28 @@ impl Morph {
     }
 
     /// The same morph (target and amount) from a new prompt A; B is not encoded again.
-    pub(crate) fn for_new_a(&self, a: &CrossAttention) -> Result<Self, ConditioningError> {
+    pub(crate) fn for_new_a(&self, a: &Condition) -> Result<Self, ConditioningError> {
         Self::new(a, Arc::clone(&self.target), self.amount)
     }
 
     /// Sets the amount (clamped to 0..=1); only the bias changes.
     pub(crate) fn set_amount(&mut self, amount: f32) {
         self.amount = if amount.is_nan() { 0.0 } else { amount.clamp(0.0, 1.0) };
-        let b_len = self.target.text_len;
-        let a_len = self.blend.text_len - b_len;
-        let (_, bias) = self.blend.encoder_bias.extract_tensor_mut();
+        let (ConditionInputs::CrossAttention(target), ConditionInputs::CrossAttention(blend)) =
+            (&self.target.inputs, &mut self.blend.inputs)
+        else {
+            unreachable!("Morph::new takes cross-attention conditions only");
+        };
+        let b_len = target.text_len;
+        let a_len = blend.text_len - b_len;
+        let (_, bias) = blend.encoder_bias.extract_tensor_mut();
         let weight = |share: f32| if share > 0.0 { share.ln().max(MASKED) } else { MASKED };
         bias[..a_len].fill(weight(1.0 - self.amount));
         bias[a_len..a_len + b_len].fill(weight(self.amount));
     }
 
     /// The conditioning to step with, given prompt A's.
-    pub(crate) fn conditioning<'a>(&'a self, a: &'a CrossAttention) -> &'a CrossAttention {
+    pub(crate) fn conditioning<'a>(&'a self, a: &'a Condition) -> &'a Condition {
         if self.amount <= 0.0 {
             a
         } else if self.amount >= 1.0 {
@@ -154,7 +226,7 @@ fn side_by_side(a: &CrossAttention, b: &CrossAttention) -> Result<CrossAttention
     CrossAttention::new(keys_values, &row_bias).map_err(error)
 }
 
-/// The tokenizer and the two graphs that turn a prompt into [`CrossAttention`].
+/// The tokenizer and the graphs that turn a prompt into a [`Condition`].
 pub struct Conditioner {
     tokenizer: Tokenizer,
     tokenizer_path: PathBuf,
@@ -162,11 +234,11 @@ pub struct Conditioner {
     max_tokens: usize,
     hidden_size: usize,
     text_encoder: Session,
-    cross_kv: Session,
+    /// A text-conditioned model's projections to cross-attention keys and values.
+    cross_kv: Option<Session>,
+    /// A melody model's.
+    melody: Option<MelodySpec>,
 }
-
-/// Longest prompt, in tokens: T5's usual limit.
-const MAX_PROMPT_TOKENS: usize = 512;
 
 impl Conditioner {
     pub(crate) fn load(
@@ -175,6 +247,7 @@ impl Conditioner {
         threads: usize,
         provider: ExecutionProvider,
     ) -> Result<Self, ConditioningError> {
+        let manifest = bundle.manifest();
         let tokenizer_path = bundle.tokenizer_path();
         let tokenizer = load_tokenizer(&tokenizer_path)?;
         let unknown_id = tokenizer.token_to_id("<unk>");
@@ -182,10 +255,14 @@ impl Conditioner {
             tokenizer,
             tokenizer_path,
             unknown_id,
-            max_tokens: MAX_PROMPT_TOKENS,
-            hidden_size: bundle.manifest().decoder.hidden_size,
+            max_tokens: manifest.text_encoder.max_tokens,
+            hidden_size: manifest.decoder.hidden_size,
             text_encoder: bundle.session_on(runtime, Graph::TextEncoder, threads, provider)?.0,
-            cross_kv: bundle.session_on(runtime, Graph::CrossKv, threads, provider)?.0,
+            cross_kv: match manifest.melody {
+                None => Some(bundle.session_on(runtime, Graph::CrossKv, threads, provider)?.0),
+                Some(_) => None,
+            },
+            melody: manifest.melody,
         })
     }
 
@@ -224,8 +301,12 @@ impl Conditioner {
         Ok(ids)
     }
 
-    /// Encodes `prompt` and projects it to every layer's cross-attention keys and values.
-    pub(crate) fn encode(&mut self, prompt: &str) -> Result<CrossAttention, ConditioningError> {
+    /// Encodes `prompt`, and `melody` for a melody model (none: the null melody), into
+    /// what the decoder is conditioned on.
+    pub(crate) fn encode(&mut self, prompt: &str, melody: Option<&Melody>) -> Result<Condition, ConditioningError> {
+        if melody.is_some() && self.melody.is_none() {
+            return Err(ConditioningError::MelodyNeedsMelodyModel);
+        }
         let ids: Vec<i64> = self.tokenize(prompt)?.into_iter().map(i64::from).collect();
         let len = ids.len();
         let run_error = |graph: Graph| {
@@ -249,10 +330,14 @@ impl Conditioner {
         let mut both_rows = vec![0.0f32; 2 * row];
         both_rows[..row].copy_from_slice(&conditioning[..row]);
         drop(outputs);
+
+        if let Some(spec) = self.melody {
+            return prefix(both_rows, len, self.hidden_size, melody, spec);
+        }
+        let cross_kv = self.cross_kv.as_mut().expect("a text-conditioned model loads cross_kv");
         let both_rows = TensorRef::from_array_view(([2usize, len, self.hidden_size], &both_rows[..]))
             .map_err(run_error(Graph::CrossKv))?;
-        let outputs = self
-            .cross_kv
+        let outputs = cross_kv
             .run(ort::inputs!["conditioning" => both_rows])
             .map_err(run_error(Graph::CrossKv))?;
         let keys_values = outputs
@@ -260,8 +345,38 @@ impl Conditioner {
             .map(|(name, value)| (name.to_owned(), value))
             .collect();
 
-        CrossAttention::new(keys_values, &vec![0.0; len]).map_err(run_error(Graph::Decoder))
+        Ok(CrossAttention::new(keys_values, &vec![0.0; len])
+            .map_err(run_error(Graph::Decoder))?
+            .into())
     }
+}
+
+/// A melody model's prefix: both rows' chroma (the melody's, then the null melody) and
+/// both rows' encoded text (`both_rows`, the unconditional row zero).
+fn prefix(
+    both_rows: Vec<f32>,
+    text_len: usize,
+    width: usize,
+    melody: Option<&Melody>,
+    spec: MelodySpec,
+) -> Result<Condition, ConditioningError> {
+    let error = |source| ConditioningError::Run {
+        graph: Graph::Decoder.key(),
+        source,
+    };
+    let (frames, classes) = (spec.chroma_length, spec.num_chroma);
+    let mut chroma = Melody::one_hot(melody, frames, classes);
+    chroma.extend(Melody::one_hot(None, frames, classes));
+    let empty = |depth: usize| Tensor::from_array(([2usize, 0, depth], Vec::<f32>::new())).map_err(error);
+    Ok(Condition {
+        inputs: ConditionInputs::Prefix(Prefix {
+            chroma: Tensor::from_array(([2usize, frames, classes], chroma)).map_err(error)?,
+            text: Tensor::from_array(([2usize, text_len, width], both_rows)).map_err(error)?,
+            no_chroma: empty(classes)?,
+            no_text: empty(width)?,
+            len: frames + text_len,
+        }),
+    })
 }
 
 fn load_tokenizer(path: &Path) -> Result<Tokenizer, ConditioningError> {

@@ -12,6 +12,11 @@
 //! once (a *prefill*, which must start from an empty cache). Only the last step's logits
 //! come back.
 //!
+//! A melody model's conditioning is a prefix of its sequence: the first call on an empty
+//! cache passes it (chroma and text) in front of its steps, so the cache's first slots
+//! hold it, and later calls pass it empty. A cache is sized for its steps when made and
+//! grows, while still empty, by the prefix of the condition its first call brings.
+//!
 //! The [`DecoderGraph`] (the session, one per loaded model), each stream's [`Decoder`]
 //! (its logits) and the caches are apart, so that one loaded graph steps several
 //! independent contexts: a stream that slides its window prefills the next window's cache
@@ -25,7 +30,7 @@ use ort::value::{DynTensor, Tensor, TensorElementType};
 use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, CacheType, DecoderGeometry, Graph};
-use crate::conditioning::CrossAttention;
+use crate::conditioning::{Condition, ConditionInputs};
 use crate::runtime::{ExecutionProvider, Runtime};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,13 +45,19 @@ pub enum DecoderError {
     CacheFull { capacity: usize, len: usize, steps: usize },
     #[error("a prefill of {steps} steps needs an empty cache; this one holds {len}")]
     PrefillAfterSteps { steps: usize, len: usize },
+    #[error("the conditioning takes {len} positions; this model leaves {max} for it: shorten the prompt")]
+    PrefixTooLong { len: usize, max: usize },
 }
 
 /// One context's self-attention keys and values, for every layer and both guidance rows.
 pub struct KvCache {
     /// Per layer: keys, values, each `[2, H, capacity, D]`.
     layers: Vec<[DynTensor; 2]>,
+    /// Slots: the steps asked for, and the prefix of the condition it was filled with.
     capacity: usize,
+    /// Steps (without a prefix) it was asked to hold.
+    steps: usize,
+    /// Filled slots, the prefix included.
     len: usize,
 }
 
@@ -81,9 +92,9 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Steps this cache holds at most.
-    pub(crate) fn capacity(&self) -> usize {
-        self.capacity
+    /// Steps this cache holds at most (besides a condition's prefix).
+    pub(crate) fn step_capacity(&self) -> usize {
+        self.steps
     }
 
     /// A copy of this cache (its filled slots and position), for a second continuation.
@@ -117,6 +128,7 @@ impl KvCache {
         Ok(KvCache {
             layers,
             capacity: self.capacity,
+            steps: self.steps,
             len: self.len,
         })
     }
@@ -133,6 +145,8 @@ pub struct DecoderGraph {
     num_codebooks: usize,
     cardinality: usize,
     max_steps: usize,
+    /// Positions a condition's prefix may take besides the steps.
+    max_prefix_len: usize,
     /// Per layer: past key, past value inputs; present key, present value outputs.
     layer_names: Vec<[String; 4]>,
 }
@@ -166,6 +180,7 @@ impl DecoderGraph {
             cardinality: manifest.cardinality,
             // A delay pattern adds up to K - 1 steps to the frames, and step 0 comes first.
             max_steps: manifest.max_frames + manifest.num_codebooks,
+            max_prefix_len: manifest.max_prefix_len(),
             layer_names,
         })
     }
@@ -190,28 +205,33 @@ impl Decoder {
         Ok(Self { graph, logits })
     }
 
-    /// An empty cache of `capacity` steps (at most the model's position limit) for this
-    /// graph's geometry and cache type.
-    pub fn new_cache(&self, capacity: usize) -> Result<KvCache, DecoderError> {
+    /// An empty cache of `steps` steps (at most the model's position limit) for this
+    /// graph's geometry and cache type. It grows by a melody model's prefix on its first
+    /// call.
+    pub fn new_cache(&self, steps: usize) -> Result<KvCache, DecoderError> {
+        let steps = steps.min(self.graph.max_steps);
+        Ok(KvCache {
+            layers: self.allocate_layers(steps)?,
+            capacity: steps,
+            steps,
+            len: 0,
+        })
+    }
+
+    fn allocate_layers(&self, slots: usize) -> Result<Vec<[DynTensor; 2]>, DecoderError> {
         let graph = &self.graph;
-        let capacity = capacity.min(graph.max_steps);
         let (heads, d) = (graph.geometry.num_heads, graph.geometry.head_dim);
         let element = match graph.cache_type {
             CacheType::Float32 => TensorElementType::Float32,
             CacheType::Int8 => TensorElementType::Int8,
         };
         let allocate = || {
-            DynTensor::new(&Allocator::default(), element, [2usize, heads, capacity, d])
+            DynTensor::new(&Allocator::default(), element, [2usize, heads, slots, d])
                 .map_err(|source| DecoderError::Run { step: 0, source })
         };
-        let layers = (0..graph.geometry.num_layers)
+        (0..graph.geometry.num_layers)
             .map(|_| Ok([allocate()?, allocate()?]))
-            .collect::<Result<_, DecoderError>>()?;
-        Ok(KvCache {
-            layers,
-            capacity,
-            len: 0,
-        })
+            .collect()
     }
 
     /// Logits of codebook `k` for row `row` from the last step.
@@ -224,7 +244,7 @@ impl Decoder {
 
     /// Runs one step on a scratch cache, so that the first real step does not pay for
     /// ONNX Runtime's first-run work.
-    pub(crate) fn warm_up(&mut self, cross: &CrossAttention) -> Result<(), DecoderError> {
+    pub(crate) fn warm_up(&mut self, cross: &Condition) -> Result<(), DecoderError> {
         let mut cache = self.new_cache(1)?;
         let column = vec![self.graph.cardinality as i64; self.graph.num_codebooks];
         self.step(&mut cache, &column, cross)
@@ -232,7 +252,7 @@ impl Decoder {
 
     /// Runs one step of `cache`'s context on `column` (the step's K tokens, the same for
     /// both rows), appends its keys and values to `cache`, and keeps the logits.
-    pub fn step(&mut self, cache: &mut KvCache, column: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
+    pub fn step(&mut self, cache: &mut KvCache, column: &[i64], cross: &Condition) -> Result<(), DecoderError> {
         self.run(cache, column, cross)
     }
 
@@ -242,7 +262,7 @@ impl Decoder {
         &mut self,
         cache: &mut KvCache,
         columns: &[i64],
-        cross: &CrossAttention,
+        cross: &Condition,
     ) -> Result<(), DecoderError> {
         let steps = columns.len() / self.graph.num_codebooks;
         if !cache.is_empty() && steps > 1 {
@@ -251,18 +271,31 @@ impl Decoder {
         self.run(cache, columns, cross)
     }
 
-    fn run(&mut self, cache: &mut KvCache, columns: &[i64], cross: &CrossAttention) -> Result<(), DecoderError> {
+    fn run(&mut self, cache: &mut KvCache, columns: &[i64], cross: &Condition) -> Result<(), DecoderError> {
         let graph = &*self.graph;
         let k_count = graph.num_codebooks;
         debug_assert_eq!(columns.len() % k_count, 0, "whole columns of K tokens");
         let steps = columns.len() / k_count;
         let first_step = cache.len;
-        if first_step + steps > graph.max_steps {
+        // A melody model's prefix goes in with the first call on an empty cache.
+        let prefix_len = if first_step == 0 { cross.prefix_len() } else { 0 };
+        if prefix_len > graph.max_prefix_len {
+            return Err(DecoderError::PrefixTooLong {
+                len: prefix_len,
+                max: graph.max_prefix_len,
+            });
+        }
+        if first_step == 0 && cache.capacity < prefix_len + cache.steps {
+            cache.layers = self.allocate_layers(prefix_len + cache.steps)?;
+            cache.capacity = prefix_len + cache.steps;
+        }
+        let graph = &*self.graph;
+        if first_step + prefix_len + steps > graph.max_steps + graph.max_prefix_len {
             return Err(DecoderError::ContextFull {
                 max_frames: graph.max_steps,
             });
         }
-        if first_step + steps > cache.capacity {
+        if first_step + prefix_len + steps > cache.capacity {
             return Err(DecoderError::CacheFull {
                 capacity: cache.capacity,
                 len: first_step,
@@ -283,11 +316,24 @@ impl Decoder {
         let mut binding: IoBinding = session.create_binding().map_err(run_error)?;
         binding.bind_input("input_ids", &input_ids).map_err(run_error)?;
         binding.bind_input("past_len", &past_len).map_err(run_error)?;
-        binding
-            .bind_input("encoder_attention_bias", &cross.encoder_bias)
-            .map_err(run_error)?;
-        for (name, value) in &cross.keys_values {
-            binding.bind_input(name.as_str(), value).map_err(run_error)?;
+        match &cross.inputs {
+            ConditionInputs::CrossAttention(cross) => {
+                binding
+                    .bind_input("encoder_attention_bias", &cross.encoder_bias)
+                    .map_err(run_error)?;
+                for (name, value) in &cross.keys_values {
+                    binding.bind_input(name.as_str(), value).map_err(run_error)?;
+                }
+            }
+            ConditionInputs::Prefix(prefix) => {
+                let (chroma, text) = if prefix_len > 0 {
+                    (&prefix.chroma, &prefix.text)
+                } else {
+                    (&prefix.no_chroma, &prefix.no_text)
+                };
+                binding.bind_input("chroma", chroma).map_err(run_error)?;
+                binding.bind_input("conditioning", text).map_err(run_error)?;
+            }
         }
         for (pair, names) in cache.layers.iter_mut().zip(&graph.layer_names) {
             let [keys, values] = pair;
@@ -301,7 +347,7 @@ impl Decoder {
         let outputs = session.run_binding(&binding).map_err(run_error)?;
         drop(outputs);
         drop(binding);
-        cache.len += steps;
+        cache.len += prefix_len + steps;
         Ok(())
     }
 }

@@ -13,7 +13,7 @@
 
 use std::ops::Range;
 
-use crate::conditioning::CrossAttention;
+use crate::conditioning::Condition;
 use crate::decoder::{Decoder, DecoderError, KvCache};
 use crate::pattern::{Coord, Pattern};
 use crate::sampler::{Sampler, apply_guidance};
@@ -54,7 +54,10 @@ impl Generator {
     ) -> Self {
         let k = pattern.num_codebooks();
         cache.reset();
-        debug_assert!(cache.capacity() >= pattern.num_steps(), "the cache holds the pattern");
+        debug_assert!(
+            cache.step_capacity() >= pattern.num_steps(),
+            "the cache holds the pattern"
+        );
         let prefix_frames = prefix_frames.min(pattern.num_timesteps());
         Self {
             columns: vec![special; pattern.sequence_len() * k],
@@ -147,7 +150,7 @@ impl Generator {
     /// Runs every step that only reads and produces given codes, in one decoder call, once
     /// the whole prefix has arrived and before any other step. Returns the steps it ran
     /// (0 when there is nothing to prefill or the prefix is still arriving).
-    pub(crate) fn prefill(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<usize, DecoderError> {
+    pub(crate) fn prefill(&mut self, decoder: &mut Decoder, cross: &Condition) -> Result<usize, DecoderError> {
         if self.next_step != 0 || self.prefix_known < self.prefix_frames {
             return Ok(0);
         }
@@ -180,7 +183,7 @@ impl Generator {
     /// Runs the decoder on the next step's column and samples what the step produces
     /// (prefix coordinates are taught, not sampled). Returns the generated frames this
     /// step completed.
-    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &Condition) -> Result<Range<usize>, DecoderError> {
         let first = self.next_frame;
         let k_count = self.pattern.num_codebooks();
         let s = self.next_step;

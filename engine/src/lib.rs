@@ -5,13 +5,15 @@
 //! library, the provider) and shared; [`Stream::start`] plays it with a [`StreamConfig`]
 //! and returns the [`PlaybackConsumer`] the audio callback reads.
 //!
-//! Inside, the path of a stream: `conditioning` turns the prompt into cross-attention
-//! inputs, `generator` walks the bundle's `pattern` through the `decoder` and the
-//! `sampler`, `window` slides the context, `codec` decodes complete frames, `resample`
-//! converts to the output rate, and `playback` hands the samples to the audio thread.
+//! Inside, the path of a stream: `conditioning` turns the prompt (and a melody model's
+//! melody, from `chroma`) into the decoder's condition, `generator` walks the bundle's
+//! `pattern` through the `decoder` and the `sampler`, `window` slides the context, `codec`
+//! decodes complete frames, `resample` converts to the output rate, and `playback` hands
+//! the samples to the audio thread.
 //! `stream` runs all of it on its own threads; `bundle` and `runtime` load what it needs.
 
 mod bundle;
+mod chroma;
 mod codec;
 mod conditioning;
 mod cuda;
@@ -28,9 +30,10 @@ mod seam;
 mod stream;
 mod window;
 
-pub use bundle::{Bundle, BundleError, Channels, Conditioning, Family, Manifest, Size, find_tiny_bundle};
+pub use bundle::{Bundle, BundleError, Channels, Conditioning, Family, Manifest, MelodySpec, Size, find_tiny_bundle};
+pub use chroma::{ChromaError, ChromaExtractor, Melody};
 pub use codec::{CodecError, CodecWindow, StreamingCodec};
-pub use conditioning::{ConditioningError, CrossAttention};
+pub use conditioning::{Condition, ConditioningError};
 pub use cuda::CudaReadiness;
 pub use decoder::{Decoder, DecoderError, KvCache};
 pub use model::{Model, ModelError, ModelOptions};

@@ -12,8 +12,9 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, Manifest};
+use crate::chroma::{ChromaExtractor, Melody};
 use crate::codec::{AudioEncoder, CodecError, CodecGraphs, CodecWindow, StreamingCodec};
-use crate::conditioning::{Conditioner, ConditioningError, CrossAttention};
+use crate::conditioning::{Condition, Conditioner, ConditioningError};
 use crate::decoder::{Decoder, DecoderError, DecoderGraph};
 use crate::pattern::{CodeGrid, Pattern, PatternKind};
 use crate::runtime::{ExecutionProvider, Runtime, RuntimeError};
@@ -87,7 +88,7 @@ impl Model {
             options.codec_threads.max(1),
             options.provider,
         )?);
-        let warm_up = conditioner.encode("")?;
+        let warm_up = conditioner.encode("", None)?;
         Decoder::new(Arc::clone(&decoder))?.warm_up(&warm_up)?;
         StreamingCodec::new(Arc::clone(&codec), CodecWindow::default()).warm_up()?;
         Ok(Self {
@@ -133,9 +134,20 @@ impl Model {
         Ok(encoder.encode_at(input, rate_hz)?)
     }
 
-    /// The prompt's cross-attention inputs for every decoder step.
-    pub fn condition(&self, prompt: &str) -> Result<CrossAttention, ConditioningError> {
-        self.conditioner.lock().encode(prompt)
+    /// What the decoder is conditioned on for `prompt` (a melody model: with no melody).
+    pub fn condition(&self, prompt: &str) -> Result<Condition, ConditioningError> {
+        self.conditioner.lock().encode(prompt, None)
+    }
+
+    /// What the decoder is conditioned on for `prompt` and `melody`; a melody needs a
+    /// melody model.
+    pub fn condition_with_melody(&self, prompt: &str, melody: Option<&Melody>) -> Result<Condition, ConditioningError> {
+        self.conditioner.lock().encode(prompt, melody)
+    }
+
+    /// The chroma extractor of a melody model (none for a text-conditioned one).
+    pub fn chroma_extractor(&self) -> Option<ChromaExtractor> {
+        self.bundle.manifest().melody.map(ChromaExtractor::new)
     }
 
     /// A stream's own handle on the decoder.

@@ -234,6 +234,24 @@ impl StreamResampler {
     }
 }
 
+/// All of `samples` (one channel) from `from_hz` to `to_hz` at once, aligned (the
+/// resampler's delay dropped) and cut or padded with silence to `length` samples.
+pub(crate) fn resample_whole(
+    samples: &[f32],
+    from_hz: f64,
+    to_hz: f64,
+    length: usize,
+) -> Result<Vec<f32>, ResampleError> {
+    let mut resampler = StreamResampler::new(from_hz, to_hz, 1)?;
+    let mut resampled = Vec::new();
+    resampler.process(samples, &mut resampled);
+    resampler.flush(&mut resampled);
+    let delay = resampler.delay_frames().min(resampled.len());
+    resampled.drain(..delay);
+    resampled.resize(length, 0.0);
+    Ok(resampled)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 use std::ops::Range;
 use std::time::{Duration, Instant};
 
-use crate::conditioning::CrossAttention;
+use crate::conditioning::Condition;
 use crate::decoder::{Decoder, DecoderError, KvCache};
 use crate::generator::Generator;
 use crate::pattern::{CodeGrid, Pattern, PatternKind};
@@ -178,7 +178,7 @@ impl SlidingGenerator {
 
     /// One step of the current lane (and the next lane's prefill that its new frames
     /// allow). Returns the global frames this call completed.
-    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<Range<usize>, DecoderError> {
+    pub(crate) fn step(&mut self, decoder: &mut Decoder, cross: &Condition) -> Result<Range<usize>, DecoderError> {
         let first = self.frames_done();
         Self::timed_prefill(
             &mut self.current,
@@ -208,11 +208,74 @@ impl SlidingGenerator {
         Ok(first..self.frames_done())
     }
 
+    /// Starts the context again from the frames done: a lane holding the last
+    /// `keep_frames` of them, prefilled now under `cross`, takes over at once, as at a
+    /// slide (the codes of frames started but not complete are generated again). A melody
+    /// model holds its conditioning in its context, so a new prompt takes effect this way.
+    pub(crate) fn restart(&mut self, decoder: &mut Decoder, cross: &Condition) -> Result<(), DecoderError> {
+        let done = self.frames_done();
+        if self.spec.total_frames.is_some_and(|total| done >= total) {
+            return Ok(());
+        }
+        let keep = self
+            .spec
+            .keep_frames
+            .min(self.spec.window_frames / 2)
+            .min(done - self.history_start);
+        let offset = done - keep;
+        let mut lane = self.new_lane(decoder, offset, keep)?;
+        for t in offset..done {
+            let i = t - self.history_start;
+            lane.push_prefix_frame(&self.history[i * self.num_codebooks..(i + 1) * self.num_codebooks]);
+        }
+        Self::timed_prefill(
+            &mut lane,
+            decoder,
+            cross,
+            &mut self.prefilled_steps,
+            &mut self.prefill_time,
+        )?;
+        // A next lane made under the old conditioning is dropped; one is made again later.
+        self.next = None;
+        self.current.swap_sampler(&mut lane);
+        let retired = std::mem::replace(&mut self.current, lane);
+        self.spare = Some(retired.into_cache());
+        self.offset = offset;
+        self.seams.push(done);
+        self.seam_count += 1;
+        if self.spec.total_frames.is_none() {
+            self.forget_before(self.offset);
+        }
+        Ok(())
+    }
+
+    /// A lane from global frame `offset` whose first `keep` frames are given (they arrive
+    /// through `push_prefix_frame`), on the spare cache when it is large enough.
+    fn new_lane(&mut self, decoder: &Decoder, offset: usize, keep: usize) -> Result<Generator, DecoderError> {
+        let pattern = build(&self.kind, lane_frames(self.spec, offset), self.num_codebooks);
+        let cache = match self.spare.take() {
+            Some(cache) if cache.step_capacity() >= pattern.num_steps() => cache,
+            _ => decoder.new_cache(pattern.num_steps())?,
+        };
+        // Prefill samples nothing; when the lane takes over it takes the current sampler
+        // itself, random state included.
+        let sampler =
+            Sampler::new(self.current.sampler_mut().settings(), 0).expect("the current sampler's settings are valid");
+        Ok(Generator::continuing(
+            pattern,
+            self.special,
+            sampler,
+            self.current.guidance_scale(),
+            cache,
+            keep,
+        ))
+    }
+
     /// Runs `lane`'s prefill, if it has one ready, and counts its steps and time.
     fn timed_prefill(
         lane: &mut Generator,
         decoder: &mut Decoder,
-        cross: &CrossAttention,
+        cross: &Condition,
         prefilled_steps: &mut usize,
         prefill_time: &mut Duration,
     ) -> Result<(), DecoderError> {
@@ -227,30 +290,14 @@ impl SlidingGenerator {
 
     /// Makes the next lane once the current one is `keep_frames` from its end, gives it
     /// the frames it keeps as they complete, and prefills it once it has them all.
-    fn feed_next_lane(&mut self, decoder: &mut Decoder, cross: &CrossAttention) -> Result<(), DecoderError> {
+    fn feed_next_lane(&mut self, decoder: &mut Decoder, cross: &Condition) -> Result<(), DecoderError> {
         let window = self.current.pattern().num_timesteps();
         let keep = self.spec.keep_frames.min(window / 2);
         let next_offset = self.offset + window - keep;
         let more_to_come = self.spec.total_frames.is_none_or(|total| self.offset + window < total);
         // With nothing to keep, the next lane starts afresh once this one is done.
         if self.next.is_none() && more_to_come && self.frames_done() >= next_offset + keep.min(1) {
-            let pattern = build(&self.kind, lane_frames(self.spec, next_offset), self.num_codebooks);
-            let cache = match self.spare.take() {
-                Some(cache) if cache.capacity() >= pattern.num_steps() => cache,
-                _ => decoder.new_cache(pattern.num_steps())?,
-            };
-            // Prefill samples nothing; at the switch the lane takes over the current
-            // sampler itself, random state included.
-            let sampler = Sampler::new(self.current.sampler_mut().settings(), 0)
-                .expect("the current sampler's settings are valid");
-            self.next = Some(Generator::continuing(
-                pattern,
-                self.special,
-                sampler,
-                self.current.guidance_scale(),
-                cache,
-                keep,
-            ));
+            self.next = Some(self.new_lane(decoder, next_offset, keep)?);
         }
         let Some(next) = &mut self.next else {
             return Ok(());

@@ -6,9 +6,14 @@ use musicgen_engine::{Bundle, Channels, Conditioning, Family, Model, ModelOption
 use serde_json::Value;
 
 fn copy_of_tiny() -> tempfile::TempDir {
+    copy_of("tiny")
+}
+
+/// A copy of the committed bundle `models/<folder>`.
+fn copy_of(folder: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let tiny = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny");
-    for entry in std::fs::read_dir(tiny).unwrap() {
+    let bundle = Path::new(env!("CARGO_MANIFEST_DIR")).join("../models").join(folder);
+    for entry in std::fs::read_dir(bundle).unwrap() {
         let path = entry.unwrap().path();
         std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
     }
@@ -173,6 +178,11 @@ fn a_family_the_bundle_contradicts_is_refused_naming_the_field() {
     let cases = [
         ("channels", "stereo", "audio_channels is 1: mono"),
         ("size", "medium", "a decoder of 2 layers of width 64 is custom"),
+        (
+            "conditioning",
+            "text+melody",
+            "the manifest has no `melody` settings: a text-conditioned model",
+        ),
     ];
     for (field, value, why) in cases {
         let dir = copy_of_tiny();
@@ -206,10 +216,22 @@ fn the_family_is_read_from_the_manifest_and_derived_for_older_bundles() {
         bundle.manifest().describe_family(),
         "mono, text-conditioned, 2 layers of width 64, not one of Meta's sizes"
     );
-    // A melody model's conditioning is the manifest's to say: it cannot be derived.
-    edit_manifest(dir.path(), |m| {
-        m["family"] = serde_json::json!({"channels": "mono", "conditioning": "text+melody", "size": "custom"});
-    });
-    let melody = Bundle::open(dir.path()).unwrap().manifest().family();
-    assert_eq!(melody.conditioning, Conditioning::TextAndMelody);
+    // A melody model's manifest has its chroma settings, which make its family.
+    let melody = Bundle::open(copy_of("tiny-melody").path()).unwrap();
+    assert_eq!(melody.manifest().family().conditioning, Conditioning::TextAndMelody);
+    assert!(melody.manifest().melody.is_some());
+}
+
+#[test]
+fn a_melody_bundle_needs_no_cross_kv_and_refuses_bad_chroma_settings() {
+    let copy = || copy_of("tiny-melody");
+    let dir = copy();
+    assert!(!dir.path().join("cross_kv.onnx").exists());
+    Bundle::open(dir.path()).unwrap();
+    for (field, value) in [("num_chroma", 24), ("hop_length", 0), ("n_fft", 3)] {
+        let dir = copy();
+        edit_manifest(dir.path(), |m| m["melody"][field] = Value::from(value));
+        let err = load_error(dir.path());
+        assert!(err.contains(&format!("melody.{field} is {value}")), "{field}: {err}");
+    }
 }

@@ -25,7 +25,10 @@ pub use template::{Mismatch, Precision, Template, TemplateError, carried, carrie
 use recipe::Values;
 
 /// The architecture every carried template is exported from.
-const ARCHITECTURE: &str = "MusicgenForConditionalGeneration";
+const ARCHITECTURES: [&str; 2] = [
+    "MusicgenForConditionalGeneration",
+    "MusicgenMelodyForConditionalGeneration",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
@@ -140,19 +143,29 @@ pub fn select_template(
 ) -> Result<Template, ImportError> {
     let config_path = config_path.to_owned();
     let architectures = config.get("architectures");
-    let known = architectures
-        .and_then(|a| a.as_array())
-        .is_some_and(|a| a.iter().any(|name| name == ARCHITECTURE));
-    if !known {
+    let named = |known: &str| {
+        architectures
+            .and_then(|a| a.as_array())
+            .is_some_and(|a| a.iter().any(|name| name == known))
+    };
+    let [text, melody] = ARCHITECTURES;
+    if !named(text) && !named(melody) {
         return Err(ImportError::Unsupported {
             path: config_path,
             field: "architectures".to_owned(),
             value: architectures.map_or_else(|| "missing".to_owned(), ToString::to_string),
-            why: format!("this build imports {ARCHITECTURE} checkpoints (mono and stereo, text-conditioned)"),
+            why: format!(
+                "this build imports {} checkpoints (mono and stereo, text- and melody-conditioned)",
+                ARCHITECTURES.join(" and ")
+            ),
         });
     }
     let mut nearest: Option<(Template, Vec<Mismatch>)> = None;
-    for template in carried(precision)? {
+    // A melody checkpoint fills a melody template only, a text one a text template only.
+    for template in carried(precision)?
+        .into_iter()
+        .filter(|t| t.is_melody() == named(melody))
+    {
         let mismatches = template.mismatches(config);
         if mismatches.is_empty() {
             return Ok(template);

@@ -158,8 +158,14 @@ impl Template {
         let mut found = Vec::new();
         for (part, fields) in &self.architecture {
             let Some(fields) = fields.as_object() else { continue };
+            // `model`: the config's own top-level fields.
+            let scope = if part == "model" {
+                Some(config)
+            } else {
+                config.get(part)
+            };
             for (field, want) in fields {
-                let have = config.get(part).and_then(|p| p.get(field));
+                let have = scope.and_then(|p| p.get(field));
                 if !same_value(have, want) {
                     found.push(Mismatch {
                         field: format!("{part}.{field}"),
@@ -170,6 +176,12 @@ impl Template {
             }
         }
         found
+    }
+
+    /// Whether the template is a melody model's (its architecture names the model's own
+    /// fields, `model`).
+    pub fn is_melody(&self) -> bool {
+        self.architecture.contains_key("model")
     }
 
     /// The shape the template was made for (`musicgen-small`, ...).

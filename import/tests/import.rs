@@ -49,12 +49,16 @@ fn imported(checkpoint: &Path, precision: Precision, dir: &Path) -> PathBuf {
 }
 
 /// Greedy codes and audio (interleaved channels, at the codec's rate) for the golden
-/// prompt on `bundle`.
+/// prompt on `bundle` (a melody model: with the golden melody, `models/tiny-melody`'s).
 fn greedy(bundle: &Path, golden: &Golden) -> (Vec<Vec<u32>>, Vec<f32>) {
     let mut options = ModelOptions::new(bundle);
     options.decoder_threads = 1;
     let model = Arc::new(Model::load(options).unwrap_or_else(|e| panic!("loading {}: {e}", bundle.display())));
     let mut config = StreamConfig::new(golden.prompt.clone());
+    config.melody = model.chroma_extractor().map(|extractor| {
+        let (rate_hz, audio) = read_wav(&models_dir().join("tiny-melody").join("melody.wav"));
+        extractor.melody(&audio, 1, f64::from(rate_hz)).unwrap()
+    });
     config.seconds = Some(golden.codes[0].len() as f64 / 50.0);
     config.output_rate_hz = f64::from(model.manifest().sample_rate_hz);
     config.sampling = SamplingSettings::greedy();
@@ -134,6 +138,17 @@ fn a_sharded_stereo_checkpoint_with_the_hubs_weight_norm_names_imports_to_transf
 }
 
 #[test]
+fn a_melody_checkpoint_imports_to_transformers_codes() {
+    let checkpoint = fixture(&["checkpoints", "tiny-melody"]);
+    assert!(checkpoint.join("preprocessor_config.json").is_file());
+    assert_exact_import(
+        &checkpoint,
+        &fixture(&["checkpoint-exports", "tiny-melody"]),
+        "tiny-melody",
+    );
+}
+
+#[test]
 fn quantized_imports_report_agreement_and_snr_and_int4_matches_the_export() {
     let checkpoint = fixture(&["checkpoints", "tiny"]);
     let golden = golden(&models_dir().join("tiny"));
@@ -197,7 +212,16 @@ fn a_config_no_template_fits_is_refused_naming_the_field() {
     });
     let message = import_error(&melody, &dir.path().join("out")).to_string();
     assert!(
-        message.contains("architectures is [\"MusicgenMelodyForConditionalGeneration\"]"),
+        message.contains("decoder.model_type is \"musicgen_decoder\"") && message.contains("tiny-melody"),
+        "a text config named a melody architecture fits no melody template: {message}"
+    );
+
+    let unknown = edited_checkpoint(&dir.path().join("unknown"), |c| {
+        c["architectures"] = serde_json::json!(["MusicgenForCausalLM"]);
+    });
+    let message = import_error(&unknown, &dir.path().join("out")).to_string();
+    assert!(
+        message.contains("architectures is [\"MusicgenForCausalLM\"]"),
         "{message}"
     );
 }

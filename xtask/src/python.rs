@@ -150,9 +150,10 @@ const TEMPLATE_PRECISIONS: [(&str, &[&str]); 3] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 5] = [
+pub const TEMPLATE_SHAPES: [&str; 6] = [
     "tiny",
     "tiny-stereo",
+    "tiny-melody",
     "musicgen-small",
     "musicgen-stereo-small",
     "musicgen-medium",
@@ -238,6 +239,21 @@ pub fn write_checkpoint_fixtures(root: &Path) -> Result<()> {
             &path(&[CHECKPOINT_EXPORTS, "tiny-stereo"]),
         ]),
     )?;
+    let melody = path(&[CHECKPOINTS, "tiny-melody"]);
+    models_script(
+        root,
+        "checkpoint.py",
+        &owned(&["--random", "tiny-melody", "--out", &melody]),
+    )?;
+    export(
+        root,
+        &owned(&[
+            "--checkpoint",
+            &melody,
+            "--out",
+            &path(&[CHECKPOINT_EXPORTS, "tiny-melody"]),
+        ]),
+    )?;
     let fresh_template = path(&[CHECKPOINT_EXPORTS, "template-tiny-int4"]);
     let mut args = owned(&[
         "--checkpoint",
@@ -291,7 +307,11 @@ pub fn write_fault_bundle(root: &Path) -> Result<()> {
 
 /// The committed test bundles: the `--random` shape each is exported from, and its folder
 /// under `models/`.
-const TINY_BUNDLES: [(&str, &str); 2] = [("tiny", "tiny"), ("tiny-stereo", "tiny-stereo")];
+const TINY_BUNDLES: [(&str, &str); 3] = [
+    ("tiny", "tiny"),
+    ("tiny-stereo", "tiny-stereo"),
+    ("tiny-melody", "tiny-melody"),
+];
 
 /// Exports each tiny bundle afresh and checks that it reproduces the committed one (the
 /// same manifest and the same golden codes from transformers) and its float32 template.

@@ -13,7 +13,8 @@ use parking_lot::Mutex;
 use super::decoding::CodecInput;
 use super::status::{RECENT_FRAMES, StreamStatus, store_f32};
 use super::{Command, InjectedPanic, Shared, StreamConfig, StreamError, StreamThread};
-use crate::conditioning::{CrossAttention, Morph};
+use crate::chroma::Melody;
+use crate::conditioning::{Condition, Morph};
 use crate::decoder::Decoder;
 use crate::model::Model;
 use crate::pattern::CodeGrid;
@@ -30,7 +31,9 @@ pub(super) struct GenerationLoop {
     generator: SlidingGenerator,
     decoder: Decoder,
     model: Arc<Model>,
-    cross: CrossAttention,
+    cross: Condition,
+    /// What a melody model follows with every prompt.
+    melody: Option<Melody>,
     commands: Receiver<Command>,
     /// Frames on their way to the codec thread.
     to_codec: Sender<CodecInput>,
@@ -60,7 +63,7 @@ pub(super) struct GenerationLoop {
 /// The old prompt's continuation during a crossfade.
 struct OldPromptLane {
     generator: SlidingGenerator,
-    cross: CrossAttention,
+    cross: Condition,
     morph: Option<Morph>,
     /// The first frame in which the two continuations can differ.
     start: usize,
@@ -75,7 +78,7 @@ impl GenerationLoop {
         config: &StreamConfig,
         given: &CodeGrid,
         window: WindowSpec,
-        cross: CrossAttention,
+        cross: Condition,
         links: GenerationLinks,
         shared: &Shared,
     ) -> Result<Self, StreamError> {
@@ -101,6 +104,7 @@ impl GenerationLoop {
             decoder,
             model: Arc::clone(model),
             cross,
+            melody: config.melody.clone(),
             commands: links.commands,
             to_codec: links.to_codec,
             status: Arc::clone(&shared.status),
@@ -224,9 +228,11 @@ impl GenerationLoop {
     }
 
     /// Conditions generation on `prompt` from the next step (a morph then blends from it);
-    /// with a crossfade set, the old prompt's music goes on beside it for the fade.
+    /// with a crossfade set, the old prompt's music goes on beside it for the fade. A
+    /// melody model holds its prompt in its context, so the context starts again from
+    /// the frames done, as at a window slide, with the new prompt in front.
     fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
-        let cross = self.model.condition(prompt)?;
+        let cross = self.model.condition_with_melody(prompt, self.melody.as_ref())?;
         let new_morph = match &self.morph {
             Some((target, morph)) => Some((target.clone(), morph.for_new_a(&cross)?)),
             None => None,
@@ -241,6 +247,9 @@ impl GenerationLoop {
                 start: self.generator.frames_done(),
                 fade_frames: self.crossfade_frames,
             });
+        }
+        if self.cross.prefix_len() > 0 {
+            self.generator.restart(&mut self.decoder, &self.cross)?;
         }
         Ok(())
     }
@@ -311,18 +320,13 @@ impl GenerationLoop {
 
 /// A morph from the prompt's conditioning `a` toward `target`, at `amount`, with the
 /// target it was made for.
-fn morph_toward(
-    model: &Model,
-    a: &CrossAttention,
-    target: String,
-    amount: f32,
-) -> Result<(String, Morph), StreamError> {
+fn morph_toward(model: &Model, a: &Condition, target: String, amount: f32) -> Result<(String, Morph), StreamError> {
     let morph = Morph::new(a, Arc::new(model.condition(&target)?), amount)?;
     Ok((target, morph))
 }
 
 /// What a step is conditioned on: the prompt's conditioning, or the morph's blend from it.
-fn conditioning<'a>(prompt: &'a CrossAttention, morph: Option<&'a Morph>) -> &'a CrossAttention {
+fn conditioning<'a>(prompt: &'a Condition, morph: Option<&'a Morph>) -> &'a Condition {
     match morph {
         Some(morph) => morph.conditioning(prompt),
         None => prompt,

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Sender, bounded, unbounded};
 use parking_lot::Mutex;
 
+use crate::chroma::Melody;
 use crate::codec::{CodecError, CodecWindow};
 use crate::conditioning::ConditioningError;
 use crate::decoder::DecoderError;
@@ -68,6 +69,9 @@ pub enum StreamError {
 #[derive(Clone, Debug)]
 pub struct StreamConfig {
     pub prompt: String,
+    /// The melody a melody model follows (`None`: the null melody); a text-conditioned
+    /// model refuses one.
+    pub melody: Option<Melody>,
     pub sampling: SamplingSettings,
     pub guidance_scale: f32,
     pub seed: u64,
@@ -182,6 +186,7 @@ impl StreamConfig {
             prompt_crossfade_seconds: 0.0,
             morph_target: None,
             morph: 0.0,
+            melody: None,
             block_dc: true,
             output_rate_hz: 48_000.0,
             buffer_seconds: 2.0,
@@ -282,7 +287,7 @@ impl Stream {
             started: Instant::now(),
             codec_latency_frames: codec.latency_frames(),
         };
-        let cross = model.condition(&config.prompt)?;
+        let cross = model.condition_with_melody(&config.prompt, config.melody.as_ref())?;
         let (commands, command_rx) = unbounded();
         let (to_codec, from_generation) = bounded(codec.window().chunk_frames * 4);
         let links = GenerationLinks {
