@@ -186,3 +186,43 @@ fn a_prompt_change_restarts_a_melody_models_context_under_the_new_prompt() {
         "after the change: the new prompt's continuation of the frames done"
     );
 }
+
+#[test]
+fn a_new_melody_takes_over_at_the_next_window_slide() {
+    let model = model();
+    let golden = golden(&tiny_melody());
+    let run = |new_melody: Option<Melody>| {
+        let mut config = golden_config(&golden.prompt, golden.guidance_scale, 120, None);
+        // Windows of 80 frames keeping 40: the first slide is at frame 80.
+        config.window_seconds = 1.6;
+        config.keep_seconds = 0.8;
+        let (stream, mut consumer) = Stream::start(&model, config).unwrap();
+        if let Some(melody) = new_melody {
+            // Once the first context holds its (null) melody.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while stream.status().started_frames() == 0 {
+                assert!(std::time::Instant::now() < deadline, "generation did not start");
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            stream.send(Command::SetMelody(Some(melody)));
+        }
+        drain(&stream, &mut consumer);
+        assert_eq!(stream.status().seams(), [80]);
+        codes_of(&stream)
+    };
+    let plain = run(None);
+    let followed = run(Some(golden_melody(&model)));
+    let range = |codes: &[Vec<u32>], frames: std::ops::Range<usize>| -> Vec<Vec<u32>> {
+        codes.iter().map(|row| row[frames.clone()].to_vec()).collect()
+    };
+    assert_eq!(
+        range(&followed, 0..80),
+        range(&plain, 0..80),
+        "the first context keeps its melody"
+    );
+    assert_ne!(
+        range(&followed, 80..120),
+        range(&plain, 80..120),
+        "the next one follows the new melody"
+    );
+}

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, bounded, unbounded};
 use musicgen_engine::{
-    Command, ExecutionProvider, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer, RECENT_FRAMES, Readiness,
-    Runtime, SamplingSettings, Stream, StreamConfig, find_tiny_bundle,
+    ChromaExtractor, Command, ExecutionProvider, Melody, Model, ModelError, ModelOptions, Pattern, PlaybackConsumer,
+    RECENT_FRAMES, Readiness, Runtime, SamplingSettings, Stream, StreamConfig, find_tiny_bundle,
 };
 use parking_lot::Mutex;
 use ringbuf::traits::{Consumer, Producer, Split};
@@ -137,6 +137,9 @@ impl Controller {
             sidechain: sidechain_rx,
             sidechain_history: VecDeque::new(),
             model: None,
+            chroma: None,
+            melody: None,
+            melody_computed: Instant::now().checked_sub(MELODY_REFRESH).unwrap_or_else(Instant::now),
             loading: None,
             failed_load: None,
             start_when_loaded: false,
@@ -211,6 +214,16 @@ struct Applied {
     morph: f32,
 }
 
+/// A stream filling its buffer before it takes over from the playing one (a continuation
+/// of the sidechain, or the same music on a newly loaded model), with its prompt and what
+/// the editor says once it plays.
+struct Pending {
+    stream: Stream,
+    consumer: PlaybackConsumer,
+    prompt: String,
+    state: String,
+}
+
 /// The model the parameters choose: the folder field as typed (empty: the bundled model)
 /// and the provider. Cheap to read on every poll.
 #[derive(Clone, PartialEq)]
@@ -251,6 +264,12 @@ struct Worker {
     sidechain_history: VecDeque<f32>,
     /// The model new streams play, with the choice it was loaded for.
     model: Option<(ModelChoice, Arc<Model>)>,
+    /// The model's chroma extractor, if it is a melody model.
+    chroma: Option<ChromaExtractor>,
+    /// The melody streams follow (*Follow sidechain melody*), and when it was last
+    /// computed.
+    melody: Option<Melody>,
+    melody_computed: Instant,
     /// A model loading in the background.
     loading: Option<ModelLoad>,
     /// Options whose model did not load: not tried again until they change or Generate
@@ -258,9 +277,8 @@ struct Worker {
     failed_load: Option<ModelChoice>,
     /// A stream starts as soon as the model has loaded.
     start_when_loaded: bool,
-    /// A stream that continues the sidechain, with its prompt, filling its buffer before
-    /// it takes over.
-    pending: Option<(Stream, PlaybackConsumer, String)>,
+    /// A stream filling its buffer before it takes over.
+    pending: Option<Pending>,
     /// The prompt the stream was last conditioned on (tempo hint included).
     applied_prompt: String,
     stream: Option<Stream>,
@@ -279,6 +297,10 @@ const SIDECHAIN_QUEUE_SAMPLES: usize = 384_000;
 const SIDECHAIN_SECONDS: f64 = 30.0;
 /// Audio a continuing stream buffers before it replaces the playing one.
 const TAKE_OVER_SECONDS: f64 = 0.5;
+/// How often the sidechain's melody is computed again while it is followed.
+const MELODY_REFRESH: Duration = Duration::from_secs(1);
+/// Quieter sidechain audio (RMS) has no melody to follow.
+const SILENCE_RMS: f32 = 1e-4;
 
 /// How often the worker looks at the audio thread's queue and the parameters.
 const POLL: Duration = Duration::from_millis(5);
@@ -319,6 +341,7 @@ impl Worker {
             while self.retired.try_pop().is_some() {}
             self.send_handoff();
             self.keep_sidechain();
+            self.follow_melody();
             self.follow_model();
             self.take_over_when_ready();
             self.follow_prompt();
@@ -418,7 +441,8 @@ impl Worker {
             },
             guidance_scale: p.guidance.value(),
             prompt_crossfade_s: p.prompt_crossfade.value(),
-            morph_target: self.morph_target(),
+            // A melody model cannot morph: its prompt is in its context.
+            morph_target: self.chroma.is_none().then(|| self.morph_target()).flatten(),
             morph: p.morph.value(),
         }
     }
@@ -589,6 +613,11 @@ impl Worker {
     }
 
     fn use_model(&mut self, choice: ModelChoice, model: Arc<Model>) {
+        self.chroma = model.chroma_extractor();
+        self.melody = None;
+        // The first stream on a melody model starts on the sidechain's melody.
+        self.melody_computed = Instant::now().checked_sub(MELODY_REFRESH).unwrap_or_else(Instant::now);
+        self.follow_melody();
         self.model = Some((choice, Arc::clone(&model)));
         self.failed_load = None;
         if std::mem::take(&mut self.start_when_loaded) && !self.is_running() {
@@ -606,7 +635,12 @@ impl Worker {
         let started = Stream::start(&model, self.stream_config(prompt.clone()));
         match started {
             Ok((stream, consumer)) => {
-                self.pending = Some((stream, consumer, prompt));
+                self.pending = Some(Pending {
+                    stream,
+                    consumer,
+                    prompt,
+                    state: format!("playing {}", model.dir().display()),
+                });
                 self.set_state(format!("switching to {} ...", model.dir().display()), None);
             }
             Err(error) => self.set_state("the new model did not start".into(), Some(error.into())),
@@ -636,6 +670,48 @@ impl Worker {
         let keep = 2 * (SIDECHAIN_SECONDS * self.output_rate_hz) as usize;
         let excess = history.len().saturating_sub(keep);
         history.drain(..excess);
+    }
+
+    /// Keeps the streams' melody on the sidechain's while *Follow sidechain melody* is on
+    /// and the model is a melody model: the chroma of the last *Context window* seconds,
+    /// computed every [`MELODY_REFRESH`] and sent when its pitch classes change (silence:
+    /// no melody). The stream takes it up at its next window slide or prompt change.
+    fn follow_melody(&mut self) {
+        let Some(extractor) = &self.chroma else {
+            return;
+        };
+        let wanted = if self.params.follow_melody.value() {
+            if self.melody_computed.elapsed() < MELODY_REFRESH {
+                return;
+            }
+            self.melody_computed = Instant::now();
+            let seconds = f64::from(self.params.window.value());
+            let frames = ((seconds * self.output_rate_hz) as usize).min(self.sidechain_history.len() / 2);
+            let recent: Vec<f32> = self
+                .sidechain_history
+                .range(self.sidechain_history.len() - 2 * frames..)
+                .copied()
+                .collect();
+            let rms = (recent.iter().map(|s| s * s).sum::<f32>() / recent.len().max(1) as f32).sqrt();
+            (rms >= SILENCE_RMS)
+                .then(|| extractor.melody(&recent, 2, self.output_rate_hz).ok())
+                .flatten()
+        } else {
+            None
+        };
+        if wanted != self.melody {
+            if wanted.is_some() != self.melody.is_some() {
+                let state = match &wanted {
+                    Some(_) => "following the sidechain's melody from the next window slide or prompt",
+                    None => "no sidechain melody: the next window slide or prompt plays without one",
+                };
+                self.set_state(state.into(), None);
+            }
+            self.melody = wanted;
+            if let Some(stream) = &self.stream {
+                stream.send(Command::SetMelody(self.melody.clone()));
+            }
+        }
     }
 
     /// Encodes the last *Kept context* seconds of the sidechain and starts a stream that
@@ -679,20 +755,25 @@ impl Worker {
         config.continue_from = Some(codes);
         config.play_continued = false;
         let (stream, consumer) = Stream::start(&model, config)?;
-        self.pending = Some((stream, consumer, prompt));
+        self.pending = Some(Pending {
+            stream,
+            consumer,
+            prompt,
+            state: "continuing the sidechain".into(),
+        });
         Ok(())
     }
 
     /// Hands a continuing stream to the audio thread once it has audio buffered.
     fn take_over_when_ready(&mut self) {
-        let ready = self.pending.as_ref().is_some_and(|(stream, _, _)| {
-            stream.seconds_buffered() >= TAKE_OVER_SECONDS || stream.status().is_finished()
+        let ready = self.pending.as_ref().is_some_and(|pending| {
+            pending.stream.seconds_buffered() >= TAKE_OVER_SECONDS || pending.stream.status().is_finished()
         });
         if !ready {
             return;
         }
-        let (stream, consumer, prompt) = self.pending.take().expect("checked above");
-        self.install(stream, consumer, prompt, "continuing the sidechain");
+        let pending = self.pending.take().expect("checked above");
+        self.install(pending.stream, pending.consumer, pending.prompt, &pending.state);
     }
 
     /// Queues `handoff` for the audio thread, after any already queued; one that finds no
@@ -793,6 +874,7 @@ impl Worker {
         config.prompt_crossfade_seconds = f64::from(settings.prompt_crossfade_s);
         config.morph_target = settings.morph_target;
         config.morph = settings.morph;
+        config.melody = self.melody.clone();
         config.output_rate_hz = self.output_rate_hz;
         config
     }

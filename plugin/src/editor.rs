@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, bounded};
 use egui::{Color32, Rect, Sense, Stroke, Vec2};
-use musicgen_engine::{Bundle, Coord, ExecutionProvider, Readiness};
+use musicgen_engine::{Bundle, Conditioning, Coord, ExecutionProvider, Readiness};
 use musicgen_import::Precision;
 use musicgen_import::hub::{HubOptions, LICENCE, OFFICIAL};
 use nice_plug::context::gui::{GuiContext, ParamSetter};
@@ -40,7 +40,7 @@ pub struct EditorApp {
     model_dir: String,
     /// The chosen model as its manifest names it (its family), or why it cannot be used;
     /// checked when it is chosen.
-    model_check: Result<String, String>,
+    model_check: Result<ChosenModel, String>,
     /// The folder dialog's answer, while one is open.
     browsing: Option<Receiver<Browsed>>,
     /// The *Get model...* list: open or not, the checkpoint chosen in it, the precision,
@@ -132,7 +132,13 @@ impl NiceEguiApp for EditorApp {
             ui.heading("MusicGen Live");
             self.meters(ui);
             self.slots(ui);
-            self.morph(ui);
+            // The controls that apply to the chosen model: a melody model follows a
+            // melody and cannot morph.
+            if self.chosen_melody_model() {
+                self.melody(ui);
+            } else {
+                self.morph(ui);
+            }
             ui.label("Prompt (of the playing slot)");
             ui.add(
                 egui::TextEdit::multiline(&mut self.prompt)
@@ -292,7 +298,7 @@ impl EditorApp {
             };
         }
         let (playing, queued) = (self.view.playing_slot, self.view.queued_slot);
-        let morph_to = self.params.morph_slot();
+        let morph_to = (!self.chosen_melody_model()).then(|| self.params.morph_slot());
         let first_note = self.params.first_slot_note.value();
         let bank = self.params.bank.read().clone();
         ui.horizontal(|ui| {
@@ -326,7 +332,7 @@ impl EditorApp {
             for (index, slot) in bank.slots.iter().enumerate() {
                 let note = note_name(first_note + index as i32);
                 let next = if queued == Some(index) { "  next" } else { "" };
-                let target = if index == morph_to { "  morph B" } else { "" };
+                let target = if Some(index) == morph_to { "  morph B" } else { "" };
                 let text =
                     egui::RichText::new(format!("{}  {}\n{note}{next}{target}", index + 1, slot.name)).size(17.0);
                 let mut button = egui::Button::new(text)
@@ -344,6 +350,27 @@ impl EditorApp {
                 }
             }
         });
+    }
+
+    fn chosen_melody_model(&self) -> bool {
+        self.model_check.as_ref().is_ok_and(|chosen| chosen.melody)
+    }
+
+    /// *Follow sidechain melody*, for a melody model, with what it does.
+    fn melody(&self, ui: &mut egui::Ui) {
+        let Some(gui) = &self.gui else {
+            return;
+        };
+        let setter = gui.param_setter();
+        ui.horizontal(|ui| {
+            ui.label(egui::RichText::new("Follow sidechain melody").size(22.0).strong());
+            ui.add(ParamSlider::for_param(&self.params.follow_melody, &setter));
+        });
+        ui.label(
+            "The music follows the melody of the sidechain's last Context window seconds, taken up at each \
+             window slide and prompt change. A melody model holds its prompt in its context: a new prompt \
+             starts the context again from the music so far (no morph).",
+        );
     }
 
     /// The morph knob, with what it blends: the playing prompt (A) toward the *Morph to*
@@ -465,7 +492,7 @@ impl EditorApp {
             }
         });
         match &self.model_check {
-            Ok(family) => ui.weak(family),
+            Ok(chosen) => ui.weak(&chosen.description),
             Err(problem) => ui.colored_label(RED, problem),
         };
         if let Some(ready) = self.get_model.take_finished() {
@@ -823,9 +850,17 @@ fn ask_in_dialog(
     answer_rx
 }
 
+/// A model folder that holds a bundle.
+struct ChosenModel {
+    /// Its name and family, for people.
+    description: String,
+    /// Conditioned on a melody as well as text.
+    melody: bool,
+}
+
 /// The model in `chosen` (empty: the bundled one), as its manifest names it and its
 /// family, or why it is not a bundle.
-fn describe_model(chosen: &str) -> Result<String, String> {
+fn describe_model(chosen: &str) -> Result<ChosenModel, String> {
     let dir = if chosen.is_empty() {
         default_model_dir()
     } else {
@@ -833,7 +868,10 @@ fn describe_model(chosen: &str) -> Result<String, String> {
     };
     let bundle = Bundle::open(&dir).map_err(|e| e.to_string())?;
     let manifest = bundle.manifest();
-    Ok(format!("{}: {}", manifest.model_name, manifest.describe_family()))
+    Ok(ChosenModel {
+        description: format!("{}: {}", manifest.model_name, manifest.describe_family()),
+        melody: manifest.family().conditioning == Conditioning::TextAndMelody,
+    })
 }
 
 /// Opens the system's folder dialog for a model folder, starting in `current`.

@@ -94,6 +94,10 @@ pub struct MusicGenParams {
     /// The slot (1 to 8) whose prompt the morph blends toward.
     #[id = "morph_to"]
     pub morph_to: IntParam,
+    /// A melody model follows the melody of the sidechain's last *Context window* seconds,
+    /// taken up at each window slide and prompt change (other models ignore it).
+    #[id = "follow_melody"]
+    pub follow_melody: BoolParam,
     #[persist = "bank"]
     pub bank: Arc<RwLock<PromptBank>>,
     /// The slot whose prompt plays (0-based), or the last one chosen.
@@ -286,6 +290,7 @@ impl Default for MusicGenParams {
                 .with_unit(" %")
                 .with_value_to_string(formatters::v2s_f32_percentage(0))
                 .with_string_to_value(formatters::s2v_f32_percentage()),
+            follow_melody: BoolParam::new("Follow sidechain melody", false),
             morph_to: IntParam::new(
                 "Morph to",
                 2,

@@ -32,7 +32,8 @@ pub(super) struct GenerationLoop {
     decoder: Decoder,
     model: Arc<Model>,
     cross: Condition,
-    /// What a melody model follows with every prompt.
+    /// The prompt `cross` was made of, and what a melody model follows with it.
+    prompt: String,
     melody: Option<Melody>,
     commands: Receiver<Command>,
     /// Frames on their way to the codec thread.
@@ -104,6 +105,7 @@ impl GenerationLoop {
             decoder,
             model: Arc::clone(model),
             cross,
+            prompt: config.prompt.clone(),
             melody: config.melody.clone(),
             commands: links.commands,
             to_codec: links.to_codec,
@@ -233,6 +235,7 @@ impl GenerationLoop {
     /// the frames done, as at a window slide, with the new prompt in front.
     fn change_prompt(&mut self, prompt: &str) -> Result<(), StreamError> {
         let cross = self.model.condition_with_melody(prompt, self.melody.as_ref())?;
+        self.prompt = prompt.to_owned();
         let new_morph = match &self.morph {
             Some((target, morph)) => Some((target.clone(), morph.for_new_a(&cross)?)),
             None => None,
@@ -301,6 +304,13 @@ impl GenerationLoop {
                     self.generator.sampler_mut().set_settings(sampling)?;
                     self.generator.set_guidance_scale(guidance_scale);
                 }
+                Ok(Command::SetMelody(melody)) if melody != self.melody => {
+                    // The current context keeps the melody it holds; the next one (a
+                    // slide's lane, a prompt change's restart) is made under this one.
+                    self.cross = self.model.condition_with_melody(&self.prompt, melody.as_ref())?;
+                    self.melody = melody;
+                }
+                Ok(Command::SetMelody(_)) => {}
                 Ok(Command::Stop) => return Ok(false),
                 Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
             }

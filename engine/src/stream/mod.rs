@@ -226,6 +226,10 @@ pub enum Command {
         sampling: SamplingSettings,
         guidance_scale: f32,
     },
+    /// The melody a melody model follows from its next context on: the next window
+    /// slide or prompt change (its context holds the melody it started with). `None`:
+    /// the null melody. A text-conditioned model refuses one.
+    SetMelody(Option<Melody>),
     /// Ends generation; what is generated still plays out.
     Stop,
 }
