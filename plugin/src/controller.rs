@@ -614,10 +614,13 @@ impl Worker {
 
     fn use_model(&mut self, choice: ModelChoice, model: Arc<Model>) {
         self.chroma = model.chroma_extractor();
-        self.melody = None;
-        // The first stream on a melody model starts on the sidechain's melody.
-        self.melody_computed = Instant::now().checked_sub(MELODY_REFRESH).unwrap_or_else(Instant::now);
-        self.follow_melody();
+        // The first stream on a melody model starts on the sidechain's melody; a stream
+        // still playing the old model is not told.
+        self.melody = match &self.chroma {
+            Some(extractor) if self.params.follow_melody.value() => self.sidechain_melody(extractor),
+            _ => None,
+        };
+        self.melody_computed = Instant::now();
         self.model = Some((choice, Arc::clone(&model)));
         self.failed_load = None;
         if std::mem::take(&mut self.start_when_loaded) && !self.is_running() {
@@ -673,9 +676,9 @@ impl Worker {
     }
 
     /// Keeps the streams' melody on the sidechain's while *Follow sidechain melody* is on
-    /// and the model is a melody model: the chroma of the last *Context window* seconds,
-    /// computed every [`MELODY_REFRESH`] and sent when its pitch classes change (silence:
-    /// no melody). The stream takes it up at its next window slide or prompt change.
+    /// and the model is a melody model, computed every [`MELODY_REFRESH`] and sent to the
+    /// melody streams (the playing one, one about to take over) when its pitch classes
+    /// change. A stream takes it up at its next window slide or prompt change.
     fn follow_melody(&mut self) {
         let Some(extractor) = &self.chroma else {
             return;
@@ -685,33 +688,44 @@ impl Worker {
                 return;
             }
             self.melody_computed = Instant::now();
-            let seconds = f64::from(self.params.window.value());
-            let frames = ((seconds * self.output_rate_hz) as usize).min(self.sidechain_history.len() / 2);
-            let recent: Vec<f32> = self
-                .sidechain_history
-                .range(self.sidechain_history.len() - 2 * frames..)
-                .copied()
-                .collect();
-            let rms = (recent.iter().map(|s| s * s).sum::<f32>() / recent.len().max(1) as f32).sqrt();
-            (rms >= SILENCE_RMS)
-                .then(|| extractor.melody(&recent, 2, self.output_rate_hz).ok())
-                .flatten()
+            self.sidechain_melody(extractor)
         } else {
             None
         };
-        if wanted != self.melody {
-            if wanted.is_some() != self.melody.is_some() {
-                let state = match &wanted {
-                    Some(_) => "following the sidechain's melody from the next window slide or prompt",
-                    None => "no sidechain melody: the next window slide or prompt plays without one",
-                };
-                self.set_state(state.into(), None);
-            }
-            self.melody = wanted;
-            if let Some(stream) = &self.stream {
+        if wanted == self.melody {
+            return;
+        }
+        if wanted.is_some() != self.melody.is_some() {
+            let state = match &wanted {
+                Some(_) => "following the sidechain's melody from the next window slide or prompt",
+                None => "no sidechain melody: the next window slide or prompt plays without one",
+            };
+            self.set_state(state.into(), None);
+        }
+        self.melody = wanted;
+        let pending = self.pending.as_ref().map(|pending| &pending.stream);
+        // A text model's stream (the old model's, while a melody model takes over) has no
+        // melody to change.
+        for stream in self.stream.iter().chain(pending) {
+            if stream.model().manifest().melody.is_some() {
                 stream.send(Command::SetMelody(self.melody.clone()));
             }
         }
+    }
+
+    /// The melody of the sidechain's last *Context window* seconds (none in silence).
+    fn sidechain_melody(&self, extractor: &ChromaExtractor) -> Option<Melody> {
+        let seconds = f64::from(self.params.window.value());
+        let frames = ((seconds * self.output_rate_hz) as usize).min(self.sidechain_history.len() / 2);
+        let recent: Vec<f32> = self
+            .sidechain_history
+            .range(self.sidechain_history.len() - 2 * frames..)
+            .copied()
+            .collect();
+        let rms = (recent.iter().map(|s| s * s).sum::<f32>() / recent.len().max(1) as f32).sqrt();
+        (rms >= SILENCE_RMS)
+            .then(|| extractor.melody(&recent, 2, self.output_rate_hz).ok())
+            .flatten()
     }
 
     /// Encodes the last *Kept context* seconds of the sidechain and starts a stream that
