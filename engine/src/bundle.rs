@@ -405,15 +405,7 @@ pub fn find_tiny_bundle(dir: &Path) -> Option<PathBuf> {
 fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static str)> {
     let m = manifest;
     let g = &m.decoder;
-    let melody = m.melody.unwrap_or(MelodySpec {
-        num_chroma: 12,
-        chroma_length: 1,
-        sample_rate_hz: 32_000,
-        n_fft: 2,
-        hop_length: 1,
-        max_seconds: 1,
-    });
-    let checks: [(&'static str, String, bool, &'static str); 17] = [
+    let checks: [(&'static str, String, bool, &'static str); 12] = [
         (
             "num_codebooks",
             m.num_codebooks.to_string(),
@@ -486,6 +478,14 @@ fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static s
             (1..=4096).contains(&m.text_encoder.max_tokens),
             "a prompt takes 1 to 4096 tokens",
         ),
+    ];
+    first_failed(checks).or_else(|| m.melody.as_ref().and_then(melody_out_of_range))
+}
+
+/// The first field of a melody model's chroma settings outside what the feature extractor
+/// can have.
+fn melody_out_of_range(melody: &MelodySpec) -> Option<(&'static str, String, &'static str)> {
+    let checks: [(&'static str, String, bool, &'static str); 5] = [
         (
             "melody.num_chroma",
             melody.num_chroma.to_string(),
@@ -517,6 +517,13 @@ fn out_of_range(manifest: &Manifest) -> Option<(&'static str, String, &'static s
             "the chroma is computed at 1 to 384 kHz, over at least 1 s",
         ),
     ];
+    first_failed(checks)
+}
+
+/// The first of `checks` (field, value, whether it is in range, why) that failed.
+fn first_failed<const N: usize>(
+    checks: [(&'static str, String, bool, &'static str); N],
+) -> Option<(&'static str, String, &'static str)> {
     checks
         .into_iter()
         .find(|(_, _, ok, _)| !ok)

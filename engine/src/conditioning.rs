@@ -234,10 +234,15 @@ pub struct Conditioner {
     max_tokens: usize,
     hidden_size: usize,
     text_encoder: Session,
-    /// A text-conditioned model's projections to cross-attention keys and values.
-    cross_kv: Option<Session>,
-    /// A melody model's.
-    melody: Option<MelodySpec>,
+    conditions: Conditions,
+}
+
+/// What the encoded prompt becomes.
+enum Conditions {
+    /// A text-conditioned model's cross-attention keys and values, by `cross_kv.onnx`.
+    CrossAttention(Session),
+    /// A melody model's prefix, with its chroma settings.
+    Prefix(MelodySpec),
 }
 
 impl Conditioner {
@@ -258,11 +263,10 @@ impl Conditioner {
             max_tokens: manifest.text_encoder.max_tokens,
             hidden_size: manifest.decoder.hidden_size,
             text_encoder: bundle.session_on(runtime, Graph::TextEncoder, threads, provider)?.0,
-            cross_kv: match manifest.melody {
-                None => Some(bundle.session_on(runtime, Graph::CrossKv, threads, provider)?.0),
-                Some(_) => None,
+            conditions: match manifest.melody {
+                None => Conditions::CrossAttention(bundle.session_on(runtime, Graph::CrossKv, threads, provider)?.0),
+                Some(spec) => Conditions::Prefix(spec),
             },
-            melody: manifest.melody,
         })
     }
 
@@ -304,7 +308,7 @@ impl Conditioner {
     /// Encodes `prompt`, and `melody` for a melody model (none: the null melody), into
     /// what the decoder is conditioned on.
     pub(crate) fn encode(&mut self, prompt: &str, melody: Option<&Melody>) -> Result<Condition, ConditioningError> {
-        if melody.is_some() && self.melody.is_none() {
+        if melody.is_some() && matches!(self.conditions, Conditions::CrossAttention(_)) {
             return Err(ConditioningError::MelodyNeedsMelodyModel);
         }
         let ids: Vec<i64> = self.tokenize(prompt)?.into_iter().map(i64::from).collect();
@@ -331,10 +335,10 @@ impl Conditioner {
         both_rows[..row].copy_from_slice(&conditioning[..row]);
         drop(outputs);
 
-        if let Some(spec) = self.melody {
-            return prefix(both_rows, len, self.hidden_size, melody, spec);
-        }
-        let cross_kv = self.cross_kv.as_mut().expect("a text-conditioned model loads cross_kv");
+        let cross_kv = match &mut self.conditions {
+            Conditions::Prefix(spec) => return prefix(both_rows, len, self.hidden_size, melody, *spec),
+            Conditions::CrossAttention(cross_kv) => cross_kv,
+        };
         let both_rows = TensorRef::from_array_view(([2usize, len, self.hidden_size], &both_rows[..]))
             .map_err(run_error(Graph::CrossKv))?;
         let outputs = cross_kv

@@ -289,7 +289,6 @@ impl Decoder {
             cache.layers = self.allocate_layers(prefix_len + cache.steps)?;
             cache.capacity = prefix_len + cache.steps;
         }
-        let graph = &*self.graph;
         if first_step + prefix_len + steps > graph.max_steps + graph.max_prefix_len {
             return Err(DecoderError::ContextFull {
                 max_frames: graph.max_steps,

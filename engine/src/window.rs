@@ -225,8 +225,7 @@ impl SlidingGenerator {
         let offset = done - keep;
         let mut lane = self.new_lane(decoder, offset, keep)?;
         for t in offset..done {
-            let i = t - self.history_start;
-            lane.push_prefix_frame(&self.history[i * self.num_codebooks..(i + 1) * self.num_codebooks]);
+            lane.push_prefix_frame(self.frame(t));
         }
         Self::timed_prefill(
             &mut lane,
@@ -237,15 +236,7 @@ impl SlidingGenerator {
         )?;
         // A next lane made under the old conditioning is dropped; one is made again later.
         self.next = None;
-        self.current.swap_sampler(&mut lane);
-        let retired = std::mem::replace(&mut self.current, lane);
-        self.spare = Some(retired.into_cache());
-        self.offset = offset;
-        self.seams.push(done);
-        self.seam_count += 1;
-        if self.spec.total_frames.is_none() {
-            self.forget_before(self.offset);
-        }
+        self.take_over(lane, offset);
         Ok(())
     }
 
@@ -316,14 +307,22 @@ impl SlidingGenerator {
 
     /// The next lane, its context complete, takes over from the current one.
     fn switch_lanes(&mut self) {
-        let Some(mut next) = self.next.take() else {
+        let Some(next) = self.next.take() else {
             return;
         };
-        self.current.swap_sampler(&mut next);
         let window = self.current.pattern().num_timesteps();
-        let retired = std::mem::replace(&mut self.current, next);
+        let offset = self.offset + window - next.prefix_frames();
+        self.take_over(next, offset);
+    }
+
+    /// `lane`, which starts at global frame `offset`, replaces the current lane: it takes
+    /// the current sampler (random state included), the retired lane's cache becomes the
+    /// spare, and the seam is recorded where its given frames end.
+    fn take_over(&mut self, mut lane: Generator, offset: usize) {
+        self.current.swap_sampler(&mut lane);
+        let retired = std::mem::replace(&mut self.current, lane);
         self.spare = Some(retired.into_cache());
-        self.offset += window - self.current.prefix_frames();
+        self.offset = offset;
         self.seams.push(self.offset + self.current.prefix_frames());
         self.seam_count += 1;
         if self.spec.total_frames.is_none() {

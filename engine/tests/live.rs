@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{codes_of, config, drain, read_wav, start, tiny, tiny_model};
+use common::{codes_of, config, drain, frames, grid, read_wav, start, tiny, tiny_model};
 use std::time::{Duration, Instant};
 
 use musicgen_engine::{CodeGrid, Command, SamplingSettings, StreamConfig};
@@ -13,19 +13,6 @@ const PROMPT: &str = "warm lo-fi piano";
 fn greedy(mut config: StreamConfig) -> StreamConfig {
     config.sampling = SamplingSettings::greedy();
     config
-}
-
-/// Frames `range` of `codes` (`[K][T]`) as a grid.
-fn grid(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> CodeGrid {
-    let flat = codes
-        .iter()
-        .flat_map(|row| row[range.clone()].iter().copied())
-        .collect();
-    CodeGrid::new(codes.len(), range.len(), flat).unwrap()
-}
-
-fn frames(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> Vec<Vec<u32>> {
-    codes.iter().map(|row| row[range.clone()].to_vec()).collect()
 }
 
 /// Runs a stream to its end: its codes `[K][T]` and its audio.

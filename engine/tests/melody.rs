@@ -7,8 +7,8 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use common::{codes_of, drain, golden, read_wav};
-use musicgen_engine::{CodeGrid, Command, Melody, Model, ModelOptions, SamplingSettings, Stream, StreamConfig};
+use common::{Golden, codes_of, drain, frames, golden, grid, read_wav};
+use musicgen_engine::{Command, Melody, Model, ModelOptions, SamplingSettings, Stream, StreamConfig};
 
 fn tiny_melody() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../models/tiny-melody")
@@ -77,10 +77,17 @@ fn chroma_matches_transformers_feature_extractor() {
     );
 }
 
-fn golden_config(prompt: &str, guidance_scale: f32, frames: usize, melody: Option<Melody>) -> StreamConfig {
+/// The tiny melody model, its golden codes, and the golden melody as the engine hears it.
+fn golden_setup() -> (Arc<Model>, Golden, Melody) {
+    let model = model();
+    let melody = golden_melody(&model);
+    (model, golden(&tiny_melody()), melody)
+}
+
+fn golden_config(prompt: &str, guidance_scale: f32, frame_count: usize, melody: Option<Melody>) -> StreamConfig {
     let mut config = StreamConfig::new(prompt);
     config.melody = melody;
-    config.seconds = Some(frames as f64 / 50.0);
+    config.seconds = Some(frame_count as f64 / 50.0);
     config.output_rate_hz = 32_000.0;
     config.sampling = SamplingSettings::greedy();
     config.guidance_scale = guidance_scale;
@@ -90,11 +97,9 @@ fn golden_config(prompt: &str, guidance_scale: f32, frames: usize, melody: Optio
 
 #[test]
 fn greedy_codes_with_the_golden_melody_equal_transformers_and_follow_the_melody() {
-    let model = model();
-    let golden = golden(&tiny_melody());
-    let frames = golden.codes[0].len();
-    let melody = golden_melody(&model);
-    let config = golden_config(&golden.prompt, golden.guidance_scale, frames, Some(melody.clone()));
+    let (model, golden, melody) = golden_setup();
+    let frame_count = golden.codes[0].len();
+    let config = golden_config(&golden.prompt, golden.guidance_scale, frame_count, Some(melody.clone()));
     let (stream, mut consumer) = Stream::start(&model, config).unwrap();
     let audio = drain(&stream, &mut consumer);
     assert_eq!(
@@ -109,7 +114,7 @@ fn greedy_codes_with_the_golden_melody_equal_transformers_and_follow_the_melody(
     // gives other codes.
     let other = Melody::from_pitch_classes(melody.pitch_classes().iter().map(|c| (c + 5) % 12).collect());
     for (name, melody) in [("no melody", None), ("the melody a fourth up", Some(other))] {
-        let config = golden_config(&golden.prompt, golden.guidance_scale, frames, melody);
+        let config = golden_config(&golden.prompt, golden.guidance_scale, frame_count, melody);
         let (stream, mut consumer) = Stream::start(&model, config).unwrap();
         drain(&stream, &mut consumer);
         let codes = codes_of(&stream);
@@ -119,7 +124,7 @@ fn greedy_codes_with_the_golden_melody_equal_transformers_and_follow_the_melody(
             .zip(golden.codes.iter().flatten())
             .filter(|(a, b)| a == b)
             .count();
-        let share = same as f64 / (frames * golden.codes.len()) as f64;
+        let share = same as f64 / (frame_count * golden.codes.len()) as f64;
         println!("{name}: {:.1}% of the codes equal the golden melody's", share * 100.0);
         // A random tiny model repeats itself a lot whatever it hears, so many codes stay;
         // the same melody gives every code again (above).
@@ -151,12 +156,10 @@ fn a_text_model_refuses_a_melody_and_a_melody_model_refuses_a_morph() {
 
 #[test]
 fn a_prompt_change_restarts_a_melody_models_context_under_the_new_prompt() {
-    let model = model();
-    let golden = golden(&tiny_melody());
-    let frames = golden.codes[0].len();
-    let melody = golden_melody(&model);
+    let (model, golden, melody) = golden_setup();
+    let frame_count = golden.codes[0].len();
     let new_prompt = "jazz trio";
-    let config = golden_config(&golden.prompt, golden.guidance_scale, frames, Some(melody.clone()));
+    let config = golden_config(&golden.prompt, golden.guidance_scale, frame_count, Some(melody.clone()));
     let (stream, mut consumer) = Stream::start(&model, config).unwrap();
     stream.send(Command::SetPromptAt {
         prompt: new_prompt.into(),
@@ -167,22 +170,21 @@ fn a_prompt_change_restarts_a_melody_models_context_under_the_new_prompt() {
     // The change comes with the step that starts frame 80, when frames up to 76 are
     // complete; the context starts again from there.
     assert_eq!(stream.status().seams(), [77], "one new context, from the frames done");
-    let range = |codes: &[Vec<u32>], frames: std::ops::Range<usize>| -> Vec<Vec<u32>> {
-        codes.iter().map(|row| row[frames.clone()].to_vec()).collect()
-    };
-    assert_eq!(range(&changed, 0..77), range(&golden.codes, 0..77));
-    assert_ne!(range(&changed, 77..frames), range(&golden.codes, 77..frames));
+    assert_eq!(frames(&changed, 0..77), frames(&golden.codes, 0..77));
+    assert_ne!(
+        frames(&changed, 77..frame_count),
+        frames(&golden.codes, 77..frame_count)
+    );
 
     // What follows is the new prompt's continuation of the frames done, as a stream that
     // continues them under the new prompt from the start makes it.
-    let mut continuation = golden_config(new_prompt, golden.guidance_scale, frames - 77, Some(melody));
-    let given: Vec<u32> = range(&changed, 0..77).concat();
-    continuation.continue_from = Some(CodeGrid::new(changed.len(), 77, given).unwrap());
+    let mut continuation = golden_config(new_prompt, golden.guidance_scale, frame_count - 77, Some(melody));
+    continuation.continue_from = Some(grid(&changed, 0..77));
     let (stream, mut consumer) = Stream::start(&model, continuation).unwrap();
     drain(&stream, &mut consumer);
     assert_eq!(
-        range(&codes_of(&stream), 77..frames),
-        range(&changed, 77..frames),
+        frames(&codes_of(&stream), 77..frame_count),
+        frames(&changed, 77..frame_count),
         "after the change: the new prompt's continuation of the frames done"
     );
 }
@@ -212,17 +214,14 @@ fn a_new_melody_takes_over_at_the_next_window_slide() {
     };
     let plain = run(None);
     let followed = run(Some(golden_melody(&model)));
-    let range = |codes: &[Vec<u32>], frames: std::ops::Range<usize>| -> Vec<Vec<u32>> {
-        codes.iter().map(|row| row[frames.clone()].to_vec()).collect()
-    };
     assert_eq!(
-        range(&followed, 0..80),
-        range(&plain, 0..80),
+        frames(&followed, 0..80),
+        frames(&plain, 0..80),
         "the first context keeps its melody"
     );
     assert_ne!(
-        range(&followed, 80..120),
-        range(&plain, 80..120),
+        frames(&followed, 80..120),
+        frames(&plain, 80..120),
         "the next one follows the new melody"
     );
 }

@@ -8,7 +8,6 @@ use clack_host::events::event_types::{NoteOnEvent, ParamValueEvent};
 use clack_host::prelude::*;
 use host::*;
 
-const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 256;
 
 /// Seconds into the performance where each part starts.
@@ -20,10 +19,6 @@ const EVERYTHING_S: (f64, f64) = (4.5, 6.5);
 /// values pressed last, the music plays again.
 const GENERATE_S: f64 = 6.6;
 const END_S: f64 = 8.0;
-
-fn at(seconds: f64) -> usize {
-    (seconds * f64::from(RATE_HZ)) as usize
-}
 
 /// A small deterministic generator: the test's random automation is the same each run.
 fn next_random(state: &mut u64) -> f64 {

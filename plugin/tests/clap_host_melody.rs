@@ -11,15 +11,10 @@ use clack_host::events::event_types::NoteOnEvent;
 use clack_host::prelude::*;
 use host::*;
 
-const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
 /// Late enough for the chosen model to have loaded and filled its buffer.
 const NOTE_ON_S: f64 = 2.5;
 const END_S: f64 = 5.5;
-
-fn at(seconds: f64) -> usize {
-    (seconds * f64::from(RATE_HZ)) as usize
-}
 
 /// A4 (pitch class 9) and F#4 (pitch class 6) on the sidechain from the first sample.
 fn a4(sample: usize) -> f32 {

@@ -11,7 +11,6 @@ use clack_host::events::event_types::NoteOnEvent;
 use clack_host::prelude::*;
 use host::*;
 
-const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
 const NOTE_ON_S: f64 = 0.5;
 /// After 5 s of sidechain: more than the 4 s of Kept context the continuation takes.
@@ -19,10 +18,6 @@ const PRESS_S: f64 = 5.0;
 const END_S: f64 = 10.0;
 /// Continuations compared over this long from the block they take over.
 const COMPARED_S: f64 = 2.0;
-
-fn at(seconds: f64) -> usize {
-    (seconds * f64::from(RATE_HZ)) as usize
-}
 
 /// Sidechain signals whose periods (128 and 64 samples) divide the block, so that the
 /// last 4 s the plugin keeps are the same audio whichever block the press lands after.

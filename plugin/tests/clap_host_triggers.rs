@@ -9,15 +9,10 @@ use clack_host::events::event_types::NoteOnEvent;
 use clack_host::prelude::*;
 use host::*;
 
-const RATE_HZ: u32 = 48_000;
 const BLOCK: usize = 512;
 const STOP_S: f64 = 5.0;
 const GENERATE_S: f64 = 10.0;
 const END_S: f64 = 16.0;
-
-fn at(seconds: f64) -> usize {
-    (seconds * f64::from(RATE_HZ)) as usize
-}
 
 #[test]
 fn stop_silences_a_held_note_until_generate_brings_the_music_back_the_last_press_holding() {

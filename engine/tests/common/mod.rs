@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use musicgen_engine::{Model, ModelOptions, PlaybackConsumer, Stream, StreamConfig, StreamError};
+use musicgen_engine::{CodeGrid, Model, ModelOptions, PlaybackConsumer, Stream, StreamConfig, StreamError};
 
 /// The cargo target folder the test runs from, where `cargo xtask test` leaves what the
 /// tests need beside the build (ONNX Runtime releases, fault bundles).
@@ -145,4 +145,17 @@ pub fn snr_db(reference: &[f32], test: &[f32]) -> f64 {
         .map(|(&r, &t)| (f64::from(r) - f64::from(t)).powi(2))
         .sum();
     10.0 * (signal / noise.max(f64::MIN_POSITIVE)).log10()
+}
+
+/// Frames `range` of `codes` (`[K][T]`) as a grid.
+pub fn grid(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> CodeGrid {
+    let flat = codes
+        .iter()
+        .flat_map(|row| row[range.clone()].iter().copied())
+        .collect();
+    CodeGrid::new(codes.len(), range.len(), flat).unwrap()
+}
+
+pub fn frames(codes: &[Vec<u32>], range: std::ops::Range<usize>) -> Vec<Vec<u32>> {
+    codes.iter().map(|row| row[range.clone()].to_vec()).collect()
 }

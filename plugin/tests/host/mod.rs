@@ -24,6 +24,14 @@ use clack_host::utils::{BeatTime, SecondsTime};
 
 pub const PLUGIN_ID: &str = "live.musicgen.instrument";
 
+/// The host rate the performance tests play at.
+pub const RATE_HZ: u32 = 48_000;
+
+/// The sample at `seconds` into a performance at [`RATE_HZ`].
+pub fn at(seconds: f64) -> usize {
+    (seconds * f64::from(RATE_HZ)) as usize
+}
+
 pub fn bundle_path() -> PathBuf {
     let path = std::env::var_os("MUSICGEN_CLAP_BUNDLE").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/bundled/MusicGen Live.clap"),
