@@ -15,6 +15,8 @@ Usage (through `cargo xtask export ...`, which prepares the virtual environment)
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import json
 import os
 import resource
@@ -22,6 +24,7 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +32,7 @@ import onnx
 import onnxruntime as ort
 import torch
 import codec_graphs
+import matmul_nbits
 from graph_facts import decoder_facts
 import stepper
 import template
@@ -66,6 +70,22 @@ def peak_rss_gib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20)
 
 
+def release_freed_memory() -> None:
+    """Collects garbage and hands the freed heap back to the system, so that the memory a
+    released model held is free for what comes next and the resident size says so."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass  # not glibc: its allocator keeps its own policy
+
+
+def rss_gib() -> float:
+    """The memory this process holds now."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / (1 << 30)
+
+
 # --------------------------------------------------------------------------- models
 
 
@@ -100,8 +120,13 @@ RANDOM_SHAPES = [
     "musicgen-stereo-medium",
     "musicgen-melody",
     "musicgen-stereo-melody",
+    "musicgen-large",
+    "musicgen-stereo-large",
+    "musicgen-melody-large",
+    "musicgen-stereo-melody-large",
 ]
-# Meta's melody checkpoints (`musicgen-melody`, `musicgen-stereo-melody`) have medium's decoder.
+# Meta's melody checkpoints without a size in their name (`musicgen-melody`,
+# `musicgen-stereo-melody`) have medium's decoder.
 MELODY_SIZE = "musicgen-medium"
 
 
@@ -113,10 +138,10 @@ def random_configs(shape: str):
     checkpoints' decoder (conditioning as a prefix, no cross-attention): see
     build_random_model."""
     stereo = "-stereo" in shape
-    base = shape.replace("-stereo", "")
-    if base == "musicgen-melody":
+    base = shape.replace("-stereo", "").replace("-melody", "")
+    if base == "musicgen":
         base = MELODY_SIZE
-    text, audio, decoder = mono_configs(base.removesuffix("-melody"))
+    text, audio, decoder = mono_configs(base)
     if stereo:
         decoder.num_codebooks = 2 * decoder.num_codebooks
         decoder.audio_channels = 2
@@ -128,7 +153,7 @@ def mono_configs(shape: str):
 
     if shape == "tiny":
         text, audio, decoder = TINY_TEXT, TINY_AUDIO, TINY_DECODER
-    elif shape in RANDOM_SHAPES:
+    elif shape in DECODER_SIZES:
         size = DECODER_SIZES[shape]
         text, audio, decoder = T5_BASE, ENCODEC_32KHZ, {**size, "ffn_dim": 4 * size["hidden_size"]}
     else:
@@ -311,7 +336,16 @@ class CrossKvGraph(nn.Module):
 
     def __init__(self, model):
         super().__init__()
-        self.layers = model.decoder.model.decoder.layers
+        # Only the projections, under the names the decoder gives them: the torch exporter
+        # keeps its last graph, with every tensor of the module it exported, past the
+        # export, and the decoder's other weights must be freed before the self-check.
+        self.layers = nn.ModuleList()
+        for layer in model.decoder.model.decoder.layers:
+            attention = nn.Module()
+            attention.k_proj, attention.v_proj = layer.encoder_attn.k_proj, layer.encoder_attn.v_proj
+            holder = nn.Module()
+            holder.encoder_attn = attention
+            self.layers.append(holder)
         self.heads = model.decoder.config.num_attention_heads
 
     def forward(self, conditioning):
@@ -500,14 +534,22 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
         )
         tmp.replace(path)
         return
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
     bits = {"int8": 8, "int4": 4}[args.quantize]
-    op_types = ("MatMul", "Gather") if args.quantize_embeddings else ("MatMul",)
     progress.stage(
         f"quantizing decoder.onnx weights to {bits} bits (MatMulNBits, blocks of {args.block_size}, "
         f"accuracy level {args.accuracy_level}{', embeddings too' if args.quantize_embeddings else ''})"
     )
+    excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
+    if not args.quantize_embeddings:
+        # One weight at a time (see matmul_nbits.py): the large decoders' 13 GB do not fit
+        # twice in memory, as onnxruntime's quantizer needs them.
+        external = keeps_external_data(matmul_nbits.quantized_bytes(path, bits, args.block_size, excluded), args)
+        matmul_nbits.quantize_in_place(path, bits, args.block_size, args.accuracy_level, excluded, external)
+        return
+    # Embeddings become GatherBlockQuantized, which only onnxruntime's quantizer writes.
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    op_types = ("MatMul", "Gather")
     config = DefaultWeightOnlyQuantConfig(
         block_size=args.block_size,
         is_symmetric=True,
@@ -516,7 +558,6 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
         quant_axes=(("MatMul", 0), ("Gather", 1)),
         bits=bits,
     )
-    excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
     quantizer = MatMulNBitsQuantizer(onnx.load(str(path)), nodes_to_exclude=excluded, algo_config=config)
     quantizer.process()
     quantized_bytes = sum(len(init.raw_data) for init in quantizer.model.model.graph.initializer)
@@ -661,22 +702,46 @@ def transformers_generate(model, input_ids, new_tokens: int, input_features=None
     return codes, audio[0].numpy()
 
 
-def check_bundle(model, out: Path, manifest: dict, args, progress: Progress) -> dict:
-    graphs = sessions(out)
+@dataclass
+class Reference:
+    """What transformers' own `generate` makes of the golden prompt (and melody), computed
+    before the graphs are checked so that the torch model can be released first: a model
+    and the ONNX Runtime sessions of its graphs do not fit in memory together from the
+    large checkpoints on."""
+
+    prompt_ids: list[int]
+    codes: np.ndarray
+    audio: np.ndarray
+    chroma: np.ndarray | None = None
+    chroma_values: np.ndarray | None = None
+    melody: np.ndarray | None = None
+
+
+def transformers_reference(model, out: Path, args, progress: Progress) -> Reference:
+    """Greedy codes and audio of transformers' `generate` for the golden prompt (read
+    with the tokenizer already written to `out`) and, for a melody model, melody."""
     prompt_ids = tokenize(out, GOLDEN_PROMPT)
-    report = {}
-    exact = manifest["quantization"]["weights"] == "none" and manifest["kv_cache"]["dtype"] == "float32"
     new_tokens = GOLDEN_NEW_TOKENS if args.golden else CHECK_NEW_TOKENS
-    chroma = melody = extracted = None
-    if "melody" in manifest:
+    chroma = melody = values = None
+    if is_melody(model):
         melody = golden_melody()
         chroma, values = melody_chroma(feature_extractor(args), melody, MELODY_RATE_HZ)
-        extracted = values
-        margins = np.sort(values, axis=-1)
-        report["melody_chroma_min_margin"] = float(np.min(margins[:, -1] - margins[:, -2]))
         print(f"    golden melody: {len(chroma)} chroma frames, pitch classes {values.argmax(-1).tolist()}")
     progress.stage(f"self-check: transformers generate, greedy, guidance {GOLDEN_GUIDANCE}, {new_tokens} steps")
-    reference_codes, reference_audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens, chroma)
+    codes, audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens, chroma)
+    return Reference(prompt_ids, codes, audio, chroma, values, melody)
+
+
+def check_bundle(out: Path, manifest: dict, reference: Reference, args, progress: Progress) -> dict:
+    graphs = sessions(out)
+    prompt_ids = reference.prompt_ids
+    report = {}
+    exact = manifest["quantization"]["weights"] == "none" and manifest["kv_cache"]["dtype"] == "float32"
+    chroma, melody, extracted = reference.chroma, reference.melody, reference.chroma_values
+    if extracted is not None:
+        margins = np.sort(extracted, axis=-1)
+        report["melody_chroma_min_margin"] = float(np.min(margins[:, -1] - margins[:, -2]))
+    reference_codes, reference_audio = reference.codes, reference.audio
     frames = reference_codes.shape[1]
     progress.stage(f"self-check: the same through the exported graphs ({frames} frames, one step per call)")
     stepped, _ = stepper.generate(graphs, manifest, prompt_ids, frames, GOLDEN_GUIDANCE, chroma=chroma)
@@ -920,14 +985,16 @@ def quantization_spec(args) -> dict:
 # --------------------------------------------------------------------------- template
 
 
-def write_template(model, args, manifest: dict, progress: Progress) -> None:
+def write_template(model, name: str, args, progress: Progress) -> None:
     """The graph template of this export, from the same graphs exported again off the model
-    with its tensors scrambled (the model is not used after this)."""
+    with its tensors scrambled (the model is not used after this: the reference codes are
+    computed before)."""
     progress.stage("template: scrambling every tensor of the model, so that each weight has one recipe")
     template.scramble(model, SEED + 2)
     with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
         staging = Path(tmp)
-        _, decoder_recipes = export_graphs(model, staging, args, progress)
+        graphs, decoder_recipes = export_graphs(model, staging, args, progress)
+        manifest = write_manifest(model, name, staging, graphs, args)
         quantize_decoder(staging, args, progress)
         progress.stage(f"template: writing {args.template_out} (weights out, a recipe for each)")
         template.write_template(model, staging, args.template_out, manifest, decoder_recipes)
@@ -941,7 +1008,7 @@ def main() -> int:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--random", choices=RANDOM_SHAPES, help="randomly initialised model of this shape")
     source.add_argument("--checkpoint", help="transformers folder or hub id (hub ids need network access)")
-    parser.add_argument("--out", required=True, type=Path, help="bundle folder to write")
+    parser.add_argument("--out", type=Path, help="bundle folder to write")
     parser.add_argument("--quantize", choices=["none", "int8", "int4"], default="none", help="decoder weights")
     parser.add_argument(
         "--quant-method",
@@ -977,8 +1044,15 @@ def main() -> int:
     parser.add_argument(
         "--template-out", type=Path, help="also write the graph template `musicgen import` fills (see template.py)"
     )
+    parser.add_argument(
+        "--template-only", action="store_true", help="write the template alone, no bundle (needs --template-out)"
+    )
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
+    if args.template_only != (args.out is None):
+        parser.error("--out names the bundle to write; --template-only writes none")
+    if args.template_only and not args.template_out:
+        parser.error("--template-only needs --template-out")
     exact_codec = codec_lstm(args) == "float32" and codec_upsampler(args) == "float32"
     if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or not exact_codec):
         parser.error("--golden needs an exact bundle: float32 weights, cache and codec")
@@ -994,17 +1068,21 @@ def main() -> int:
     params = sum(p.numel() for p in model.parameters())
     progress.stage(f"model ready: {params / 1e6:.1f} M parameters")
 
+    if args.template_only:
+        write_template(model, name, args, progress)
+        return 0
+
     out = args.out
     with tempfile.TemporaryDirectory(prefix="musicgen-export-") as tmp:
         staging = Path(tmp)
         write_tokenizer(args, model, staging)
+        reference = None if args.skip_check else transformers_reference(model, staging, args, progress)
         graphs, _ = export_graphs(model, staging, args, progress)
         if args.kv_cache == "int8":
             float_manifest = write_manifest(model, name, staging, graphs, args, kv_cache="float32")
             scales = calibrate_kv_scales(staging, float_manifest, progress)
             progress.stage("writing decoder.onnx (int8 cache)")
             write_decoder(model, staging / "decoder.onnx", args, "int8", scales)
-        quantize_decoder(staging, args, progress)
         if codec_lstm(args) == "int8":
             progress.stage("quantizing codec_frontend.onnx's LSTM to int8")
             codec_graphs.quantize_lstm(staging / "codec_frontend.onnx")
@@ -1012,13 +1090,19 @@ def main() -> int:
             progress.stage("quantizing codec_upsampler.onnx's convolutions to int8 (static, calibrated)")
             codec_graphs.quantize_upsampler(staging, model)
         manifest = write_manifest(model, name, staging, graphs, args)
+        if args.template_out:
+            write_template(model, name, args, progress)
+        # Everything after this reads the graphs alone: the quantizer holds the float32
+        # decoder, the self-check its sessions, and neither fits beside a large model.
+        del model
+        release_freed_memory()
+        progress.stage(f"released the torch model: {rss_gib():.1f} GiB resident")
+        quantize_decoder(staging, args, progress)
         report = decoder_facts(staging / "decoder.onnx")
-        if not args.skip_check:
-            report.update(check_bundle(model, staging, manifest, args, progress))
+        if reference is not None:
+            report.update(check_bundle(staging, manifest, reference, args, progress))
             print(f"    self-check passed: {json.dumps(report)}")
         (staging / "export_report.json").write_text(json.dumps(report, indent=2) + "\n")
-        if args.template_out:
-            write_template(model, args, manifest, progress)
         out.mkdir(parents=True, exist_ok=True)
         # Weights an earlier export kept beside a graph that now holds its own.
         for stale in out.glob("*.onnx.data"):

@@ -304,14 +304,22 @@ def match(value: np.ndarray, found: dict) -> dict | None:
 
 
 def graph_recipes(
-    file: str, graph: onnx.GraphProto, tensors, found: dict, decoder_recipes: dict[str, dict], quantization: dict
+    bundle: Path,
+    file: str,
+    graph: onnx.GraphProto,
+    tensors,
+    found: dict,
+    decoder_recipes: dict[str, dict],
+    quantization: dict,
 ) -> dict[str, dict]:
-    """The recipes of `graph`'s weights (the graph file `file`) by initializer name."""
+    """The recipes of `graph`'s weights (the graph file `file` in `bundle`) by initializer
+    name. Each weight is read from the graph's external data as it comes: a large
+    decoder's do not fit in memory beside the model."""
     chosen, missing = {}, []
     for init in graph.initializer:
         if init.data_type not in (TensorProto.FLOAT, TensorProto.UINT8):
             continue
-        value = numpy_helper.to_array(init)
+        value = numpy_helper.to_array(init, str(bundle))
         recipe = None
         if file == "decoder.onnx":
             recipe = decoder_recipe(init.name, decoder_recipes, quantization)
@@ -375,13 +383,16 @@ def write_template(model, bundle: Path, out: Path, manifest: dict, decoder_recip
     out.mkdir(parents=True, exist_ok=True)
     tensors = []
     for file in files:
-        proto = onnx.load(str(bundle / file))
-        recipes = graph_recipes(file, proto.graph, checkpoint, found, decoder_recipes, manifest["quantization"])
+        proto = onnx.load(str(bundle / file), load_external_data=False)
+        recipes = graph_recipes(bundle, file, proto.graph, checkpoint, found, decoder_recipes, manifest["quantization"])
         data = f"{file}.data"
         offset = 0
         for init in proto.graph.initializer:
             recipe = recipes.get(init.name)
             if recipe is None:
+                if init.data_location == TensorProto.EXTERNAL:
+                    # A constant of the graph's own (no weight): the template carries it.
+                    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init, str(bundle)), init.name))
                 continue
             dtype = {TensorProto.FLOAT: "float32", TensorProto.UINT8: "uint8"}[init.data_type]
             length = int(np.prod(init.dims, dtype=np.int64)) * (4 if dtype == "float32" else 1)

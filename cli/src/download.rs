@@ -111,7 +111,7 @@ fn list() {
         let weights = official
             .weight_bytes
             .map_or_else(|| "?".to_owned(), |b| format!("{:.2} GB", b as f64 / 1e9));
-        let importable = if official.importable {
+        let importable = if official.importable() {
             "imports (float32, int8, int4)"
         } else {
             "no template yet"

@@ -33,8 +33,6 @@ pub struct Official {
     /// The safetensors weights' size, where measured (a `save_pretrained` of a random
     /// model of the same shape, float32 as the hub's).
     pub weight_bytes: Option<u64>,
-    /// Whether this build carries its templates (float32, int8, int4).
-    pub importable: bool,
     /// What it needs to play in real time, from the project's bench figures.
     pub realtime: &'static str,
 }
@@ -51,73 +49,82 @@ const MEDIUM_REALTIME: &str = "about 8 times the bench machine's speed: BENCHMAR
 musicgen-medium 4-bit row (float32 cache) played 0.12x real time on 2 cores of an AMD EPYC; a GPU, \
 or rendering to a file";
 const STEREO_MEDIUM_REALTIME: &str = "a little more than musicgen-medium (twice the codebooks' \
-embeddings and heads; not benchmarked); this build cannot import it yet";
-const NO_TEMPLATE: &str = "not importable by this build yet";
+embeddings and heads; not benchmarked)";
+const MELODY_REALTIME: &str = "a little more than musicgen-medium (its decoder, with the melody's \
+235 chroma frames and the prompt in front of the window; not benchmarked)";
+const LARGE_REALTIME: &str = "more than twice musicgen-medium's weights read per step: a GPU, or \
+rendering to a file (not benchmarked)";
+
+impl Official {
+    /// Whether this build carries the templates of its shape (float32, int8, int4), named
+    /// as the repository is.
+    pub fn importable(&self) -> bool {
+        let shape = self.repo.trim_start_matches("facebook/");
+        crate::template::carried_shapes().contains(&shape)
+    }
+}
 
 /// Every MusicGen checkpoint Meta published, smallest first.
-pub const OFFICIAL: [Official; 9] = [
+pub const OFFICIAL: [Official; 10] = [
     Official {
         repo: "facebook/musicgen-small",
         description: "300M, mono, text",
         weight_bytes: Some(2_358_843_992),
-        importable: true,
         realtime: SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-small",
         description: "300M, stereo, text",
         weight_bytes: Some(2_425_970_152),
-        importable: true,
         realtime: STEREO_SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-medium",
         description: "1.5B, mono, text",
         weight_bytes: Some(8_032_360_536),
-        importable: true,
         realtime: MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-medium",
         description: "1.5B, stereo, text",
         weight_bytes: None,
-        importable: false,
         realtime: STEREO_MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-melody",
         description: "1.5B, mono, text and melody",
         weight_bytes: None,
-        importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: MELODY_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-melody",
         description: "1.5B, stereo, text and melody",
         weight_bytes: None,
-        importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: MELODY_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-large",
         description: "3.3B, mono, text",
         weight_bytes: None,
-        importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: LARGE_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-large",
         description: "3.3B, stereo, text",
         weight_bytes: None,
-        importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: LARGE_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-melody-large",
         description: "3.3B, mono, text and melody",
         weight_bytes: None,
-        importable: false,
-        realtime: NO_TEMPLATE,
+        realtime: LARGE_REALTIME,
+    },
+    Official {
+        repo: "facebook/musicgen-stereo-melody-large",
+        description: "3.3B, stereo, text and melody",
+        weight_bytes: None,
+        realtime: LARGE_REALTIME,
     },
 ];
 
@@ -424,5 +431,26 @@ fn request_error(endpoint: &str, repo: &str, error: ApiError) -> HubError {
     HubError::Unreachable {
         endpoint: endpoint.to_owned(),
         problem: error.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_carried_shape_but_the_tests_is_an_official_checkpoint_offered_for_import() {
+        for shape in crate::template::carried_shapes() {
+            if shape.starts_with("tiny") {
+                continue;
+            }
+            let official = OFFICIAL
+                .iter()
+                .find(|o| o.repo.trim_start_matches("facebook/") == shape)
+                .unwrap_or_else(|| panic!("the template {shape} names no official checkpoint"));
+            assert!(official.importable(), "{} is not offered", official.repo);
+        }
+        let small = OFFICIAL.iter().find(|o| o.repo == "facebook/musicgen-small").unwrap();
+        assert!(small.importable());
     }
 }

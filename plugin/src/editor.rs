@@ -705,7 +705,7 @@ impl GetModel {
         egui::Grid::new("official-checkpoints").striped(true).show(ui, |ui| {
             for (index, official) in OFFICIAL.iter().enumerate() {
                 let label = ui.add_enabled(
-                    official.importable,
+                    official.importable(),
                     egui::Button::selectable(self.chosen == Some(index), official.repo),
                 );
                 if label.clicked() {
@@ -717,7 +717,7 @@ impl GetModel {
                         .weight_bytes
                         .map_or_else(|| "-".to_owned(), |b| format!("{:.2} GB", b as f64 / 1e9)),
                 );
-                ui.label(if official.importable {
+                ui.label(if official.importable() {
                     "imports"
                 } else {
                     "no template yet"

@@ -172,15 +172,11 @@ pub fn write_templates(root: &Path, shapes: &[String]) -> Result<()> {
             if template.exists() {
                 fs::remove_dir_all(&template)?;
             }
-            let scratch = root.join("target").join("template-bundles").join(shape).join(precision);
-            let mut args = owned(&["--random", shape, "--skip-check", "--out"]);
-            args.push(scratch.to_string_lossy().into_owned());
-            args.push("--template-out".to_owned());
+            let mut args = owned(&["--random", shape, "--template-only", "--template-out"]);
             args.push(template.to_string_lossy().into_owned());
             args.extend(owned(flags));
             println!("\n{shape}, {precision}:");
             export(root, &args)?;
-            fs::remove_dir_all(&scratch)?;
         }
     }
     Ok(())
@@ -314,7 +310,8 @@ const TINY_BUNDLES: [(&str, &str); 3] = [
 ];
 
 /// Exports each tiny bundle afresh and checks that it reproduces the committed one (the
-/// same manifest and the same golden codes from transformers) and its float32 template.
+/// same manifest and the same golden codes from transformers) and its float32 template,
+/// and that the export quantizes its decoder as onnxruntime's quantizer does.
 pub fn check_tiny_export(root: &Path) -> Result<()> {
     for (shape, folder) in TINY_BUNDLES {
         let out = root.join("target").join("tiny-export-check").join(folder);
@@ -353,6 +350,12 @@ pub fn check_tiny_export(root: &Path) -> Result<()> {
             );
         }
         println!("fresh export of --random {shape} reproduces models/{folder} (manifest and golden codes)");
+        // The export's own quantizer against onnxruntime's, on a decoder with
+        // cross-attention and on one with a melody prefix.
+        if shape != "tiny-stereo" {
+            let decoder = committed.join("decoder.onnx").to_string_lossy().into_owned();
+            models_script(root, "matmul_nbits.py", &owned(&["--check", &decoder]))?;
+        }
     }
     Ok(())
 }
