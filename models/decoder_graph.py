@@ -46,11 +46,35 @@ EXTERNAL_MIN_BYTES = 1024
 EXTERNAL_ALIGN_BYTES = 4096
 
 
+class TensorWriter:
+    """Makes initializers: inline, or with `data` (a file path) written to that file as they
+    come (ONNX external data beside the graph), so that a graph larger than protobuf's 2 GB
+    never sits in memory whole."""
+
+    def __init__(self, data: Path | None) -> None:
+        self.data = data
+        if data is not None:
+            data.write_bytes(b"")
+
+    def tensor(self, name: str, array: np.ndarray) -> onnx.TensorProto:
+        array = np.ascontiguousarray(array)
+        if self.data is None or array.nbytes < EXTERNAL_MIN_BYTES:
+            return numpy_helper.from_array(array, name)
+        with self.data.open("ab") as data:
+            data.write(bytes(-data.tell() % EXTERNAL_ALIGN_BYTES))
+            offset = data.tell()
+            data.write(array.tobytes())
+        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
+        tensor.data_location = onnx.TensorProto.EXTERNAL
+        for key, value in (("location", self.data.name), ("offset", offset), ("length", array.nbytes)):
+            entry = tensor.external_data.add()
+            entry.key, entry.value = key, str(value)
+        return tensor
+
+
 class GraphBuilder:
     """Collects nodes and initializers; names every intermediate value uniquely. With
-    `external_data` (a file path), weights are written to that file as they come (ONNX
-    external data beside the graph), so that a graph larger than protobuf's 2 GB never
-    sits in memory whole."""
+    `external_data` (a file path), weights go there as they come (see TensorWriter)."""
 
     def __init__(self, external_data: Path | None = None) -> None:
         self.nodes: list[onnx.NodeProto] = []
@@ -58,25 +82,10 @@ class GraphBuilder:
         # How each weight is made from the checkpoint's tensors (see template.py).
         self.recipes: dict[str, dict] = {}
         self.count = 0
-        self.external_data = external_data
-        if external_data is not None:
-            external_data.write_bytes(b"")
+        self.writer = TensorWriter(external_data)
 
     def const(self, name: str, array: np.ndarray) -> str:
-        array = np.ascontiguousarray(array)
-        if self.external_data is None or array.nbytes < EXTERNAL_MIN_BYTES:
-            self.initializers.append(numpy_helper.from_array(array, name))
-            return name
-        with self.external_data.open("ab") as data:
-            data.write(bytes(-data.tell() % EXTERNAL_ALIGN_BYTES))
-            offset = data.tell()
-            data.write(array.tobytes())
-        tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
-        tensor.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self.external_data.name), ("offset", offset), ("length", array.nbytes)):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-        self.initializers.append(tensor)
+        self.initializers.append(self.writer.tensor(name, array))
         return name
 
     def weight(self, name: str, array: np.ndarray, recipe: dict) -> str:

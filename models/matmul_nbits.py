@@ -22,39 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from decoder_graph import LM_HEADS_NODE
+from decoder_graph import LM_HEADS_NODE, MS_DOMAIN, TensorWriter
 from template import blockwise
-
-MS_DOMAIN = "com.microsoft"
-# As decoder_graph.GraphBuilder lays out external data: small tensors stay in the graph,
-# the others start on a page boundary.
-EXTERNAL_MIN_BYTES = 1024
-EXTERNAL_ALIGN_BYTES = 4096
-
-
-class TensorWriter:
-    """Writes initializers to `data` (external data beside the graph) or keeps them
-    inline when `data` is None."""
-
-    def __init__(self, data: Path | None) -> None:
-        self.data = data
-        if data is not None:
-            data.write_bytes(b"")
-
-    def tensor(self, name: str, array: np.ndarray) -> TensorProto:
-        array = np.ascontiguousarray(array)
-        if self.data is None or array.nbytes < EXTERNAL_MIN_BYTES:
-            return numpy_helper.from_array(array, name)
-        with self.data.open("ab") as data:
-            data.write(bytes(-data.tell() % EXTERNAL_ALIGN_BYTES))
-            offset = data.tell()
-            data.write(array.tobytes())
-        tensor = TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
-        tensor.data_location = TensorProto.EXTERNAL
-        for key, value in (("location", self.data.name), ("offset", offset), ("length", array.nbytes)):
-            entry = tensor.external_data.add()
-            entry.key, entry.value = key, str(value)
-        return tensor
 
 
 def quantized_weights(graph: onnx.GraphProto, excluded: list[str]) -> dict[str, TensorProto]:

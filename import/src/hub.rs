@@ -105,7 +105,7 @@ pub const OFFICIAL: [Official; 10] = [
     Official {
         repo: "facebook/musicgen-large",
         description: "3.3B, mono, text",
-        weight_bytes: None,
+        weight_bytes: Some(13_705_237_224),
         realtime: LARGE_REALTIME,
     },
     Official {

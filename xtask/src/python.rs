@@ -150,13 +150,15 @@ const TEMPLATE_PRECISIONS: [(&str, &[&str]); 3] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 6] = [
+pub const TEMPLATE_SHAPES: [&str; 8] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
     "musicgen-small",
     "musicgen-stereo-small",
     "musicgen-medium",
+    "musicgen-stereo-medium",
+    "musicgen-melody",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
