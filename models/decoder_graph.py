@@ -49,10 +49,12 @@ EXTERNAL_ALIGN_BYTES = 4096
 class TensorWriter:
     """Makes initializers: inline, or with `data` (a file path) written to that file as they
     come (ONNX external data beside the graph), so that a graph larger than protobuf's 2 GB
-    never sits in memory whole."""
+    never sits in memory whole. The graph names the file `location` (by default its own
+    name), where it will lie once the graph is complete."""
 
-    def __init__(self, data: Path | None) -> None:
+    def __init__(self, data: Path | None, location: str | None = None) -> None:
         self.data = data
+        self.location = location or (data.name if data is not None else None)
         if data is not None:
             data.write_bytes(b"")
 
@@ -66,7 +68,7 @@ class TensorWriter:
             data.write(array.tobytes())
         tensor = onnx.TensorProto(name=name, dims=array.shape, data_type=helper.np_dtype_to_tensor_dtype(array.dtype))
         tensor.data_location = onnx.TensorProto.EXTERNAL
-        for key, value in (("location", self.data.name), ("offset", offset), ("length", array.nbytes)):
+        for key, value in (("location", self.location), ("offset", offset), ("length", array.nbytes)):
             entry = tensor.external_data.add()
             entry.key, entry.value = key, str(value)
         return tensor

@@ -64,14 +64,17 @@ def quantize(
     accuracy_level: int,
     excluded: list[str],
     external_data: bool,
+    data_file: Path | None = None,
 ) -> None:
     """Writes `target`: the graph `source` with each MatMul whose second input is a 2-D
     float initializer (but the nodes named in `excluded`) as a MatMulNBits of `bits`-bit
-    blocks of `block_size`. With `external_data`, its weights go to `<target>.data`."""
+    blocks of `block_size`. With `external_data`, its weights go to `<target>.data`, or
+    to `data_file` for the caller to move there (`target` may then be `source`)."""
     model = onnx.load(str(source), load_external_data=False)
     graph = model.graph
     to_quantize = quantized_weights(graph, excluded)
-    writer = TensorWriter(Path(f"{target}.data") if external_data else None)
+    location = f"{target.name}.data"
+    writer = TensorWriter((data_file or target.with_name(location)) if external_data else None, location)
     replaced: set[str] = set()
     added: list[TensorProto] = []
     nodes = []
@@ -118,23 +121,13 @@ def quantize(
 def quantize_in_place(
     path: Path, bits: int, block_size: int, accuracy_level: int, excluded: list[str], external_data: bool
 ) -> None:
-    """`quantize` from `path` to itself, through a sibling file: the source's external data
-    is read while the target's is written."""
-    staging = path.with_name(f"quantized-{path.name}")
-    quantize(path, staging, bits, block_size, accuracy_level, excluded, external_data)
+    """`quantize` from `path` to itself: the source's external data is read while the
+    target's is written beside it, then takes its place."""
+    staging = path.with_name(f"quantized-{path.name}.data")
+    quantize(path, path, bits, block_size, accuracy_level, excluded, external_data, staging)
     Path(f"{path}.data").unlink(missing_ok=True)
     if external_data:
-        # The graph names its data file; it moves with the graph's new name.
-        model = onnx.load(str(staging), load_external_data=False)
-        for init in model.graph.initializer:
-            for entry in init.external_data:
-                if entry.key == "location":
-                    entry.value = f"{path.name}.data"
-        Path(f"{staging}.data").replace(f"{path}.data")
-        onnx.save(model, str(path))
-        staging.unlink()
-    else:
-        staging.replace(path)
+        staging.replace(f"{path}.data")
 
 
 def check(source: Path, block_size: int) -> None:
