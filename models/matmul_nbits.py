@@ -1,7 +1,8 @@
 """MatMulNBits quantization of a graph's constant MatMul weights, one weight at a time.
 
 ONNX Runtime's `MatMulNBitsQuantizer` loads the whole float32 graph and holds it beside
-its quantized weights: 1.7 times a decoder's size, 22 GB for the large checkpoints'. This
+its quantized weights (on musicgen-medium's 6.5 GB decoder it raised the export's peak by
+6.5 GiB at 4 bits and 8.8 GiB at 8; large's decoder is 11.4 GB). This
 rewrites the graph as that quantizer does (symmetric blocks along K, its node and tensor
 names, its order of initializers), reading each weight from the graph's external data as
 it comes and writing the result straight out, so that it needs the memory of one weight.
