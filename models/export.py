@@ -535,17 +535,14 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
         tmp.replace(path)
         return
     bits = {"int8": 8, "int4": 4}[args.quantize]
+    if not args.quantize_embeddings:
+        quantize_matmuls(path, path, args, progress)
+        return
     progress.stage(
         f"quantizing decoder.onnx weights to {bits} bits (MatMulNBits, blocks of {args.block_size}, "
-        f"accuracy level {args.accuracy_level}{', embeddings too' if args.quantize_embeddings else ''})"
+        f"accuracy level {args.accuracy_level}, embeddings too)"
     )
     excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
-    if not args.quantize_embeddings:
-        # One weight at a time (see matmul_nbits.py): the large decoders' 13 GB do not fit
-        # twice in memory, as onnxruntime's quantizer needs them.
-        external = keeps_external_data(matmul_nbits.quantized_bytes(path, bits, args.block_size, excluded), args)
-        matmul_nbits.quantize_in_place(path, bits, args.block_size, args.accuracy_level, excluded, external)
-        return
     # Embeddings become GatherBlockQuantized, which only onnxruntime's quantizer writes.
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
@@ -563,6 +560,23 @@ def quantize_decoder(out: Path, args, progress: Progress) -> None:
     quantized_bytes = sum(len(init.raw_data) for init in quantizer.model.model.graph.initializer)
     start_external_data(path)
     quantizer.model.save_model_to_file(str(path), use_external_data_format=keeps_external_data(quantized_bytes, args))
+
+
+def quantize_matmuls(source: Path, target: Path, args, progress: Progress) -> None:
+    """The decoder `source` with its MatMul weights as MatMulNBits blocks, written to `target`
+    (which may be `source`). One weight at a time (see matmul_nbits.py): the large decoders'
+    13 GB do not fit twice in memory, as onnxruntime's quantizer needs them."""
+    bits = {"int8": 8, "int4": 4}[args.quantize]
+    progress.stage(
+        f"quantizing {source.name} weights to {bits} bits (MatMulNBits, blocks of {args.block_size}, "
+        f"accuracy level {args.accuracy_level})"
+    )
+    excluded = [] if args.quantize_lm_heads else [LM_HEADS_NODE]
+    external = keeps_external_data(matmul_nbits.quantized_bytes(source, bits, args.block_size, excluded), args)
+    if source == target:
+        matmul_nbits.quantize_in_place(source, bits, args.block_size, args.accuracy_level, excluded, external)
+    else:
+        matmul_nbits.quantize(source, target, bits, args.block_size, args.accuracy_level, excluded, external)
 
 
 def calibrate_kv_scales(out: Path, manifest: dict, progress: Progress) -> list:
@@ -989,8 +1003,7 @@ def write_template(model, name: str, args, progress: Progress) -> None:
     """The graph template of this export, from the same graphs exported again off the model
     with its tensors scrambled (the model is not used after this: the reference codes are
     computed before)."""
-    progress.stage("template: scrambling every tensor of the model, so that each weight has one recipe")
-    template.scramble(model, SEED + 2)
+    scramble_for_template(model, progress)
     with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
         staging = Path(tmp)
         graphs, decoder_recipes = export_graphs(model, staging, args, progress)
@@ -998,6 +1011,54 @@ def write_template(model, name: str, args, progress: Progress) -> None:
         quantize_decoder(staging, args, progress)
         progress.stage(f"template: writing {args.template_out} (weights out, a recipe for each)")
         template.write_template(model, staging, args.template_out, manifest, decoder_recipes)
+
+
+def scramble_for_template(model, progress: Progress) -> None:
+    progress.stage("template: scrambling every tensor of the model, so that each weight has one recipe")
+    template.scramble(model, SEED + 2)
+
+
+# The precisions `musicgen import` offers. Quantized templates keep the cache and the codec
+# in float32: their int8 forms are calibrated by running the model, which an import cannot.
+TEMPLATE_PRECISIONS = ("float32", "int8", "int4")
+
+
+def write_every_template(model, name: str, args, progress: Progress) -> None:
+    """Each of `TEMPLATE_PRECISIONS`' templates into `<template_out>/<precision>`, all from one
+    export of the scrambled model: only the decoder's weights differ between them, so each
+    quantized template's graphs are the float32 ones with the decoder quantized beside them."""
+    scramble_for_template(model, progress)
+    with tempfile.TemporaryDirectory(prefix="musicgen-template-") as tmp:
+        exported = Path(tmp) / "float32"
+        exported.mkdir()
+        graphs, decoder_recipes = export_graphs(model, exported, args, progress)
+        for precision in TEMPLATE_PRECISIONS:
+            quantize = "none" if precision == "float32" else precision
+            # External data keeps a quantized decoder's bytes out of the graph in memory; the
+            # template takes every weight out either way.
+            precision_args = argparse.Namespace(
+                **{
+                    **vars(args),
+                    "quantize": quantize,
+                    "codec_lstm": "float32",
+                    "codec_upsampler": "float32",
+                    "external_data": True,
+                }
+            )
+            staging = exported
+            if precision != "float32":
+                staging = Path(tmp) / precision
+                staging.mkdir()
+                for item in exported.glob("*.onnx*"):
+                    if not item.name.startswith("decoder.onnx"):
+                        os.link(item, staging / item.name)
+                quantize_matmuls(exported / "decoder.onnx", staging / "decoder.onnx", precision_args, progress)
+            manifest = write_manifest(model, name, staging, graphs, precision_args)
+            out = args.template_out / precision
+            if out.exists():
+                shutil.rmtree(out)
+            progress.stage(f"template: writing {out} (weights out, a recipe for each)")
+            template.write_template(model, staging, out, manifest, decoder_recipes)
 
 
 # --------------------------------------------------------------------------- main
@@ -1045,7 +1106,9 @@ def main() -> int:
         "--template-out", type=Path, help="also write the graph template `musicgen import` fills (see template.py)"
     )
     parser.add_argument(
-        "--template-only", action="store_true", help="write the template alone, no bundle (needs --template-out)"
+        "--template-only",
+        action="store_true",
+        help="write no bundle, only the templates of every precision, to <template-out>/<precision>",
     )
     parser.add_argument("--skip-check", action="store_true", help="skip the self-check against transformers")
     args = parser.parse_args()
@@ -1053,6 +1116,8 @@ def main() -> int:
         parser.error("--out names the bundle to write; --template-only writes none")
     if args.template_only and not args.template_out:
         parser.error("--template-only needs --template-out")
+    if args.template_only and (args.quantize != "none" or args.codec_lstm != "auto" or args.codec_upsampler != "auto"):
+        parser.error("--template-only writes every precision's template; leave out --quantize and the codec's flags")
     exact_codec = codec_lstm(args) == "float32" and codec_upsampler(args) == "float32"
     if args.golden and (args.quantize != "none" or args.kv_cache != "float32" or not exact_codec):
         parser.error("--golden needs an exact bundle: float32 weights, cache and codec")
@@ -1069,7 +1134,7 @@ def main() -> int:
     progress.stage(f"model ready: {params / 1e6:.1f} M parameters")
 
     if args.template_only:
-        write_template(model, name, args, progress)
+        write_every_template(model, name, args, progress)
         return 0
 
     out = args.out

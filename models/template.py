@@ -188,9 +188,35 @@ def evaluate(recipe: dict, tensors) -> np.ndarray:
     if "sinusoid" in recipe:
         return sinusoid(recipe["sinusoid"]["positions"], recipe["sinusoid"]["frequencies"])
     if "blockwise" in recipe:
-        blocks, scales = blockwise(evaluate(recipe["blockwise"], tensors), recipe["bits"], recipe["block"])
+        blocks, scales = LAST_BLOCKWISE.of(recipe, tensors)
         return blocks if recipe["part"] == "blocks" else scales
     raise ValueError(f"unknown recipe {recipe}")
+
+
+class LastBlockwise:
+    """The last weight's blocks and scales: a quantized weight's two initializers come one
+    after the other, and quantizing a large model's weights twice each took minutes."""
+
+    def __init__(self) -> None:
+        self.tensors = None
+        self.key: tuple | None = None
+        self.value: tuple[np.ndarray, np.ndarray] | None = None
+
+    def of(self, recipe: dict, tensors) -> tuple[np.ndarray, np.ndarray]:
+        key = (json.dumps(recipe["blockwise"], sort_keys=True), recipe["bits"], recipe["block"])
+        if tensors is not self.tensors or key != self.key:
+            self.tensors, self.key = None, None
+            self.value = blockwise(evaluate(recipe["blockwise"], tensors), recipe["bits"], recipe["block"])
+            self.tensors, self.key = tensors, key
+        return self.value
+
+    def forget(self) -> None:
+        """Drops the weight and the tensors it was made from (a model's, which its caller
+        may be about to release)."""
+        self.tensors, self.key, self.value = None, None, None
+
+
+LAST_BLOCKWISE = LastBlockwise()
 
 
 def is_exact(recipe: dict) -> bool:
@@ -384,7 +410,12 @@ def write_template(model, bundle: Path, out: Path, manifest: dict, decoder_recip
     tensors = []
     for file in files:
         proto = onnx.load(str(bundle / file), load_external_data=False)
-        recipes = graph_recipes(bundle, file, proto.graph, checkpoint, found, decoder_recipes, manifest["quantization"])
+        try:
+            recipes = graph_recipes(
+                bundle, file, proto.graph, checkpoint, found, decoder_recipes, manifest["quantization"]
+            )
+        finally:
+            LAST_BLOCKWISE.forget()
         data = f"{file}.data"
         offset = 0
         for init in proto.graph.initializer:

@@ -120,37 +120,20 @@ fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|&a| a.to_owned()).collect()
 }
 
-/// The export's arguments for each template precision: quantized templates keep the
-/// cache and the codec in float32 (their int8 forms are calibrated by running the model,
-/// which an import cannot do).
-const TEMPLATE_PRECISIONS: [(&str, &[&str]); 3] = [
-    ("float32", &[]),
-    (
-        "int8",
-        &[
-            "--quantize",
-            "int8",
-            "--codec-lstm",
-            "float32",
-            "--codec-upsampler",
-            "float32",
-        ],
-    ),
-    (
-        "int4",
-        &[
-            "--quantize",
-            "int4",
-            "--codec-lstm",
-            "float32",
-            "--codec-upsampler",
-            "float32",
-        ],
-    ),
+/// The flags of an export whose quantized weights a template reproduces: the cache and
+/// the codec stay in float32 (their int8 forms are calibrated by running the model, which
+/// an import cannot do), as `--template-only` writes them.
+const TEMPLATE_INT4: [&str; 6] = [
+    "--quantize",
+    "int4",
+    "--codec-lstm",
+    "float32",
+    "--codec-upsampler",
+    "float32",
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 8] = [
+pub const TEMPLATE_SHAPES: [&str; 9] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
@@ -159,6 +142,7 @@ pub const TEMPLATE_SHAPES: [&str; 8] = [
     "musicgen-medium",
     "musicgen-stereo-medium",
     "musicgen-melody",
+    "musicgen-stereo-melody",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
@@ -169,17 +153,11 @@ pub fn write_templates(root: &Path, shapes: &[String]) -> Result<()> {
             "no template shape {shape}; the shapes are {}",
             TEMPLATE_SHAPES.join(", ")
         );
-        for (precision, flags) in TEMPLATE_PRECISIONS {
-            let template = root.join("models").join("templates").join(shape).join(precision);
-            if template.exists() {
-                fs::remove_dir_all(&template)?;
-            }
-            let mut args = owned(&["--random", shape, "--template-only", "--template-out"]);
-            args.push(template.to_string_lossy().into_owned());
-            args.extend(owned(flags));
-            println!("\n{shape}, {precision}:");
-            export(root, &args)?;
-        }
+        let templates = root.join("models").join("templates").join(shape);
+        let mut args = owned(&["--random", shape, "--template-only", "--template-out"]);
+        args.push(templates.to_string_lossy().into_owned());
+        println!("\n{shape}:");
+        export(root, &args)?;
     }
     Ok(())
 }
@@ -259,7 +237,7 @@ pub fn write_checkpoint_fixtures(root: &Path) -> Result<()> {
         "--out",
         &path(&[CHECKPOINT_EXPORTS, "tiny-int4"]),
     ]);
-    args.extend(owned(TEMPLATE_PRECISIONS[2].1));
+    args.extend(owned(&TEMPLATE_INT4));
     args.extend(["--template-out".to_owned(), fresh_template.clone()]);
     export(root, &args)?;
     same_template(Path::new(&fresh_template), &root.join("models/templates/tiny/int4"))
