@@ -1051,7 +1051,8 @@ def write_every_template(model, name: str, args, progress: Progress) -> None:
                 staging.mkdir()
                 for item in exported.glob("*.onnx*"):
                     if not item.name.startswith("decoder.onnx"):
-                        os.link(item, staging / item.name)
+                        # Copied, not linked: onnx refuses external data with two links.
+                        shutil.copyfile(item, staging / item.name)
                 quantize_matmuls(exported / "decoder.onnx", staging / "decoder.onnx", precision_args, progress)
             manifest = write_manifest(model, name, staging, graphs, precision_args)
             out = args.template_out / precision

@@ -261,18 +261,24 @@ def scramble(model, seed: int) -> None:
                 tensor.copy_(torch.randn(tensor.shape, generator=generator))
 
 
-def candidates(model, tensors: dict[str, np.ndarray]) -> dict[int, list[tuple[dict, np.ndarray]]]:
-    """What the model's tensors may have become in a torch-exported graph, by element count."""
-    found: dict[int, list[tuple[dict, np.ndarray]]] = {}
+def candidates(model, tensors: dict[str, np.ndarray]) -> dict[int, list[tuple[dict, np.ndarray, float]]]:
+    """What the model's tensors may have become in a torch-exported graph, by element count,
+    each with its sum."""
+    found: dict[int, list[tuple[dict, np.ndarray, float]]] = {}
 
-    def add(recipe: dict, value: np.ndarray) -> None:
-        found.setdefault(value.size, []).append((recipe, value))
+    def add(recipe: dict, value: np.ndarray, total: float | None = None) -> None:
+        # The sum is taken once here: matching compares it with every initializer of the
+        # same size (a large model's cross-attention has 96 weights the size of 768
+        # candidates).
+        total = float(np.sum(value, dtype=np.float64)) if total is None else total
+        found.setdefault(value.size, []).append((recipe, value, total))
 
     for name, value in tensors.items():
         if not name.endswith(("num_batches_tracked", "inited", "cluster_size", "embed_avg")):
-            add({"tensor": name}, value)
+            total = float(np.sum(value, dtype=np.float64))
+            add({"tensor": name}, value, total)
             if value.ndim == 2:
-                add({"transpose": {"tensor": name}}, value.T)
+                add({"transpose": {"tensor": name}}, value.T, total)
             if ".lstm.weight_" in name:
                 add({"lstm_gates": {"tensor": name}}, lstm_gates(value))
     for name in tensors:
@@ -318,8 +324,8 @@ def match(value: np.ndarray, found: dict) -> dict | None:
     flat = value.reshape(-1)
     total = float(np.sum(flat, dtype=np.float64))
     scale = float(np.sum(np.abs(flat), dtype=np.float64)) + 1e-12
-    for recipe, candidate in found.get(flat.size, []):
-        if abs(float(np.sum(candidate, dtype=np.float64)) - total) > 1e-5 * scale:
+    for recipe, candidate, candidate_total in found.get(flat.size, []):
+        if abs(candidate_total - total) > 1e-5 * scale:
             continue
         if agrees(recipe, np.ascontiguousarray(candidate).reshape(value.shape), value):
             return recipe
