@@ -133,7 +133,7 @@ const TEMPLATE_INT4: [&str; 6] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 9] = [
+pub const TEMPLATE_SHAPES: [&str; 10] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
@@ -143,6 +143,7 @@ pub const TEMPLATE_SHAPES: [&str; 9] = [
     "musicgen-stereo-medium",
     "musicgen-melody",
     "musicgen-stereo-melody",
+    "musicgen-large",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
