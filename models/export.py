@@ -177,7 +177,8 @@ def mono_configs(shape: str):
     )
 
 
-def build_random_model(shape: str):
+def random_model_config(shape: str):
+    """The config of `shape`'s model, and the transformers class that builds it."""
     from transformers import (
         MusicgenConfig,
         MusicgenForConditionalGeneration,
@@ -186,7 +187,6 @@ def build_random_model(shape: str):
         MusicgenMelodyForConditionalGeneration,
     )
 
-    torch.manual_seed(SEED)
     text, audio, decoder = random_configs(shape)
     if "melody" in shape:
         decoder = MusicgenMelodyDecoderConfig(**{k: v for k, v in decoder.to_dict().items() if k != "model_type"})
@@ -199,6 +199,12 @@ def build_random_model(shape: str):
     config.decoder.bos_token_id = decoder.vocab_size
     config.pad_token_id = decoder.vocab_size
     config.decoder_start_token_id = decoder.vocab_size
+    return config, model_class
+
+
+def build_random_model(shape: str):
+    torch.manual_seed(SEED)
+    config, model_class = random_model_config(shape)
     model = model_class(config)
     # transformers starts Encodec's codebooks at zero (training fills them by k-means), so
     # every code would decode to the same audio and every sound would encode to code 0.

@@ -108,9 +108,7 @@ fn accepted_interactively() -> Result<bool> {
 fn list() {
     println!("{:<34} {:<30} {:>12}  this build", "repository", "model", "weights");
     for official in OFFICIAL {
-        let weights = official
-            .weight_bytes
-            .map_or_else(|| "?".to_owned(), |b| format!("{:.2} GB", b as f64 / 1e9));
+        let weights = format!("{:.2} GB", official.weight_bytes as f64 / 1e9);
         let importable = if official.importable() {
             "imports (float32, int8, int4)"
         } else {

@@ -30,9 +30,10 @@ https://creativecommons.org/licenses/by-nc/4.0/";
 pub struct Official {
     pub repo: &'static str,
     pub description: &'static str,
-    /// The safetensors weights' size, where measured (a `save_pretrained` of a random
-    /// model of the same shape, float32 as the hub's).
-    pub weight_bytes: Option<u64>,
+    /// The safetensors weights' size: `save_pretrained`'s file of a model of the same shape,
+    /// float32 as the hub's (`models/weight_sizes.py`, which reproduces the four that
+    /// `models/checkpoint.py` saved and measured to the byte).
+    pub weight_bytes: u64,
     /// What it needs to play in real time, from the project's bench figures.
     pub realtime: &'static str,
 }
@@ -69,61 +70,61 @@ pub const OFFICIAL: [Official; 10] = [
     Official {
         repo: "facebook/musicgen-small",
         description: "300M, mono, text",
-        weight_bytes: Some(2_358_843_992),
+        weight_bytes: 2_358_843_992,
         realtime: SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-small",
         description: "300M, stereo, text",
-        weight_bytes: Some(2_425_970_152),
+        weight_bytes: 2_425_970_152,
         realtime: STEREO_SMALL_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-medium",
         description: "1.5B, mono, text",
-        weight_bytes: Some(8_032_360_536),
+        weight_bytes: 8_032_360_536,
         realtime: MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-medium",
         description: "1.5B, stereo, text",
-        weight_bytes: None,
+        weight_bytes: 8_133_049_312,
         realtime: STEREO_MEDIUM_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-melody",
         description: "1.5B, mono, text and melody",
-        weight_bytes: None,
+        weight_bytes: 6_219_872_456,
         realtime: MELODY_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-melody",
         description: "1.5B, stereo, text and melody",
-        weight_bytes: None,
+        weight_bytes: 6_320_561_224,
         realtime: MELODY_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-large",
         description: "3.3B, mono, text",
-        weight_bytes: Some(13_705_237_224),
+        weight_bytes: 13_705_237_224,
         realtime: LARGE_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-large",
         description: "3.3B, stereo, text",
-        weight_bytes: None,
+        weight_bytes: 13_839_488_632,
         realtime: LARGE_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-melody-large",
         description: "3.3B, mono, text and melody",
-        weight_bytes: None,
+        weight_bytes: 10_483_292_624,
         realtime: LARGE_REALTIME,
     },
     Official {
         repo: "facebook/musicgen-stereo-melody-large",
         description: "3.3B, stereo, text and melody",
-        weight_bytes: None,
+        weight_bytes: 10_617_544_032,
         realtime: LARGE_REALTIME,
     },
 ];

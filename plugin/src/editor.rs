@@ -712,11 +712,7 @@ impl GetModel {
                     self.chosen = Some(index);
                 }
                 ui.label(official.description);
-                ui.label(
-                    official
-                        .weight_bytes
-                        .map_or_else(|| "-".to_owned(), |b| format!("{:.2} GB", b as f64 / 1e9)),
-                );
+                ui.label(format!("{:.2} GB", official.weight_bytes as f64 / 1e9));
                 ui.label(if official.importable() {
                     "imports"
                 } else {
