@@ -133,7 +133,7 @@ const TEMPLATE_INT4: [&str; 6] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 10] = [
+pub const TEMPLATE_SHAPES: [&str; 11] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
@@ -144,6 +144,7 @@ pub const TEMPLATE_SHAPES: [&str; 10] = [
     "musicgen-melody",
     "musicgen-stereo-melody",
     "musicgen-large",
+    "musicgen-stereo-large",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
