@@ -133,7 +133,7 @@ const TEMPLATE_INT4: [&str; 6] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 11] = [
+pub const TEMPLATE_SHAPES: [&str; 12] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
@@ -145,6 +145,7 @@ pub const TEMPLATE_SHAPES: [&str; 11] = [
     "musicgen-stereo-melody",
     "musicgen-large",
     "musicgen-stereo-large",
+    "musicgen-melody-large",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
