@@ -133,7 +133,7 @@ const TEMPLATE_INT4: [&str; 6] = [
 ];
 
 /// The shapes whose templates `musicgen import` carries (`models/templates/<shape>/`).
-pub const TEMPLATE_SHAPES: [&str; 12] = [
+pub const TEMPLATE_SHAPES: [&str; 13] = [
     "tiny",
     "tiny-stereo",
     "tiny-melody",
@@ -146,6 +146,7 @@ pub const TEMPLATE_SHAPES: [&str; 12] = [
     "musicgen-large",
     "musicgen-stereo-large",
     "musicgen-melody-large",
+    "musicgen-stereo-melody-large",
 ];
 
 /// Writes the graph templates of `shapes` in every precision into `models/templates/`.
