@@ -27,9 +27,10 @@ def safetensors_bytes(shape: str) -> int:
         model = model_class(config)
     # A tied weight is saved once, under the first of its names.
     first_names: dict[int, str] = {}
+    tied = set()
     for name, parameter in model.named_parameters(remove_duplicate=False):
-        first_names.setdefault(id(parameter), name)
-    tied = {name for name, p in model.named_parameters(remove_duplicate=False) if first_names[id(p)] != name}
+        if first_names.setdefault(id(parameter), name) != name:
+            tied.add(name)
     header: dict = {"__metadata__": {"format": "pt"}}
     offset = 0
     for name, tensor in sorted(model.state_dict().items()):
