@@ -341,5 +341,21 @@ pub fn check_tiny_export(root: &Path) -> Result<()> {
             models_script(root, "matmul_nbits.py", &owned(&["--check", &decoder]))?;
         }
     }
+    // `cargo xtask templates`' path: one export writes every precision's template.
+    let templates = root.join("target").join("tiny-export-check").join("tiny-templates");
+    if templates.exists() {
+        fs::remove_dir_all(&templates)?;
+    }
+    let templates_arg = templates.to_string_lossy().into_owned();
+    export(
+        root,
+        &owned(&["--random", "tiny", "--template-only", "--template-out", &templates_arg]),
+    )?;
+    for precision in ["float32", "int8", "int4"] {
+        same_template(
+            &templates.join(precision),
+            &root.join("models").join("templates").join("tiny").join(precision),
+        )?;
+    }
     Ok(())
 }
