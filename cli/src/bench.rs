@@ -8,10 +8,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use musicgen_engine::{
-    Bundle, CodecWindow, ExecutionProvider, Model, ModelOptions, SamplingSettings, Stream, StreamConfig,
+    Bundle, CodecWindow, ExecutionProvider, Model, ModelOptions, Runtime, SamplingSettings, Stream, StreamConfig,
 };
 use serde::Serialize;
 
+use crate::floor::{self, MatmulFloor};
 use crate::print_json;
 
 #[derive(clap::Args)]
@@ -20,7 +21,7 @@ pub struct BenchArgs {
     #[arg(long)]
     model: PathBuf,
     /// Context lengths, in frames, at which to time decoder steps.
-    #[arg(long, value_delimiter = ',', default_value = "10,500,1500")]
+    #[arg(long, value_delimiter = ',', default_value = "10,250,500,1500")]
     contexts: Vec<usize>,
     /// Timed decoder steps per context (after untimed warm-up steps).
     #[arg(long, default_value_t = 20)]
@@ -50,6 +51,10 @@ pub struct BenchArgs {
     /// ONNX Runtime library to load instead of searching for one.
     #[arg(long)]
     ort_library: Option<PathBuf>,
+    /// The bundle's matmul kernels, as `models/matmul_floor.py` writes them: timed after
+    /// the stream, for the step's matmul floor with 2 rows (guidance) and 1.
+    #[arg(long)]
+    floor: Option<PathBuf>,
 }
 
 /// Untimed steps before each timed run.
@@ -77,6 +82,8 @@ struct Report {
     peak_resident_mb: Option<f64>,
     /// This bundle's greedy stream against the reference bundle's, in dB.
     snr_db_vs_reference: Option<f64>,
+    /// The step's matmuls alone at the rate their kernels reach here, for 2 rows and 1.
+    matmul_floor: Option<Vec<MatmulFloor>>,
 }
 
 #[derive(Serialize)]
@@ -165,6 +172,16 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
     let stream = time_stream(&model, stream_config, args, bundle.pattern(frames).num_steps())?;
     let peak_resident_mb = peak_resident_mb();
+    // After the peak was read: the kernel graphs hold more than the bundle.
+    let matmul_floor = match &args.floor {
+        Some(dir) => {
+            let runtime = Runtime::init(args.ort_library.as_deref())?;
+            let floors = floor::measure(runtime, dir, decoder_threads, &[2, 1])?;
+            print_floor_ratios(&floors[0], &contexts, decoder_threads);
+            Some(floors)
+        }
+        None => None,
+    };
     let snr_db_vs_reference = match &args.reference {
         Some(reference) => Some(snr_against(args, reference)?),
         None => None,
@@ -182,7 +199,29 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         read_bandwidth_gb_per_s: read_bandwidth_gb_per_s(cores),
         peak_resident_mb,
         snr_db_vs_reference,
+        matmul_floor,
     })
+}
+
+fn print_floor_ratios(floor: &MatmulFloor, contexts: &[ContextTiming], threads: usize) {
+    let ratios: Vec<String> = contexts
+        .iter()
+        .filter(|c| c.threads == threads)
+        .map(|c| {
+            format!(
+                "{:.2} at {}",
+                floor.steps_per_second / c.steps_per_second,
+                c.context_frames
+            )
+        })
+        .collect();
+    eprintln!(
+        "  matmul floor ({} rows): {:.2} ms per step ({:.1} steps/s); step / floor: {}",
+        floor.rows,
+        floor.ms_per_step,
+        floor.steps_per_second,
+        ratios.join(", ")
+    );
 }
 
 const PROMPT: &str = "lo-fi piano with soft drums";

@@ -11,6 +11,7 @@ use serde::Serialize;
 
 mod bench;
 mod download;
+mod floor;
 mod import;
 mod play;
 mod render;
@@ -32,6 +33,10 @@ enum Command {
     /// Time one bundle on this machine (decoder steps by context, the whole stream, the
     /// codec, memory) and print the figures as JSON; `cargo xtask bench` runs it.
     Bench(bench::BenchArgs),
+    /// Time a bundle's matmul kernels (the graphs `models/matmul_floor.py` writes): what
+    /// its decoder step's matmuls alone take here, printed as JSON; `bench --floor` also
+    /// does this.
+    Floor(floor::FloorArgs),
     /// Play a WAV file on the default audio output, if there is one.
     Play { file: PathBuf },
     /// Turn a transformers MusicGen checkpoint folder (safetensors) into a bundle, with no
@@ -220,6 +225,7 @@ fn run(command: Command) -> Result<()> {
         Command::Patterns(args) => patterns(&args),
         Command::Render(args) => render::render(&args),
         Command::Bench(args) => bench::bench(&args),
+        Command::Floor(args) => floor::floor(&args),
         Command::Play { file } => play::play(&file),
         Command::Import(args) => import::run(&args),
         Command::Download(args) => download::run(&args),

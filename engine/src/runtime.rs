@@ -235,6 +235,14 @@ impl Runtime {
         &self.environment
     }
 
+    /// A CPU session of any graph, built as the engine builds its own (optimisation level,
+    /// `threads` intra-op threads): for tools that time kernels beside a bundle's graphs,
+    /// such as `musicgen bench`'s matmul floor.
+    pub fn cpu_session(&self, graph: &Path, threads: usize) -> Result<ort::session::Session, ort::Error> {
+        let (mut builder, _) = session_builder(self, ExecutionProvider::Cpu, threads)?;
+        builder.commit_from_file(graph)
+    }
+
     /// CUDA's libraries beside this library, loaded once, and why the CUDA provider
     /// cannot start here if it cannot.
     pub fn cuda_readiness(&self) -> &'static CudaReadiness {

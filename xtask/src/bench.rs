@@ -255,7 +255,11 @@ fn build_musicgen(package: &str) -> [&str; 7] {
 
 fn build_current(root: &Path) -> Result<PathBuf> {
     cargo(root, &build_musicgen("musicgen-cli"))?;
-    Ok(root.join("target").join("release").join("musicgen"))
+    Ok(current_musicgen(root))
+}
+
+fn current_musicgen(root: &Path) -> PathBuf {
+    root.join("target").join("release").join("musicgen")
 }
 
 /// Checks out [`BASELINE_COMMIT`] in a worktree under `target/bench/` (once) and builds
@@ -324,7 +328,32 @@ fn measure(
     if let Some(reference) = reference.filter(|_| variant.engine == Engine::Current && variant.name != REFERENCE) {
         command.arg("--reference").arg(reference);
     }
-    let report = match run_json(&mut command) {
+    // The floor's kernel graphs hold more than the cache: written for this bundle, timed,
+    // then removed (a few GB each).
+    let floor_dir = root.join("target").join("bench").join("floor");
+    let floor_graphs = write_floor_graphs(root, &dir, &floor_dir);
+    if let (Ok(()), Engine::Current) = (&floor_graphs, variant.engine) {
+        command.arg("--floor").arg(&floor_dir);
+    }
+    let report = run_json(&mut command).and_then(|mut report| {
+        // The baseline's `musicgen` predates the floor: the current one times its kernels.
+        if variant.engine == Engine::Baseline && floor_graphs.is_ok() {
+            let floor = run_json(
+                Command::new(current_musicgen(root))
+                    .arg("floor")
+                    .arg(&floor_dir)
+                    .arg("--ort-library")
+                    .arg(library),
+            )?;
+            report["matmul_floor"] = floor["matmul_floor"].clone();
+        }
+        Ok(report)
+    });
+    if let Err(error) = &floor_graphs {
+        eprintln!("    no matmul floor for {}: {error:#}", variant.name);
+    }
+    let _ = fs::remove_dir_all(&floor_dir);
+    let report = match report {
         Ok(report) => report,
         Err(error) => return failed(format!("{error:#}")),
     };
@@ -364,6 +393,16 @@ fn export_once(root: &Path, shape: Shape, dir: &Path, export_py: &Path, export_a
         .args(export_args)
         .current_dir(root))?;
     Ok(Some(started.elapsed().as_secs_f64()))
+}
+
+/// Writes the kernel graphs of `bundle`'s matmul floor into `out` (emptied first).
+fn write_floor_graphs(root: &Path, bundle: &Path, out: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(out);
+    let python_bin = python::ensure_venv(root)?;
+    run(Command::new(python_bin)
+        .arg(root.join("models").join("matmul_floor.py"))
+        .arg(bundle.join("decoder.onnx"))
+        .arg(out))
 }
 
 /// The decoder graph's node count and the weight bytes a step reads.
