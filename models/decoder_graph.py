@@ -11,7 +11,10 @@ ONNX Runtime runs fastest on the CPU, and a cache contract that never copies the
 - each residual add is fused with the next layer norm (`SkipLayerNormalization`);
 - the feed-forward activation is `Gelu` (exact, erf);
 - the step axis `S` is free: one call runs one step (`S = 1`) or fills an empty cache with
-  `S` given steps at once (a prefill); only the last step's logits are computed.
+  `S` given steps at once (a prefill); only the last step's logits are computed;
+- the row axis is free too: two rows for classifier-free guidance (conditioned, then
+  unconditional), or the conditioned row alone when guidance is off, which then costs one
+  row's attention and cache instead of two.
 
 Cross-attention runs on keys and values `cross_kv.onnx` computes once per prompt; its keys
 come transposed (`[2, H, D, L]`) so that a step multiplies without a transpose.
@@ -142,24 +145,24 @@ def build_decoder_graph(
         return array, parts[0] if len(parts) == 1 else {"concat": parts, "axis": 1}
 
     inputs = [
-        helper.make_tensor_value_info("input_ids", TensorProto.INT64, [2, "steps", k_count]),
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["rows", "steps", k_count]),
         helper.make_tensor_value_info("past_len", TensorProto.INT64, [1]),
     ]
     if melody:
-        inputs.append(helper.make_tensor_value_info("chroma", TensorProto.FLOAT, [2, "chroma", model.config.num_chroma]))
-        inputs.append(helper.make_tensor_value_info("conditioning", TensorProto.FLOAT, [2, "text", width]))
+        inputs.append(helper.make_tensor_value_info("chroma", TensorProto.FLOAT, ["rows", "chroma", model.config.num_chroma]))
+        inputs.append(helper.make_tensor_value_info("conditioning", TensorProto.FLOAT, ["rows", "text", width]))
     else:
-        inputs.append(helper.make_tensor_value_info("encoder_attention_bias", TensorProto.FLOAT, [2, "text"]))
-    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [2, k_count, vocab])]
+        inputs.append(helper.make_tensor_value_info("encoder_attention_bias", TensorProto.FLOAT, ["rows", "text"]))
+    outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["rows", k_count, vocab])]
     for i in range(layers):
         for kind in ("key", "value"):
-            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", cache_type, [2, heads, "capacity", head_dim]))
+            inputs.append(helper.make_tensor_value_info(f"past_{kind}_{i}", cache_type, ["rows", heads, "capacity", head_dim]))
             outputs.append(
-                helper.make_tensor_value_info(f"present_{kind}_{i}", cache_type, [2, heads, "capacity", head_dim])
+                helper.make_tensor_value_info(f"present_{kind}_{i}", cache_type, ["rows", heads, "capacity", head_dim])
             )
     for i in range(layers if not melody else 0):
-        inputs.append(helper.make_tensor_value_info(f"cross_key_{i}", TensorProto.FLOAT, [2, heads, head_dim, "text"]))
-        inputs.append(helper.make_tensor_value_info(f"cross_value_{i}", TensorProto.FLOAT, [2, heads, "text", head_dim]))
+        inputs.append(helper.make_tensor_value_info(f"cross_key_{i}", TensorProto.FLOAT, ["rows", heads, head_dim, "text"]))
+        inputs.append(helper.make_tensor_value_info(f"cross_value_{i}", TensorProto.FLOAT, ["rows", heads, "text", head_dim]))
 
     # Token embeddings: one table for all codebooks, each codebook's ids offset into it.
     table = np.concatenate([f32(embed.weight) for embed in decoder.embed_tokens], axis=0)
@@ -192,10 +195,8 @@ def build_decoder_graph(
     total_len = g.op("Cast", [end_position], to=TensorProto.INT32)
     # GroupQueryAttention's seqlens_k is the index of the last filled slot, per row.
     last_slot = g.op("Sub", [end_position, g.const("one_scalar", np.array(1, np.int64))])
-    seqlens_k = g.op(
-        "Expand",
-        [g.op("Cast", [last_slot], to=TensorProto.INT32), g.const("rows", np.array([2], np.int64))],
-    )
+    rows = g.op("Slice", [g.op("Shape", ["input_ids"]), g.const("row_axis_start", np.array([0], np.int64)), g.const("row_axis_end", np.array([1], np.int64))])
+    seqlens_k = g.op("Expand", [g.op("Cast", [last_slot], to=TensorProto.INT32), rows])
 
     # Cross-attention bias, added to every head's scores: 0 where the text is, the float
     # minimum where it is masked (the unconditional row, all of it), as transformers builds
@@ -208,8 +209,9 @@ def build_decoder_graph(
     scaling = np.array(head_dim**-0.5, np.float32)
     if not melody:
         scaling_name = g.const("attention_scaling", scaling)
-        split_shape = g.const("split_heads", np.array([2, -1, heads, head_dim], np.int64))
-        merge_shape = g.const("merge_heads", np.array([2, -1, width], np.int64))
+        # 0 keeps the input's rows.
+        split_shape = g.const("split_heads", np.array([0, -1, heads, head_dim], np.int64))
+        merge_shape = g.const("merge_heads", np.array([0, -1, width], np.int64))
 
     def layer_norm_weights(norm, name):
         return (
@@ -277,7 +279,7 @@ def build_decoder_graph(
     last_step = g.op("Sub", [g.op("Squeeze", [steps, scalar_axes]), g.const("one_step", np.array(1, np.int64))])
     last = g.op("Gather", [x, last_step], axis=1)
     logits = g.op("MatMul", [last, g.weight("lm_heads.weight", *transposed(*model.decoder.lm_heads))], outputs=[LM_HEADS_NODE])
-    g.op("Reshape", [logits, g.const("logits_shape", np.array([2, k_count, vocab], np.int64))], outputs=["logits"])
+    g.op("Reshape", [logits, g.const("logits_shape", np.array([-1, k_count, vocab], np.int64))], outputs=["logits"])
 
     graph = helper.make_graph(g.nodes, "musicgen_decoder", inputs, outputs, g.initializers)
     model_proto = helper.make_model(

@@ -690,8 +690,8 @@ def melody_spec(extractor, model) -> dict:
     }
 
 
-def transformers_generate(model, input_ids, new_tokens: int, input_features=None):
-    """Greedy generation with guidance 3 by transformers itself; returns its codes [K, T]
+def transformers_generate(model, input_ids, new_tokens: int, input_features=None, guidance: float = GOLDEN_GUIDANCE):
+    """Greedy generation with `guidance` by transformers itself; returns its codes [K, T]
     (captured from the codec calls: a stereo model decodes its even codebooks as the left
     channel and its odd ones as the right) and its decoded audio [channels, samples].
     `input_features` is a melody model's chroma."""
@@ -709,7 +709,7 @@ def transformers_generate(model, input_ids, new_tokens: int, input_features=None
                 input_ids=input_ids,
                 attention_mask=torch.ones_like(input_ids),
                 do_sample=False,
-                guidance_scale=GOLDEN_GUIDANCE,
+                guidance_scale=guidance,
                 max_new_tokens=new_tokens,
                 **({} if input_features is None else {"input_features": torch.from_numpy(input_features)[None]}),
             )
@@ -732,6 +732,8 @@ class Reference:
     prompt_ids: list[int]
     codes: np.ndarray
     audio: np.ndarray
+    # Without guidance (guidance_scale 1): the conditioned row alone.
+    unguided_codes: np.ndarray
     chroma: np.ndarray | None = None
     chroma_values: np.ndarray | None = None
     melody: np.ndarray | None = None
@@ -749,7 +751,9 @@ def transformers_reference(model, out: Path, args, progress: Progress) -> Refere
         print(f"    golden melody: {len(chroma)} chroma frames, pitch classes {values.argmax(-1).tolist()}")
     progress.stage(f"self-check: transformers generate, greedy, guidance {GOLDEN_GUIDANCE}, {new_tokens} steps")
     codes, audio = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens, chroma)
-    return Reference(prompt_ids, codes, audio, chroma, values, melody)
+    progress.stage(f"self-check: transformers generate, greedy, no guidance, {new_tokens} steps")
+    unguided, _ = transformers_generate(model, torch.tensor([prompt_ids]), new_tokens, chroma, guidance=1.0)
+    return Reference(prompt_ids, codes, audio, unguided, chroma, values, melody)
 
 
 def check_bundle(out: Path, manifest: dict, reference: Reference, args, progress: Progress) -> dict:
@@ -777,9 +781,17 @@ def check_bundle(out: Path, manifest: dict, reference: Reference, args, progress
     prefill_agreement = float(np.mean(prefilled == stepped))
     report["prefill_agreement"] = prefill_agreement
     print(f"    prefill and steps agree on {prefill_agreement * 100:.2f}% of the codes")
+    progress.stage(f"self-check: without guidance, the conditioned row alone ({frames} frames)")
+    unguided, _ = stepper.generate(graphs, manifest, prompt_ids, frames, 1.0, chroma=chroma)
+    unguided_agreement = float(np.mean(unguided == reference.unguided_codes))
+    report["unguided_code_agreement"] = unguided_agreement
+    print(f"    one row, guidance 1: codes equal to transformers' on {unguided_agreement * 100:.2f}%")
     if exact:
         assert np.array_equal(stepped, reference_codes), "exported graphs do not reproduce transformers' codes"
         assert prefill_agreement == 1.0, "a prefill call does not continue as the steps it replaces"
+        assert np.array_equal(unguided, reference.unguided_codes), (
+            "one row without guidance does not reproduce transformers' generate(guidance_scale=1)"
+        )
     else:
         # Quantized weights and caches change some argmax decisions, and a prefill
         # quantizes its activations over many rows at once; near-ties in a random model's
@@ -831,11 +843,11 @@ def check_bundle(out: Path, manifest: dict, reference: Reference, args, progress
                 "pitch_classes": extracted.argmax(-1).tolist(),
                 "normalized_chroma": extracted.round(6).tolist(),
             }
-        write_golden(out, prompt_ids, reference_codes, reference_audio, manifest, golden_melody_spec)
+        write_golden(out, prompt_ids, reference, manifest, golden_melody_spec)
     return report
 
 
-def write_golden(out: Path, prompt_ids, codes, audio, manifest, melody: dict | None = None) -> None:
+def write_golden(out: Path, prompt_ids, reference: Reference, manifest, melody: dict | None = None) -> None:
     model_class = "MusicgenMelodyForConditionalGeneration" if melody else "MusicgenForConditionalGeneration"
     golden = {
         "prompt": GOLDEN_PROMPT,
@@ -845,10 +857,15 @@ def write_golden(out: Path, prompt_ids, codes, audio, manifest, melody: dict | N
         "max_new_tokens": GOLDEN_NEW_TOKENS,
         "generated_by": f"transformers {model_class}.generate(do_sample=False, guidance_scale=3)",
         **({"melody": melody} if melody else {}),
-        "codes": codes.astype(int).tolist(),
+        "codes": reference.codes.astype(int).tolist(),
+        "unguided": {
+            "guidance_scale": 1.0,
+            "generated_by": f"transformers {model_class}.generate(do_sample=False, guidance_scale=1)",
+            "codes": reference.unguided_codes.astype(int).tolist(),
+        },
     }
     (out / "golden.json").write_text(json.dumps(golden) + "\n")
-    write_wav_f32(out / "golden.wav", audio.astype(np.float32), manifest["sample_rate_hz"])
+    write_wav_f32(out / "golden.wav", reference.audio.astype(np.float32), manifest["sample_rate_hz"])
 
 
 def write_wav_f32(path: Path, samples: np.ndarray, rate: int) -> None:

@@ -21,12 +21,14 @@ def prefix_len(inputs: dict) -> int:
 
 
 class DecoderRunner:
-    """decoder.onnx with its self-attention cache of `capacity` slots per layer."""
+    """decoder.onnx with its self-attention cache of `capacity` slots per layer, for 2 rows
+    (guidance) or the conditioned row alone (`rows` 1, guidance off)."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: dict, capacity: int):
+    def __init__(self, session: ort.InferenceSession, manifest: dict, capacity: int, rows: int = 2):
         geo = manifest["decoder"]
         dtype = np.int8 if manifest["kv_cache"]["dtype"] == "int8" else np.float32
-        shape = (2, geo["num_heads"], capacity, geo["head_dim"])
+        shape = (rows, geo["num_heads"], capacity, geo["head_dim"])
+        self.rows = rows
         self.session = session
         self.layers = geo["num_layers"]
         self.caches = {
@@ -37,11 +39,13 @@ class DecoderRunner:
         self.length = 0
 
     def run(self, columns: np.ndarray, inputs: dict) -> np.ndarray:
-        """Runs the steps of `columns` (`[S, K]`, the same for both rows) and returns the
-        last step's logits `[2, K, V]`. A melody model's prefix (`chroma`, `conditioning`)
-        goes in with the first call only; later calls pass it empty."""
+        """Runs the steps of `columns` (`[S, K]`, the same for every row) and returns the
+        last step's logits `[rows, K, V]`. `inputs` hold both guidance rows; a single-row
+        runner takes the first. A melody model's prefix (`chroma`, `conditioning`) goes in
+        with the first call only; later calls pass it empty."""
         binding = self.session.io_binding()
-        binding.bind_cpu_input("input_ids", np.ascontiguousarray(np.repeat(columns[None], 2, axis=0), dtype=np.int64))
+        rows = self.rows
+        binding.bind_cpu_input("input_ids", np.ascontiguousarray(np.repeat(columns[None], rows, axis=0), dtype=np.int64))
         binding.bind_cpu_input("past_len", np.array([self.length], np.int64))
         prefix_len = 0
         for name, value in inputs.items():
@@ -49,7 +53,7 @@ class DecoderRunner:
                 if self.length > 0:
                     value = value[:, :0]
                 prefix_len += value.shape[1]
-            binding.bind_cpu_input(name, np.ascontiguousarray(value))
+            binding.bind_cpu_input(name, np.ascontiguousarray(value[:rows]))
         binding.bind_output("logits")
         for name, cache in self.caches.items():
             binding.bind_ortvalue_input(f"past_{name}", cache)
@@ -103,7 +107,8 @@ def generate(
     top_k: int = 250,
     chroma: np.ndarray | None = None,
 ) -> tuple[np.ndarray, DecoderRunner]:
-    """Guided generation of `frames` frames with the delay pattern: greedy, or top-k
+    """Guided generation of `frames` frames with the delay pattern (guidance 1: the
+    conditioned row alone, as transformers generates without guidance): greedy, or top-k
     sampling with `rng`. The first `prefill_steps` steps run as one call, their columns
     taught from `given` (`[K, T]` codes); later steps sample. Returns the codes `[K, frames]`
     and the runner (its cache). `chroma` is a melody model's melody (see conditioning_inputs)."""
@@ -111,7 +116,8 @@ def generate(
     delays = manifest["pattern"]["delays"]
     inputs = conditioning_inputs(graphs, manifest, input_ids, chroma)
     steps = frames + max(delays)
-    runner = DecoderRunner(graphs["decoder"], manifest, prefix_len(inputs) + steps + 1)
+    rows = 1 if guidance == 1.0 else 2
+    runner = DecoderRunner(graphs["decoder"], manifest, prefix_len(inputs) + steps + 1, rows)
     # columns[s, k]: codebook k's token at step s, frame s - 1 - delays[k].
     columns = np.full((steps + 1, k_count), special, dtype=np.int64)
     if given is not None:
@@ -125,7 +131,7 @@ def generate(
         count = prefill_steps if s == 0 and prefill_steps > 0 else 1
         logits = runner.run(columns[s : s + count], inputs)
         s += count
-        guided = logits[1] + (logits[0] - logits[1]) * guidance
+        guided = logits[0] if rows == 1 else logits[1] + (logits[0] - logits[1]) * guidance
         for k in range(k_count):
             t = s - 1 - delays[k]
             if 0 <= t < frames and not (given is not None and s <= prefill_steps):

@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use musicgen_engine::{
-    Bundle, CodecWindow, ExecutionProvider, Model, ModelOptions, Runtime, SamplingSettings, Stream, StreamConfig,
+    Bundle, CodecWindow, Condition, Decoder, ExecutionProvider, Model, ModelOptions, Runtime, SamplingSettings, Stream,
+    StreamConfig,
 };
 use serde::Serialize;
 
@@ -75,6 +76,8 @@ struct Report {
     kv_cache_bytes_per_frame: u64,
     contexts: Vec<ContextTiming>,
     stream: StreamTiming,
+    /// The same stream with guidance off (1).
+    stream_unguided: StreamTiming,
     codec_ms_per_frame: f64,
     /// Read bandwidth of this machine's memory, every core reading.
     read_bandwidth_gb_per_s: f64,
@@ -89,6 +92,8 @@ struct Report {
 #[derive(Serialize)]
 struct ContextTiming {
     threads: usize,
+    /// Guidance rows: 2, or 1 (guidance off, where the graph runs one row).
+    rows: usize,
     context_frames: usize,
     /// The context over the timed steps, on average.
     mean_context_frames: f64,
@@ -154,7 +159,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let middle = args.contexts[args.contexts.len() / 2];
     let decoder_threads = contexts
         .iter()
-        .filter(|c| c.context_frames == middle)
+        .filter(|c| c.context_frames == middle && c.rows == 2)
         .max_by(|a, b| a.steps_per_second.total_cmp(&b.steps_per_second))
         .map_or(1, |c| c.threads);
 
@@ -170,14 +175,21 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     stream_config.output_rate_hz = f64::from(args.sample_rate);
     stream_config.sampling = SamplingSettings::default();
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
-    let stream = time_stream(&model, stream_config, args, bundle.pattern(frames).num_steps())?;
+    let pattern_steps = bundle.pattern(frames).num_steps();
+    let stream = time_stream(&model, stream_config.clone(), args, pattern_steps)?;
+    // Guidance off: the conditioned row alone, where the graph runs one.
+    let mut unguided_config = stream_config;
+    unguided_config.guidance_scale = 1.0;
+    let stream_unguided = time_stream(&model, unguided_config, args, pattern_steps)?;
     let peak_resident_mb = peak_resident_mb();
     // After the peak was read: the kernel graphs hold more than the bundle.
     let matmul_floor = match &args.floor {
         Some(dir) => {
             let runtime = Runtime::init(args.ort_library.as_deref())?;
             let floors = floor::measure(runtime, dir, decoder_threads, &[2, 1])?;
-            print_floor_ratios(&floors[0], &contexts, decoder_threads);
+            for floor in &floors {
+                print_floor_ratios(floor, &contexts, decoder_threads);
+            }
             Some(floors)
         }
         None => None,
@@ -195,6 +207,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
         kv_cache_bytes_per_frame,
         contexts,
         stream,
+        stream_unguided,
         codec_ms_per_frame,
         read_bandwidth_gb_per_s: read_bandwidth_gb_per_s(cores),
         peak_resident_mb,
@@ -206,7 +219,7 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
 fn print_floor_ratios(floor: &MatmulFloor, contexts: &[ContextTiming], threads: usize) {
     let ratios: Vec<String> = contexts
         .iter()
-        .filter(|c| c.threads == threads)
+        .filter(|c| c.threads == threads && c.rows == floor.rows)
         .map(|c| {
             format!(
                 "{:.2} at {}",
@@ -226,39 +239,71 @@ fn print_floor_ratios(floor: &MatmulFloor, contexts: &[ContextTiming], threads: 
 
 const PROMPT: &str = "lo-fi piano with soft drums";
 
-/// Times decoder steps (both guidance rows) at each context with `threads` intra-op
-/// threads; returns the execution provider in use.
+/// Times decoder steps at each context with `threads` intra-op threads, with both
+/// guidance rows and, where the graph runs one, the conditioned row alone (guidance off);
+/// returns the execution provider in use.
 fn time_contexts(model: &Model, args: &BenchArgs, threads: usize, out: &mut Vec<ContextTiming>) -> Result<String> {
     let manifest = model.manifest();
     let cross = model.condition(PROMPT)?;
     let mut decoder = model.decoder()?;
     let tokens = vec![i64::from(manifest.special_token_id); manifest.num_codebooks];
-    for &context_frames in &args.contexts {
+    let mut row_counts = vec![2];
+    if decoder.rows_for(1.0) == 1 {
+        row_counts.push(1);
+    }
+    for rows in row_counts {
+        for &context_frames in &args.contexts {
+            out.push(time_context(
+                &mut decoder,
+                &cross,
+                &tokens,
+                args,
+                threads,
+                rows,
+                context_frames,
+            )?);
+        }
+    }
+    Ok(model.execution_provider().to_owned())
+}
+
+fn time_context(
+    decoder: &mut Decoder,
+    cross: &Condition,
+    tokens: &[i64],
+    args: &BenchArgs,
+    threads: usize,
+    rows: usize,
+    context_frames: usize,
+) -> Result<ContextTiming> {
+    {
         // A cache as a stream has it: a lane of the default window, or as long as the
         // context asks.
-        let mut cache = decoder.new_cache((context_frames + 1).max(DEFAULT_LANE_STEPS))?;
+        let mut cache = decoder.new_cache((context_frames + 1).max(DEFAULT_LANE_STEPS), rows)?;
         // The timed steps end at the context asked for, so that the longest one fits.
         let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
         cache.assume_context(start)?;
         for _ in 0..WARMUP_STEPS {
-            decoder.step(&mut cache, &tokens, &cross)?;
+            decoder.step(&mut cache, tokens, cross)?;
         }
         let first_timed = cache.len();
         let started = Instant::now();
         for _ in 0..args.steps {
-            decoder.step(&mut cache, &tokens, &cross)?;
+            decoder.step(&mut cache, tokens, cross)?;
         }
         let steps_per_second = args.steps as f64 / started.elapsed().as_secs_f64();
         let mean_context_frames = (first_timed + cache.len()) as f64 / 2.0;
-        eprintln!("  context {context_frames:>5} frames (mean {mean_context_frames}): {steps_per_second:.2} steps/s");
-        out.push(ContextTiming {
+        eprintln!(
+            "  context {context_frames:>5} frames (mean {mean_context_frames}), {rows} row(s): {steps_per_second:.2} steps/s"
+        );
+        Ok(ContextTiming {
             threads,
+            rows,
             context_frames,
             mean_context_frames,
             steps_per_second,
-        });
+        })
     }
-    Ok(model.execution_provider().to_owned())
 }
 
 /// The bench's model with `decoder_threads` intra-op threads.

@@ -74,24 +74,60 @@ pub(crate) enum ConditionInputs {
     Prefix(Prefix),
 }
 
+/// A decoder input for both guidance rows, `[2, ...]`, and a copy of its first row,
+/// `[1, ...]`, which a call that runs the conditioned row alone (guidance off) binds. A
+/// copy, not a view: binding a view of a tensor's memory makes `ort` copy it on every call.
+pub(crate) struct RowInput {
+    both: DynValue,
+    first: DynValue,
+}
+
+impl RowInput {
+    fn new(both: DynValue) -> Result<Self, ort::Error> {
+        let (shape, data) = both.try_extract_tensor::<f32>()?;
+        let mut dims = shape.to_vec();
+        let per_row = data.len() / dims[0].max(1) as usize;
+        dims[0] = 1;
+        let first = Tensor::from_array((dims, data[..per_row].to_vec()))?.into_dyn();
+        Ok(Self { both, first })
+    }
+
+    fn from_rows(shape: &[usize], data: Vec<f32>) -> Result<Self, ort::Error> {
+        Self::new(Tensor::from_array((shape.to_vec(), data))?.into_dyn())
+    }
+
+    /// The input for a call of `rows` rows (2, or 1: the first alone).
+    pub(crate) fn rows(&self, rows: usize) -> &DynValue {
+        if rows == 1 { &self.first } else { &self.both }
+    }
+
+    /// Both rows' data, then the first row's, to change in place.
+    fn data_mut(&mut self) -> Result<(&mut [f32], &mut [f32]), ort::Error> {
+        Ok((
+            self.both.try_extract_tensor_mut::<f32>()?.1,
+            self.first.try_extract_tensor_mut::<f32>()?.1,
+        ))
+    }
+}
+
 /// Cross-attention inputs for both guidance rows.
 pub(crate) struct CrossAttention {
     /// `cross_key_{i}` `[2, H, D, L]` and `cross_value_{i}` `[2, H, L, D]` for each layer.
-    pub(crate) keys_values: Vec<(String, DynValue)>,
+    pub(crate) keys_values: Vec<(String, RowInput)>,
     /// `[2, L]`, added to the scores of each text token: 0 on the prompt row, the float
     /// minimum (masked) all along the unconditional row.
-    pub(crate) encoder_bias: Tensor<f32>,
+    pub(crate) encoder_bias: RowInput,
     text_len: usize,
 }
 
 /// A melody model's prefix for both rows, and the empty tensors later calls pass instead.
 pub(crate) struct Prefix {
     /// `[2, chroma_length, 12]`: the melody's one-hot chroma; the null melody on row 1.
-    pub(crate) chroma: Tensor<f32>,
+    pub(crate) chroma: RowInput,
     /// `[2, L, width]`: the encoded prompt; zeros on row 1.
-    pub(crate) text: Tensor<f32>,
-    pub(crate) no_chroma: Tensor<f32>,
-    pub(crate) no_text: Tensor<f32>,
+    pub(crate) text: RowInput,
+    pub(crate) no_chroma: RowInput,
+    pub(crate) no_text: RowInput,
     /// Cache slots the prefix takes: chroma frames and text tokens.
     pub(crate) len: usize,
 }
@@ -105,8 +141,11 @@ impl CrossAttention {
         let mut bias = vec![MASKED; 2 * text_len];
         bias[..text_len].copy_from_slice(row_bias);
         Ok(Self {
-            keys_values,
-            encoder_bias: Tensor::from_array(([2usize, text_len], bias))?,
+            keys_values: keys_values
+                .into_iter()
+                .map(|(name, value)| Ok((name, RowInput::new(value)?)))
+                .collect::<Result<_, ort::Error>>()?,
+            encoder_bias: RowInput::from_rows(&[2, text_len], bias)?,
             text_len,
         })
     }
@@ -178,10 +217,15 @@ impl Morph {
         };
         let b_len = target.text_len;
         let a_len = blend.text_len - b_len;
-        let (_, bias) = blend.encoder_bias.extract_tensor_mut();
+        let (both, first) = blend
+            .encoder_bias
+            .data_mut()
+            .expect("the bias is a float tensor made in CrossAttention::new");
         let weight = |share: f32| if share > 0.0 { share.ln().max(MASKED) } else { MASKED };
-        bias[..a_len].fill(weight(1.0 - self.amount));
-        bias[a_len..a_len + b_len].fill(weight(self.amount));
+        for bias in [both, first] {
+            bias[..a_len].fill(weight(1.0 - self.amount));
+            bias[a_len..a_len + b_len].fill(weight(self.amount));
+        }
     }
 
     /// The conditioning to step with, given prompt A's.
@@ -205,8 +249,8 @@ fn side_by_side(a: &CrossAttention, b: &CrossAttention) -> Result<CrossAttention
     };
     let mut keys_values = Vec::with_capacity(a.keys_values.len());
     for ((name, a_value), (_, b_value)) in a.keys_values.iter().zip(&b.keys_values) {
-        let (a_shape, a_data) = a_value.try_extract_tensor::<f32>().map_err(error)?;
-        let (_, b_data) = b_value.try_extract_tensor::<f32>().map_err(error)?;
+        let (a_shape, a_data) = a_value.rows(2).try_extract_tensor::<f32>().map_err(error)?;
+        let (_, b_data) = b_value.rows(2).try_extract_tensor::<f32>().map_err(error)?;
         let dims: Vec<usize> = a_shape.iter().map(|&d| d as usize).collect();
         let text_axis = if name.starts_with("cross_key") { 3 } else { 2 };
         let inner: usize = dims[text_axis + 1..].iter().product();
@@ -371,11 +415,11 @@ fn prefix(
     let (frames, classes) = (spec.chroma_length, spec.num_chroma);
     let mut chroma = Melody::one_hot(melody, frames, classes);
     chroma.extend(Melody::one_hot(None, frames, classes));
-    let empty = |depth: usize| Tensor::from_array(([2usize, 0, depth], Vec::<f32>::new())).map_err(error);
+    let empty = |depth: usize| RowInput::from_rows(&[2, 0, depth], Vec::new()).map_err(error);
     Ok(Condition {
         inputs: ConditionInputs::Prefix(Prefix {
-            chroma: Tensor::from_array(([2usize, frames, classes], chroma)).map_err(error)?,
-            text: Tensor::from_array(([2usize, text_len, width], both_rows)).map_err(error)?,
+            chroma: RowInput::from_rows(&[2, frames, classes], chroma).map_err(error)?,
+            text: RowInput::from_rows(&[2, text_len, width], both_rows).map_err(error)?,
             no_chroma: empty(classes)?,
             no_text: empty(width)?,
             len: frames + text_len,

@@ -1,8 +1,12 @@
 //! The decoder graph for both guidance rows, one step or one prefill at a time, with a
 //! self-attention cache the engine owns and ONNX Runtime fills in place.
 //!
-//! A [`KvCache`] is one tensor per layer for keys and one for values, `[2, H, capacity, D]`
-//! in the bundle's cache type (float32 or int8), allocated once for a whole lane. Each call
+//! A [`KvCache`] is one tensor per layer for keys and one for values, `[rows, H, capacity,
+//! D]` in the bundle's cache type (float32 or int8), allocated once for a whole lane. Its
+//! rows are both guidance rows (conditioned, unconditional), or the conditioned row alone
+//! when guidance is off and the graph takes any number of rows (bundles exported since
+//! this was possible; older ones have two fixed rows and run both): guidance off then
+//! costs one row's attention and cache, not two. Each call
 //! binds the same tensor as the graph's `past_*` input and its `present_*` output; ONNX
 //! Runtime's `GroupQueryAttention` sees that they share a buffer, writes the new keys and
 //! values into the next slots and attends over the filled slots only. Nothing copies the
@@ -26,7 +30,7 @@ use std::sync::Arc;
 
 use ort::memory::Allocator;
 use ort::session::{IoBinding, Session};
-use ort::value::{DynTensor, Tensor, TensorElementType};
+use ort::value::{DynTensor, Tensor, TensorElementType, ValueType};
 use parking_lot::Mutex;
 
 use crate::bundle::{Bundle, BundleError, CacheType, DecoderGeometry, Graph};
@@ -49,10 +53,12 @@ pub enum DecoderError {
     PrefixTooLong { len: usize, max: usize },
 }
 
-/// One context's self-attention keys and values, for every layer and both guidance rows.
+/// One context's self-attention keys and values, for every layer and its guidance rows.
 pub struct KvCache {
-    /// Per layer: keys, values, each `[2, H, capacity, D]`.
+    /// Per layer: keys, values, each `[rows, H, capacity, D]`.
     layers: Vec<[DynTensor; 2]>,
+    /// 2 (guidance) or 1 (the conditioned row alone).
+    rows: usize,
     /// Slots: the steps asked for, and the prefix of the condition it was filled with.
     capacity: usize,
     /// Steps (without a prefix) it was asked to hold.
@@ -81,6 +87,11 @@ impl KvCache {
         }
         self.len = frames;
         Ok(())
+    }
+
+    /// Guidance rows the cache holds: 2, or 1 when it serves the conditioned row alone.
+    pub fn rows(&self) -> usize {
+        self.rows
     }
 
     /// Steps run since the last reset: the position of the next step.
@@ -127,6 +138,7 @@ impl KvCache {
             .collect::<Result<_, _>>()?;
         Ok(KvCache {
             layers,
+            rows: self.rows,
             capacity: self.capacity,
             steps: self.steps,
             len: self.len,
@@ -149,6 +161,8 @@ pub struct DecoderGraph {
     max_prefix_len: usize,
     /// Per layer: past key, past value inputs; present key, present value outputs.
     layer_names: Vec<[String; 4]>,
+    /// The graph takes any number of rows, so that guidance off runs one.
+    single_row: bool,
 }
 
 impl DecoderGraph {
@@ -161,6 +175,10 @@ impl DecoderGraph {
         let manifest = bundle.manifest();
         let (session, provider_in_use) = bundle.session_on(runtime, Graph::Decoder, threads, provider)?;
         let geometry = manifest.decoder;
+        let single_row = session.inputs().iter().any(|input| {
+            input.name() == "input_ids"
+                && matches!(input.dtype(), ValueType::Tensor { shape, .. } if shape.first().is_some_and(|&rows| rows < 0))
+        });
         let layer_names = (0..geometry.num_layers)
             .map(|i| {
                 [
@@ -182,6 +200,7 @@ impl DecoderGraph {
             max_steps: manifest.max_frames + manifest.num_codebooks,
             max_prefix_len: manifest.max_prefix_len(),
             layer_names,
+            single_row,
         })
     }
 
@@ -194,31 +213,52 @@ impl DecoderGraph {
 /// One user of a [`DecoderGraph`] (a stream) with the logits of its last step.
 pub struct Decoder {
     graph: Arc<DecoderGraph>,
-    /// `[2, K, V]`, bound as the graph's output: the last step's logits.
-    logits: Tensor<f32>,
+    /// The last step's logits, `[rows, K, V]`, for each row count (index `rows - 1`),
+    /// bound as the graph's output.
+    logits: [Tensor<f32>; 2],
+    /// The rows of the last call.
+    last_rows: usize,
 }
 
 impl Decoder {
     pub(crate) fn new(graph: Arc<DecoderGraph>) -> Result<Self, DecoderError> {
-        let logits = Tensor::new(&Allocator::default(), [2usize, graph.num_codebooks, graph.cardinality])
-            .map_err(|source| DecoderError::Run { step: 0, source })?;
-        Ok(Self { graph, logits })
+        let logits = |rows: usize| {
+            Tensor::new(&Allocator::default(), [rows, graph.num_codebooks, graph.cardinality])
+                .map_err(|source| DecoderError::Run { step: 0, source })
+        };
+        Ok(Self {
+            logits: [logits(1)?, logits(2)?],
+            graph,
+            last_rows: 2,
+        })
     }
 
-    /// An empty cache of `steps` steps (at most the model's position limit) for this
-    /// graph's geometry and cache type. It grows by a melody model's prefix on its first
-    /// call.
-    pub fn new_cache(&self, steps: usize) -> Result<KvCache, DecoderError> {
+    /// The rows a cache needs for `guidance_scale`: the conditioned row alone when
+    /// guidance is off (1) and the graph can run one row, both otherwise.
+    pub fn rows_for(&self, guidance_scale: f32) -> usize {
+        if guidance_scale == 1.0 && self.graph.single_row {
+            1
+        } else {
+            2
+        }
+    }
+
+    /// An empty cache of `steps` steps (at most the model's position limit) and `rows`
+    /// rows (see [`Decoder::rows_for`]) for this graph's geometry and cache type. It grows
+    /// by a melody model's prefix on its first call.
+    pub fn new_cache(&self, steps: usize, rows: usize) -> Result<KvCache, DecoderError> {
         let steps = steps.min(self.graph.max_steps);
+        let rows = if rows == 1 && self.graph.single_row { 1 } else { 2 };
         Ok(KvCache {
-            layers: self.allocate_layers(steps)?,
+            layers: self.allocate_layers(rows, steps)?,
+            rows,
             capacity: steps,
             steps,
             len: 0,
         })
     }
 
-    fn allocate_layers(&self, slots: usize) -> Result<Vec<[DynTensor; 2]>, DecoderError> {
+    fn allocate_layers(&self, rows: usize, slots: usize) -> Result<Vec<[DynTensor; 2]>, DecoderError> {
         let graph = &self.graph;
         let (heads, d) = (graph.geometry.num_heads, graph.geometry.head_dim);
         let element = match graph.cache_type {
@@ -226,7 +266,7 @@ impl Decoder {
             CacheType::Int8 => TensorElementType::Int8,
         };
         let allocate = || {
-            DynTensor::new(&Allocator::default(), element, [2usize, heads, slots, d])
+            DynTensor::new(&Allocator::default(), element, [rows, heads, slots, d])
                 .map_err(|source| DecoderError::Run { step: 0, source })
         };
         (0..graph.geometry.num_layers)
@@ -234,20 +274,25 @@ impl Decoder {
             .collect()
     }
 
-    /// Logits of codebook `k` for row `row` from the last step.
+    /// Logits of codebook `k` for row `row` (0: conditioned, 1: unconditional) from the
+    /// last step.
     pub(crate) fn logits_of(&self, row: usize, k: usize) -> &[f32] {
+        debug_assert!(row < self.last_rows, "the last step ran {} rows", self.last_rows);
         let v = self.graph.cardinality;
         let start = (row * self.graph.num_codebooks + k) * v;
-        let (_, logits) = self.logits.extract_tensor();
+        let (_, logits) = self.logits[self.last_rows - 1].extract_tensor();
         &logits[start..start + v]
     }
 
-    /// Runs one step on a scratch cache, so that the first real step does not pay for
-    /// ONNX Runtime's first-run work.
+    /// Runs one step on a scratch cache of each row count the graph takes, so that the
+    /// first real step does not pay for ONNX Runtime's first-run work.
     pub(crate) fn warm_up(&mut self, cross: &Condition) -> Result<(), DecoderError> {
-        let mut cache = self.new_cache(1)?;
         let column = vec![self.graph.cardinality as i64; self.graph.num_codebooks];
-        self.step(&mut cache, &column, cross)
+        for rows in [1, 2] {
+            let mut cache = self.new_cache(1, rows)?;
+            self.step(&mut cache, &column, cross)?;
+        }
+        Ok(())
     }
 
     /// Runs one step of `cache`'s context on `column` (the step's K tokens, the same for
@@ -286,7 +331,7 @@ impl Decoder {
             });
         }
         if first_step == 0 && cache.capacity < prefix_len + cache.steps {
-            cache.layers = self.allocate_layers(prefix_len + cache.steps)?;
+            cache.layers = self.allocate_layers(cache.rows, prefix_len + cache.steps)?;
             cache.capacity = prefix_len + cache.steps;
         }
         if first_step + prefix_len + steps > graph.max_steps + graph.max_prefix_len {
@@ -305,12 +350,9 @@ impl Decoder {
             step: first_step,
             source,
         };
-        let mut both_rows = Vec::with_capacity(2 * columns.len());
-        both_rows.extend_from_slice(columns);
-        both_rows.extend_from_slice(columns);
-        let input_ids = Tensor::from_array(([2usize, steps, k_count], both_rows)).map_err(run_error)?;
+        let rows = cache.rows;
+        let input_ids = Tensor::from_array(([rows, steps, k_count], columns.repeat(rows))).map_err(run_error)?;
         let past_len = Tensor::from_array(([1usize], vec![first_step as i64])).map_err(run_error)?;
-
         let mut session = graph.session.lock();
         let mut binding: IoBinding = session.create_binding().map_err(run_error)?;
         binding.bind_input("input_ids", &input_ids).map_err(run_error)?;
@@ -318,10 +360,10 @@ impl Decoder {
         match &cross.inputs {
             ConditionInputs::CrossAttention(cross) => {
                 binding
-                    .bind_input("encoder_attention_bias", &cross.encoder_bias)
+                    .bind_input("encoder_attention_bias", cross.encoder_bias.rows(rows))
                     .map_err(run_error)?;
                 for (name, value) in &cross.keys_values {
-                    binding.bind_input(name.as_str(), value).map_err(run_error)?;
+                    binding.bind_input(name.as_str(), value.rows(rows)).map_err(run_error)?;
                 }
             }
             ConditionInputs::Prefix(prefix) => {
@@ -330,8 +372,8 @@ impl Decoder {
                 } else {
                     (&prefix.no_chroma, &prefix.no_text)
                 };
-                binding.bind_input("chroma", chroma).map_err(run_error)?;
-                binding.bind_input("conditioning", text).map_err(run_error)?;
+                binding.bind_input("chroma", chroma.rows(rows)).map_err(run_error)?;
+                binding.bind_input("conditioning", text.rows(rows)).map_err(run_error)?;
             }
         }
         for (pair, names) in cache.layers.iter_mut().zip(&graph.layer_names) {
@@ -342,7 +384,10 @@ impl Decoder {
             binding.bind_output(names[2].as_str(), keys).map_err(run_error)?;
             binding.bind_output(names[3].as_str(), values).map_err(run_error)?;
         }
-        binding.bind_output("logits", &mut self.logits).map_err(run_error)?;
+        binding
+            .bind_output("logits", &mut self.logits[rows - 1])
+            .map_err(run_error)?;
+        self.last_rows = rows;
         let outputs = session.run_binding(&binding).map_err(run_error)?;
         drop(outputs);
         drop(binding);

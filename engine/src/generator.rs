@@ -114,6 +114,11 @@ impl Generator {
         self.guidance_scale
     }
 
+    /// Guidance rows its cache holds: 1 runs the conditioned row alone (guidance off).
+    pub(crate) fn rows(&self) -> usize {
+        self.cache.rows()
+    }
+
     /// A second continuation of this one: the same codes, context and position, a
     /// sampler of its own ([`Sampler::fork`]).
     pub(crate) fn fork(&mut self) -> Result<Generator, DecoderError> {
@@ -206,7 +211,11 @@ impl Generator {
                 continue;
             }
             let cond = decoder.logits_of(0, c.k);
-            let token = if self.guidance_scale == 1.0 {
+            debug_assert!(
+                self.cache.rows() == 2 || self.guidance_scale == 1.0,
+                "guidance needs the unconditional row"
+            );
+            let token = if self.guidance_scale == 1.0 || self.cache.rows() == 1 {
                 self.sampler.sample(cond)
             } else {
                 self.guided.resize(cond.len(), 0.0);

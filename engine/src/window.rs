@@ -81,7 +81,7 @@ impl SlidingGenerator {
         let offset = given.num_timesteps() - context;
         let frames = lane_frames(spec, offset);
         let pattern = build(&kind, frames, k_count);
-        let cache = decoder.new_cache(pattern.num_steps())?;
+        let cache = decoder.new_cache(pattern.num_steps(), decoder.rows_for(guidance_scale))?;
         let mut current = Generator::continuing(pattern, special, sampler, guidance_scale, cache, context);
         for t in offset..given.num_timesteps() {
             current.push_prefix_frame(&history[t * k_count..(t + 1) * k_count]);
@@ -168,8 +168,32 @@ impl SlidingGenerator {
         self.seam_count
     }
 
-    pub(crate) fn set_guidance_scale(&mut self, scale: f32) {
+    /// Guidance rows of the current lane (see [`Generator::rows`]).
+    pub(crate) fn rows(&self) -> usize {
+        self.current.rows()
+    }
+
+    /// A lane's cache has the rows its guidance needed when it was made (see
+    /// [`Decoder::rows_for`]). Turning guidance on for a lane that runs the conditioned row
+    /// alone starts the context again from the frames done ([`SlidingGenerator::restart`],
+    /// as a slide does), so that its unconditional row exists; turning it off keeps both
+    /// rows until the next lane, which runs one.
+    pub(crate) fn set_guidance_scale(
+        &mut self,
+        scale: f32,
+        decoder: &mut Decoder,
+        cross: &Condition,
+    ) -> Result<(), DecoderError> {
         self.current.set_guidance_scale(scale);
+        let rows = decoder.rows_for(scale);
+        if self.next.as_ref().is_some_and(|next| next.rows() < rows) {
+            // Made again (and fed the frames it keeps from the history) on the next step.
+            self.next = None;
+        }
+        if self.current.rows() < rows {
+            self.restart(decoder, cross)?;
+        }
+        Ok(())
     }
 
     pub(crate) fn sampler_mut(&mut self) -> &mut Sampler {
@@ -244,9 +268,10 @@ impl SlidingGenerator {
     /// through `push_prefix_frame`), on the spare cache when it is large enough.
     fn new_lane(&mut self, decoder: &Decoder, offset: usize, keep: usize) -> Result<Generator, DecoderError> {
         let pattern = build(&self.kind, lane_frames(self.spec, offset), self.num_codebooks);
+        let rows = decoder.rows_for(self.current.guidance_scale());
         let cache = match self.spare.take() {
-            Some(cache) if cache.step_capacity() >= pattern.num_steps() => cache,
-            _ => decoder.new_cache(pattern.num_steps())?,
+            Some(cache) if cache.step_capacity() >= pattern.num_steps() && cache.rows() == rows => cache,
+            _ => decoder.new_cache(pattern.num_steps(), rows)?,
         };
         // Prefill samples nothing; when the lane takes over it takes the current sampler
         // itself, random state included.

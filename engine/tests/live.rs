@@ -135,6 +135,49 @@ fn new_sampling_settings_take_effect_from_the_next_token() {
 }
 
 #[test]
+fn turning_guidance_on_mid_stream_gives_the_context_its_unconditional_row() {
+    let unguided = |config: StreamConfig| {
+        let mut config = greedy(config);
+        config.guidance_scale = 1.0;
+        config
+    };
+    let (plain, _) = run_to_end(unguided(config(PROMPT, 120)));
+    let (stream, mut consumer) = start(unguided(config(PROMPT, 120))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream.status().frames() < 40 {
+        assert!(Instant::now() < deadline, "the stream did not reach frame 40 in 60 s");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(stream.status().guidance_rows(), 1, "guidance off: one row");
+    let seams_before = stream.status().seams().len();
+    stream.send(Command::SetSampling {
+        sampling: SamplingSettings::greedy(),
+        guidance_scale: 3.0,
+    });
+    drain(&stream, &mut consumer);
+    let guided = codes_of(&stream);
+    assert_eq!(stream.status().guidance_rows(), 2, "guidance on: both rows");
+    let seams = stream.status().seams();
+    assert_eq!(
+        seams.len(),
+        seams_before + 1,
+        "the context started again once: {seams:?}"
+    );
+    let restart = *seams.last().unwrap();
+    assert!((40..120).contains(&restart), "restarted at frame {restart}");
+    assert_eq!(
+        frames(&guided, 0..restart),
+        frames(&plain, 0..restart),
+        "the frames done before the change are kept"
+    );
+    assert_ne!(
+        frames(&guided, restart..120),
+        frames(&plain, restart..120),
+        "guided from the change on"
+    );
+}
+
+#[test]
 fn a_crossfaded_prompt_change_mixes_the_old_and_the_new_continuation() {
     // Greedy, so the old prompt's continuation is the stream without a change, and the new
     // prompt's is the stream with the change cut in at the same frame.

@@ -43,6 +43,28 @@ fn greedy_streaming_reproduces_transformers_codes_and_audio() {
 }
 
 #[test]
+fn greedy_without_guidance_runs_one_row_and_reproduces_transformers_codes() {
+    let golden = golden(&tiny());
+    let frames = golden.unguided_codes[0].len();
+    let mut config = config(&golden.prompt, frames);
+    config.sampling = SamplingSettings::greedy();
+    config.guidance_scale = 1.0;
+    let (stream, mut consumer) = start(config).unwrap();
+    drain(&stream, &mut consumer);
+    assert_eq!(
+        stream.status().guidance_rows(),
+        1,
+        "guidance off runs the conditioned row alone"
+    );
+    assert_eq!(
+        codes_of(&stream),
+        golden.unguided_codes,
+        "greedy codes without guidance differ from transformers' generate(guidance_scale=1)"
+    );
+    assert_ne!(golden.unguided_codes, golden.codes, "guidance changes the music");
+}
+
+#[test]
 fn seeded_sampling_is_reproducible() {
     let run = |seed| {
         let mut config = config("warm lo-fi piano", 40);

@@ -372,15 +372,12 @@ fn measure(
     }
 }
 
-/// Exports the bundle with `export_py` unless `dir` already holds it in the bundle format
-/// of `models/tiny`; returns the export's time when it ran.
+/// Exports the bundle with `export_py` unless `dir` already holds what this exporter
+/// makes with these arguments (its stamp); returns the export's time when it ran.
 fn export_once(root: &Path, shape: Shape, dir: &Path, export_py: &Path, export_args: &[&str]) -> Result<Option<f64>> {
-    let format_version = |dir: &Path| -> Option<Value> {
-        let text = fs::read_to_string(dir.join("musicgen.json")).ok()?;
-        Some(serde_json::from_str::<Value>(&text).ok()?["format_version"].clone())
-    };
-    let current = format_version(&root.join("models").join("tiny"));
-    if current.is_some() && format_version(dir) == current {
+    let stamp = export_stamp(export_py, export_args)?;
+    let stamp_file = dir.join(".export-stamp");
+    if dir.join("musicgen.json").is_file() && fs::read_to_string(&stamp_file).ok().as_deref() == Some(stamp.as_str()) {
         println!("    cached: {}", dir.display());
         return Ok(None);
     }
@@ -392,7 +389,29 @@ fn export_once(root: &Path, shape: Shape, dir: &Path, export_py: &Path, export_a
         .arg(dir)
         .args(export_args)
         .current_dir(root))?;
+    fs::write(&stamp_file, &stamp).with_context(|| format!("writing {}", stamp_file.display()))?;
     Ok(Some(started.elapsed().as_secs_f64()))
+}
+
+/// What an export depends on: the exporter's Python sources (every file beside
+/// `export_py`) and the arguments. A bundle exported under another stamp is exported again.
+fn export_stamp(export_py: &Path, export_args: &[&str]) -> Result<String> {
+    use std::hash::{Hash, Hasher};
+    let folder = export_py.parent().context("export.py lies in a folder")?;
+    let mut sources: Vec<PathBuf> = fs::read_dir(folder)
+        .with_context(|| format!("reading {}", folder.display()))?
+        .filter_map(|entry| entry.ok().map(|e| e.path()))
+        .filter(|path| path.extension().is_some_and(|ext| ext == "py"))
+        .collect();
+    sources.sort();
+    let mut hasher = std::hash::DefaultHasher::new();
+    for path in &sources {
+        fs::read(path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .hash(&mut hasher);
+    }
+    export_args.hash(&mut hasher);
+    Ok(format!("{:016x}", hasher.finish()))
 }
 
 /// Writes the kernel graphs of `bundle`'s matmul floor into `out` (emptied first).

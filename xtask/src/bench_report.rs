@@ -48,6 +48,8 @@ pub struct RunFacts {
 /// The CPU work's targets (issues 10 and 27).
 const TARGET_REALTIME_FACTOR: f64 = 1.0;
 const TARGET_OVER_FLOOR_AT_500: f64 = 1.25;
+const TARGET_UNGUIDED_SPEEDUP: f64 = 1.4;
+const TARGET_UNGUIDED_REALTIME_FACTOR: f64 = 1.3;
 const TARGET_X_BASELINE_INT8: f64 = 1.6;
 const TARGET_SLIDE_PERCENT: f64 = 8.0;
 const TARGET_FIRST_AUDIO_MS: f64 = 250.0;
@@ -154,14 +156,25 @@ fn header(md: &mut String, anchor: Option<&Value>, facts: &RunFacts) -> Result<(
     Ok(())
 }
 
-/// Steps per second of the fastest thread count at `frames` of context.
+/// Steps per second (both guidance rows) of the fastest thread count at `frames` of context.
 fn steps_at(report: &Value, frames: u64) -> Option<f64> {
+    steps_with_rows(report, frames, 2)
+}
+
+/// As [`steps_at`], for steps of `rows` rows (1: guidance off; reports from before the
+/// engine ran one row have 2-row steps only).
+fn steps_with_rows(report: &Value, frames: u64, rows: u64) -> Option<f64> {
     report["contexts"]
         .as_array()?
         .iter()
-        .filter(|c| c["context_frames"].as_u64() == Some(frames))
+        .filter(|c| c["context_frames"].as_u64() == Some(frames) && c["rows"].as_u64().unwrap_or(2) == rows)
         .filter_map(|c| c["steps_per_second"].as_f64())
         .reduce(f64::max)
+}
+
+/// Guidance off against on: one row's steps per second over two rows' at `frames`.
+fn unguided_speedup(report: &Value, frames: u64) -> Option<f64> {
+    Some(steps_with_rows(report, frames, 1)? / steps_at(report, frames)?)
 }
 
 /// The step's matmul floor with guidance (2 rows), in steps per second.
@@ -191,11 +204,11 @@ fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
     writeln!(md, "### Decoder steps per second (guidance, batch of 2)\n")?;
     writeln!(
         md,
-        "| bundle | what | MB | nodes | 10 | 250 | 500 | 1500 | matmul floor | step / floor at 10 / 250 / 500 | bound 10 / 500 / 1500 | share of bound at 500 | x baseline-int8 at 500 |"
+        "| bundle | what | MB | nodes | 10 | 250 | 500 | 1500 | matmul floor | step / floor at 10 / 250 / 500 | guidance off at 500 (x on) | bound 10 / 500 / 1500 | share of bound at 500 | x baseline-int8 at 500 |"
     )?;
     writeln!(
         md,
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     let baseline_500 = measured
         .iter()
@@ -206,7 +219,7 @@ fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
         let Ok(r) = &m.report else {
             writeln!(
                 md,
-                "| {} | {} | | | {} | | | | | | | | |",
+                "| {} | {} | | | {} | | | | | | | | | |",
                 m.variant,
                 m.what,
                 m.report.as_ref().err().map_or("", |e| e.as_str())
@@ -220,7 +233,7 @@ fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
         let x_baseline = steps_at(r, 500).zip(baseline_500).map(|(s, b)| s / b);
         writeln!(
             md,
-            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {over_floor} | {bounds} | {} | {} |",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {over_floor} | {} | {bounds} | {} | {} |",
             m.variant,
             m.what,
             m.bundle_mb,
@@ -232,13 +245,17 @@ fn decoder_table(md: &mut String, measured: &[Measured]) -> Result<()> {
             rates[2],
             rates[3],
             opt(floor_rate(r), 1),
+            match (steps_with_rows(r, 500, 1), unguided_speedup(r, 500)) {
+                (Some(rate), Some(x)) => format!("{rate:.1} ({x:.2})"),
+                _ => "-".to_owned(),
+            },
             opt(share.map(|s| s * 100.0), 0) + "%",
             opt(x_baseline, 2),
         )?;
     }
     writeln!(
         md,
-        "\nContexts in frames of 20 ms. The matmul floor is the step's weight-bearing matmuls alone, each timed in the same run as a graph of its own kernel (the bundle's op, bits, block size and accuracy level) over weight copies larger than the last-level cache, median of at least 30 warm runs, with the decoder's threads and 2 rows (`models/matmul_floor.py`, `musicgen floor`); step / floor is how far a whole step is above it. The bound is the memory's read bandwidth (every core reading, measured in each bundle's run: {} GB/s in the first) over the bytes a step reads: the decoder's weights (all but the embedding tables) and the self-attention cache at that context.\n",
+        "\nContexts in frames of 20 ms. The matmul floor is the step's weight-bearing matmuls alone, each timed in the same run as a graph of its own kernel (the bundle's op, bits, block size and accuracy level) over weight copies larger than the last-level cache, median of at least 30 warm runs, with the decoder's threads and 2 rows (`models/matmul_floor.py`, `musicgen floor`); step / floor is how far a whole step is above it. Guidance off: the conditioned row alone (bundles whose graph takes one row). The bound is the memory's read bandwidth (every core reading, measured in each bundle's run: {} GB/s in the first) over the bytes a step reads: the decoder's weights (all but the embedding tables) and the self-attention cache at that context.\n",
         measured
             .iter()
             .find_map(|m| m.report.as_ref().ok())
@@ -258,11 +275,11 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: Option<&Value>, 
     )?;
     writeln!(
         md,
-        "| bundle | real-time factor | delivery x real time | steps per pattern step | slide share of the whole path | first audio ms | codec ms/frame | peak RSS MB | code agreement | SNR vs fp32 dB | pattern steps/s | x transformers | export s |"
+        "| bundle | real-time factor | guidance off | delivery x real time | steps per pattern step | slide share of the whole path | first audio ms | codec ms/frame | peak RSS MB | code agreement | SNR vs fp32 dB | pattern steps/s | x transformers | export s |"
     )?;
     writeln!(
         md,
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     )?;
     for m in measured {
         let Ok(r) = &m.report else { continue };
@@ -278,9 +295,10 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: Option<&Value>, 
         let slide_share = slide_percent(s);
         writeln!(
             md,
-            "| {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             m.variant,
             f(&s["realtime_factor"], 2),
+            f(&r["stream_unguided"]["realtime_factor"], 2),
             f(&s["delivery_factor"], 2),
             steps / pattern_steps.max(1.0),
             opt(slide_share, 1) + "%",
@@ -299,7 +317,7 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: Option<&Value>, 
     }
     writeln!(
         md,
-        "\nreal-time factor: audio seconds per wall second from the start of the stream to its last sample, taken as fast as it comes (above 1 keeps up with playback); delivery: the same at the ring buffer's input, waits for room excluded, as the engine measures it to decide how long playback waits; steps per pattern step: single decoder steps over the steps of one pattern over the whole audio (the sliding window's kept context is prefilled in one call per slide, not stepped); slide share: the time of those prefill calls over the stream's wall time; code agreement: greedy codes equal to fp32 transformers' over 61 frames (the export's self-check; baseline exports did not record it); SNR vs fp32: this bundle's greedy stream against the fp32 bundle's, 5 s (codes that differ make different audio, so it follows the agreement); pattern steps/s: the audio's pattern steps over generation time, and its ratio to transformers' steps/s.\n"
+        "\nreal-time factor: audio seconds per wall second from the start of the stream to its last sample, taken as fast as it comes (above 1 keeps up with playback), with guidance 3; guidance off: the same stream with guidance 1 (the conditioned row alone where the graph takes one row); delivery: the same at the ring buffer's input, waits for room excluded, as the engine measures it to decide how long playback waits; steps per pattern step: single decoder steps over the steps of one pattern over the whole audio (the sliding window's kept context is prefilled in one call per slide, not stepped); slide share: the time of those prefill calls over the stream's wall time; code agreement: greedy codes equal to fp32 transformers' over 61 frames (the export's self-check; baseline exports did not record it); SNR vs fp32: this bundle's greedy stream against the fp32 bundle's, 5 s (codes that differ make different audio, so it follows the agreement); pattern steps/s: the audio's pattern steps over generation time, and its ratio to transformers' steps/s.\n"
     )?;
     Ok(())
 }
@@ -326,6 +344,18 @@ fn targets(md: &mut String, measured: &[Measured]) -> Result<()> {
             "whole path real-time factor >= 1.0 (goal 1.3)",
             stream("realtime_factor"),
             TARGET_REALTIME_FACTOR,
+            true,
+        ),
+        (
+            "guidance off: steps/s at 500 frames >= 1.4 x guided",
+            recommended.and_then(|r| unguided_speedup(r, 500)),
+            TARGET_UNGUIDED_SPEEDUP,
+            true,
+        ),
+        (
+            "guidance off: whole path real-time factor >= 1.3",
+            recommended.and_then(|r| r["stream_unguided"]["realtime_factor"].as_f64()),
+            TARGET_UNGUIDED_REALTIME_FACTOR,
             true,
         ),
         (

@@ -327,7 +327,7 @@ pub fn check_tiny_export(root: &Path) -> Result<()> {
             "a fresh export's musicgen.json differs from models/{folder}'s; re-export models/{folder}"
         );
         let (fresh, kept) = (read_json(&out, "golden.json")?, read_json(&committed, "golden.json")?);
-        for field in ["input_ids", "codes"] {
+        for field in ["input_ids", "codes", "unguided"] {
             ensure!(
                 fresh[field] == kept[field],
                 "a fresh export's golden {field} differ from models/{folder}/golden.json; re-export models/{folder}"

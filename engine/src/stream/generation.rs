@@ -187,6 +187,9 @@ impl GenerationLoop {
             self.status
                 .started_frames
                 .store(self.generator.started_frames() as u64, Ordering::Relaxed);
+            self.status
+                .guidance_rows
+                .store(self.generator.rows() as u32, Ordering::Relaxed);
             store_f32(&self.status.steps_per_second_bits, (steps as f64 / elapsed_s) as f32);
             store_f32(
                 &self.status.realtime_factor_bits,
@@ -302,7 +305,9 @@ impl GenerationLoop {
                     guidance_scale,
                 }) => {
                     self.generator.sampler_mut().set_settings(sampling)?;
-                    self.generator.set_guidance_scale(guidance_scale);
+                    let cross = conditioning(&self.cross, self.morph.as_ref().map(|(_, morph)| morph));
+                    self.generator
+                        .set_guidance_scale(guidance_scale, &mut self.decoder, cross)?;
                 }
                 Ok(Command::SetMelody(melody)) if melody != self.melody => {
                     // The current context keeps the melody it holds; the next one (a

@@ -20,6 +20,7 @@ pub struct StreamStatus {
     pub(super) delivery_factor_bits: AtomicU32,
     pub(super) first_audio_us: AtomicU64,
     pub(super) started_frames: AtomicU64,
+    pub(super) guidance_rows: AtomicU32,
     pub(super) finished: AtomicBool,
     /// Frames at which the context window slid.
     pub(super) seams: Mutex<Vec<usize>>,
@@ -49,6 +50,13 @@ impl StreamStatus {
     /// Time spent generating (waits for the codec thread or the listener excluded).
     pub fn generation_seconds(&self) -> f64 {
         self.generation_us.load(Ordering::Relaxed) as f64 / 1e6
+    }
+
+    /// Rows the current context's decoder steps run: 2 with guidance, 1 (the conditioned
+    /// row alone) when guidance is off and the bundle's graph takes one row; 0 before the
+    /// first step.
+    pub fn guidance_rows(&self) -> u32 {
+        self.guidance_rows.load(Ordering::Relaxed)
     }
 
     pub fn frames(&self) -> u64 {

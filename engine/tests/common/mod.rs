@@ -107,32 +107,37 @@ pub fn read_wav(path: &Path) -> (u32, Vec<f32>) {
     (spec.sample_rate, samples)
 }
 
-/// A bundle's `golden.json`: transformers' greedy codes for its prompt.
+/// A bundle's `golden.json`: transformers' greedy codes for its prompt, with guidance and
+/// without (`generate(guidance_scale=1)`).
 pub struct Golden {
     pub prompt: String,
     pub guidance_scale: f32,
     pub codes: Vec<Vec<u32>>,
+    pub unguided_codes: Vec<Vec<u32>>,
 }
 
 pub fn golden(bundle: &Path) -> Golden {
     let text = std::fs::read_to_string(bundle.join("golden.json")).unwrap();
     let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let codes = json["codes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|row| {
-            row.as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c.as_u64().unwrap() as u32)
-                .collect()
-        })
-        .collect();
+    let codes = |value: &serde_json::Value| -> Vec<Vec<u32>> {
+        value
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|row| {
+                row.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|c| c.as_u64().unwrap() as u32)
+                    .collect()
+            })
+            .collect()
+    };
     Golden {
         prompt: json["prompt"].as_str().unwrap().to_owned(),
         guidance_scale: json["guidance_scale"].as_f64().unwrap() as f32,
-        codes,
+        codes: codes(&json["codes"]),
+        unguided_codes: codes(&json["unguided"]["codes"]),
     }
 }
 
