@@ -30,6 +30,12 @@ pub struct BenchArgs {
     /// Audio to stream through the whole path (decoder, codec, resampler, ring buffer).
     #[arg(long, default_value_t = 30.0)]
     stream_seconds: f64,
+    /// The streams' live window and the context each next window keeps, in seconds
+    /// (default: the engine's).
+    #[arg(long)]
+    window_seconds: Option<f64>,
+    #[arg(long)]
+    keep_seconds: Option<f64>,
     /// Output rate of the streamed audio.
     #[arg(long, default_value_t = 48_000)]
     sample_rate: u32,
@@ -103,6 +109,9 @@ struct ContextTiming {
 #[derive(Serialize)]
 struct StreamTiming {
     seconds: f64,
+    /// The live window and the context each next window keeps.
+    window_seconds: f64,
+    keep_seconds: f64,
     wall_seconds: f64,
     /// Audio seconds per wall second over the whole stream, first audio included.
     realtime_factor: f64,
@@ -173,6 +182,12 @@ pub fn bench(args: &BenchArgs) -> Result<()> {
     let mut stream_config = StreamConfig::new(PROMPT);
     stream_config.seconds = Some(args.stream_seconds);
     stream_config.output_rate_hz = f64::from(args.sample_rate);
+    if let Some(window_seconds) = args.window_seconds {
+        stream_config.window_seconds = window_seconds;
+    }
+    if let Some(keep_seconds) = args.keep_seconds {
+        stream_config.keep_seconds = keep_seconds;
+    }
     stream_config.sampling = SamplingSettings::default();
     let frames = (args.stream_seconds * manifest.frame_rate_hz).ceil() as usize;
     let pattern_steps = bundle.pattern(frames).num_steps();
@@ -348,6 +363,7 @@ fn time_stream(
     pattern_steps: usize,
 ) -> Result<StreamTiming> {
     let total = (args.stream_seconds * config.output_rate_hz).round() as u64;
+    let (window_seconds, keep_seconds) = (config.window_seconds, config.keep_seconds);
     let progress = indicatif::ProgressBar::new(total).with_style(
         indicatif::ProgressStyle::with_template("  stream {bar:30} {percent:>3}% {elapsed_precise} {msg}")
             .expect("the template is valid"),
@@ -380,6 +396,8 @@ fn time_stream(
     let status = stream.status();
     let timing = StreamTiming {
         seconds: args.stream_seconds,
+        window_seconds,
+        keep_seconds,
         wall_seconds,
         realtime_factor: args.stream_seconds / wall_seconds,
         generation_steps_per_second: f64::from(status.steps_per_second()),

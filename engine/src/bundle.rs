@@ -695,6 +695,10 @@ impl Bundle {
             source,
         };
         let (mut builder, used) = session_builder(runtime, provider, threads).map_err(load)?;
+        if used.starts_with(ExecutionProvider::Cpu.name()) {
+            let domain = crate::elu::operator_domain().map_err(load)?;
+            builder = builder.with_operators(domain).map_err(|e| load(e.into()))?;
+        }
         let session = builder.commit_from_file(&path).map_err(load)?;
         let inputs: Vec<&str> = session.inputs().iter().map(|i| i.name()).collect();
         let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();

@@ -18,6 +18,7 @@ mod codec;
 mod conditioning;
 mod cuda;
 mod dc_blocker;
+mod elu;
 mod decoder;
 mod generator;
 mod model;

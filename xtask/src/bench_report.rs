@@ -268,9 +268,18 @@ fn stream_table(md: &mut String, measured: &[Measured], anchor: Option<&Value>, 
     let anchor_rate = anchor
         .map(|a| a["steps_per_second"].as_f64().context("the anchor reported no rate"))
         .transpose()?;
+    let window = measured
+        .iter()
+        .find_map(|m| m.report.as_ref().ok())
+        .map(|r| &r["stream"])
+        .filter(|s| s["window_seconds"].is_number())
+        .map_or_else(
+            || "10 s keeping 4".to_owned(),
+            |s| format!("{} s keeping {}", f(&s["window_seconds"], 0), f(&s["keep_seconds"], 0)),
+        );
     writeln!(
         md,
-        "### The whole streaming path ({} s of audio, live window 10 s keeping 4 s)\n",
+        "### The whole streaming path ({} s of audio, live window {window} s)\n",
         facts.stream_seconds
     )?;
     writeln!(
