@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use musicgen_engine::{
-    Bundle, CodecWindow, Condition, Decoder, ExecutionProvider, Model, ModelOptions, Runtime, SamplingSettings, Stream,
-    StreamConfig,
+    Bundle, CodecWindow, Condition, DEFAULT_WINDOW_SECONDS, Decoder, ExecutionProvider, Model, ModelOptions, Runtime,
+    SamplingSettings, Stream, StreamConfig,
 };
 use serde::Serialize;
 
@@ -66,9 +66,6 @@ pub struct BenchArgs {
 
 /// Untimed steps before each timed run.
 const WARMUP_STEPS: usize = 3;
-
-/// Steps of a lane of the default live window (10 s: 500 frames and the delay pattern's 3).
-const DEFAULT_LANE_STEPS: usize = 504;
 
 #[derive(Serialize)]
 struct Report {
@@ -259,60 +256,65 @@ const PROMPT: &str = "lo-fi piano with soft drums";
 /// returns the execution provider in use.
 fn time_contexts(model: &Model, args: &BenchArgs, threads: usize, out: &mut Vec<ContextTiming>) -> Result<String> {
     let manifest = model.manifest();
-    let cross = model.condition(PROMPT)?;
-    let mut decoder = model.decoder()?;
-    let tokens = vec![i64::from(manifest.special_token_id); manifest.num_codebooks];
+    let mut timer = StepTimer {
+        cross: model.condition(PROMPT)?,
+        decoder: model.decoder()?,
+        tokens: vec![i64::from(manifest.special_token_id); manifest.num_codebooks],
+        steps: args.steps,
+        // A lane of the default live window: its frames and the delay pattern's steps.
+        lane_steps: (DEFAULT_WINDOW_SECONDS * manifest.frame_rate_hz).round() as usize + manifest.num_codebooks,
+        threads,
+    };
     let mut row_counts = vec![2];
-    if decoder.rows_for(1.0) == 1 {
+    if timer.decoder.rows_for(1.0) == 1 {
         row_counts.push(1);
     }
     for rows in row_counts {
         for &context_frames in &args.contexts {
-            out.push(time_context(
-                &mut decoder,
-                &cross,
-                &tokens,
-                args,
-                threads,
-                rows,
-                context_frames,
-            )?);
+            out.push(timer.time(rows, context_frames)?);
         }
     }
     Ok(model.execution_provider().to_owned())
 }
 
-fn time_context(
-    decoder: &mut Decoder,
-    cross: &Condition,
-    tokens: &[i64],
-    args: &BenchArgs,
+/// Times single decoder steps on a prompt's condition.
+struct StepTimer {
+    decoder: Decoder,
+    cross: Condition,
+    /// The step's column (the special token in every codebook).
+    tokens: Vec<i64>,
+    /// Timed steps per context.
+    steps: usize,
+    lane_steps: usize,
     threads: usize,
-    rows: usize,
-    context_frames: usize,
-) -> Result<ContextTiming> {
-    {
+}
+
+impl StepTimer {
+    /// Steps per second of `rows` rows ending at `context_frames` of context.
+    fn time(&mut self, rows: usize, context_frames: usize) -> Result<ContextTiming> {
         // A cache as a stream has it: a lane of the default window, or as long as the
         // context asks.
-        let mut cache = decoder.new_cache((context_frames + 1).max(DEFAULT_LANE_STEPS), rows)?;
+        let mut cache = self
+            .decoder
+            .new_cache((context_frames + 1).max(self.lane_steps), rows)?;
         // The timed steps end at the context asked for, so that the longest one fits.
-        let start = context_frames.saturating_sub(WARMUP_STEPS + args.steps);
+        let start = context_frames.saturating_sub(WARMUP_STEPS + self.steps);
         cache.assume_context(start)?;
         for _ in 0..WARMUP_STEPS {
-            decoder.step(&mut cache, tokens, cross)?;
+            self.decoder.step(&mut cache, &self.tokens, &self.cross)?;
         }
         let first_timed = cache.len();
         let started = Instant::now();
-        for _ in 0..args.steps {
-            decoder.step(&mut cache, tokens, cross)?;
+        for _ in 0..self.steps {
+            self.decoder.step(&mut cache, &self.tokens, &self.cross)?;
         }
-        let steps_per_second = args.steps as f64 / started.elapsed().as_secs_f64();
+        let steps_per_second = self.steps as f64 / started.elapsed().as_secs_f64();
         let mean_context_frames = (first_timed + cache.len()) as f64 / 2.0;
         eprintln!(
             "  context {context_frames:>5} frames (mean {mean_context_frames}), {rows} row(s): {steps_per_second:.2} steps/s"
         );
         Ok(ContextTiming {
-            threads,
+            threads: self.threads,
             rows,
             context_frames,
             mean_context_frames,

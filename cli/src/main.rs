@@ -112,10 +112,10 @@ struct RenderArgs {
     #[arg(long, value_name = "FILE.wav")]
     melody: Option<PathBuf>,
     /// Seconds of context the model sees; at its end the window slides on.
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = musicgen_engine::DEFAULT_WINDOW_SECONDS)]
     window: f64,
     /// Seconds of the window that the next window keeps (at most half the window).
-    #[arg(long, default_value_t = 4.0)]
+    #[arg(long, default_value_t = musicgen_engine::DEFAULT_KEEP_SECONDS)]
     keep: f64,
     /// Change the prompt at a time in the output, e.g. `--prompt-change "15=fast techno"`
     /// (repeatable).

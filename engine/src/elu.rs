@@ -200,7 +200,10 @@ mod tests {
                 elu(&x, &mut y, alpha);
                 for (&x, &y) in x.iter().zip(&y) {
                     let want = if x > 0.0 { x } else { alpha * x.exp_m1() };
-                    assert!((y - want).abs() <= 3e-7, "elu({x}) with alpha {alpha}: {y} against {want}");
+                    assert!(
+                        (y - want).abs() <= 3e-7,
+                        "elu({x}) with alpha {alpha}: {y} against {want}"
+                    );
                 }
                 let mut plain = vec![f32::NAN; len];
                 elu_lanes(&x, &mut plain, alpha);

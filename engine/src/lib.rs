@@ -18,8 +18,8 @@ mod codec;
 mod conditioning;
 mod cuda;
 mod dc_blocker;
-mod elu;
 mod decoder;
+mod elu;
 mod generator;
 mod model;
 mod pattern;
@@ -45,6 +45,6 @@ pub use runtime::{ExecutionProvider, Runtime, RuntimeError, library_file_name};
 pub use sampler::{SamplingError, SamplingSettings};
 pub use seam::{SeamMeasure, measure_seams};
 pub use stream::{
-    Command, DEFAULT_BUFFER_AHEAD_SECONDS, InjectedPanic, RECENT_FRAMES, Readiness, Stream, StreamConfig, StreamError,
-    StreamStatus, StreamThread,
+    Command, DEFAULT_BUFFER_AHEAD_SECONDS, DEFAULT_KEEP_SECONDS, DEFAULT_WINDOW_SECONDS, InjectedPanic, RECENT_FRAMES,
+    Readiness, Stream, StreamConfig, StreamError, StreamStatus, StreamThread,
 };

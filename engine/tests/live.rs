@@ -6,7 +6,7 @@ mod common;
 use common::{codes_of, config, drain, frames, grid, read_wav, start, tiny, tiny_model};
 use std::time::{Duration, Instant};
 
-use musicgen_engine::{CodeGrid, Command, SamplingSettings, StreamConfig};
+use musicgen_engine::{CodeGrid, Command, SamplingSettings, Stream, StreamConfig};
 
 const PROMPT: &str = "warm lo-fi piano";
 
@@ -110,15 +110,23 @@ enum Crossfade {
     Sent(f64),
 }
 
+/// Waits (at most 60 s) until `stream` has completed `frames` frames.
+fn wait_for_frames(stream: &Stream, frames: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stream.status().frames() < frames {
+        assert!(
+            Instant::now() < deadline,
+            "the stream did not reach frame {frames} in 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 #[test]
 fn new_sampling_settings_take_effect_from_the_next_token() {
     let (plain, _) = run_to_end(greedy(config(PROMPT, 120)));
     let (stream, mut consumer) = start(greedy(config(PROMPT, 120))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stream.status().frames() < 40 {
-        assert!(Instant::now() < deadline, "the stream did not reach frame 40 in 60 s");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_frames(&stream, 40);
     let complete = stream.status().frames() as usize;
     stream.send(Command::SetSampling {
         sampling: SamplingSettings::default(),
@@ -143,11 +151,7 @@ fn turning_guidance_on_mid_stream_gives_the_context_its_unconditional_row() {
     };
     let (plain, _) = run_to_end(unguided(config(PROMPT, 120)));
     let (stream, mut consumer) = start(unguided(config(PROMPT, 120))).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while stream.status().frames() < 40 {
-        assert!(Instant::now() < deadline, "the stream did not reach frame 40 in 60 s");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    wait_for_frames(&stream, 40);
     assert_eq!(stream.status().guidance_rows(), 1, "guidance off: one row");
     let seams_before = stream.status().seams().len();
     stream.send(Command::SetSampling {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU32;
 
 use crossbeam_queue::ArrayQueue;
-use musicgen_engine::ExecutionProvider;
+use musicgen_engine::{DEFAULT_KEEP_SECONDS, DEFAULT_WINDOW_SECONDS, ExecutionProvider};
 use nice_plug::editor::dpi::LogicalSize;
 use nice_plug::prelude::*;
 use nice_plug_egui::EguiEditorState;
@@ -264,14 +264,22 @@ impl Default for MusicGenParams {
             seed: IntParam::new("Seed", 0, IntRange::Linear { min: 0, max: 65_535 }),
             bypass: BoolParam::new("Bypass", false).make_bypass(),
             free_run: BoolParam::new("Free run", false),
-            window: FloatParam::new("Context window", 10.0, FloatRange::Linear { min: 2.0, max: 30.0 })
-                .with_step_size(0.5)
-                .with_unit(" s")
-                .non_automatable(),
-            keep: FloatParam::new("Kept context", 4.0, FloatRange::Linear { min: 0.0, max: 15.0 })
-                .with_step_size(0.5)
-                .with_unit(" s")
-                .non_automatable(),
+            window: FloatParam::new(
+                "Context window",
+                DEFAULT_WINDOW_SECONDS as f32,
+                FloatRange::Linear { min: 2.0, max: 30.0 },
+            )
+            .with_step_size(0.5)
+            .with_unit(" s")
+            .non_automatable(),
+            keep: FloatParam::new(
+                "Kept context",
+                DEFAULT_KEEP_SECONDS as f32,
+                FloatRange::Linear { min: 0.0, max: 15.0 },
+            )
+            .with_step_size(0.5)
+            .with_unit(" s")
+            .non_automatable(),
             buffer_ahead: FloatParam::new("Buffer ahead", 10.0, FloatRange::Linear { min: 1.0, max: 60.0 })
                 .with_step_size(1.0)
                 .with_unit(" s")

@@ -168,7 +168,7 @@ pub fn bench(root: &Path, options: &BenchOptions) -> Result<()> {
         .into_iter()
         .filter(|v| !options.quick || v.name == RECOMMENDED)
         .collect();
-    // Quick streams still pass one slide of the default live window (10 s).
+    // Quick streams still pass one slide of the default live window (15 s).
     let stream_seconds = if options.quick { 16.0 } else { options.stream_seconds };
     let current = build_current(root)?;
     let baseline = if variants.iter().any(|v| v.engine == Engine::Baseline) {

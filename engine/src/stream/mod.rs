@@ -179,8 +179,8 @@ impl StreamConfig {
             guidance_scale: 3.0,
             seed: 0,
             seconds: None,
-            window_seconds: 10.0,
-            keep_seconds: 4.0,
+            window_seconds: DEFAULT_WINDOW_SECONDS,
+            keep_seconds: DEFAULT_KEEP_SECONDS,
             continue_from: None,
             play_continued: true,
             prompt_crossfade_seconds: 0.0,
@@ -201,6 +201,12 @@ impl StreamConfig {
 /// Gap-free playback an endless stream that is slower than real time waits for, unless
 /// [`StreamConfig::buffer_ahead_seconds`] says otherwise.
 pub const DEFAULT_BUFFER_AHEAD_SECONDS: f64 = 10.0;
+
+/// The live window a stream has unless told otherwise, and the context each next window
+/// keeps (the CLI's and the plugin's defaults too). See docs/architecture.md ("window
+/// policy") for why these: the slide's prefill against the cost of a longer context.
+pub const DEFAULT_WINDOW_SECONDS: f64 = 15.0;
+pub const DEFAULT_KEEP_SECONDS: f64 = 4.0;
 
 /// Steering a running stream.
 #[derive(Clone, Debug)]
