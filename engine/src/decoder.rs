@@ -1,4 +1,4 @@
-//! The decoder graph for both guidance rows, one step or one prefill at a time, with a
+//! The decoder graph for its guidance rows, one step or one prefill at a time, with a
 //! self-attention cache the engine owns and ONNX Runtime fills in place.
 //!
 //! A [`KvCache`] is one tensor per layer for keys and one for values, `[rows, H, capacity,
@@ -288,7 +288,8 @@ impl Decoder {
     /// first real step does not pay for ONNX Runtime's first-run work.
     pub(crate) fn warm_up(&mut self, cross: &Condition) -> Result<(), DecoderError> {
         let column = vec![self.graph.cardinality as i64; self.graph.num_codebooks];
-        for rows in [1, 2] {
+        let row_counts: &[usize] = if self.graph.single_row { &[1, 2] } else { &[2] };
+        for &rows in row_counts {
             let mut cache = self.new_cache(1, rows)?;
             self.step(&mut cache, &column, cross)?;
         }
