@@ -696,7 +696,7 @@ impl Bundle {
         };
         let (mut builder, used) = session_builder(runtime, provider, threads).map_err(load)?;
         if used.starts_with(ExecutionProvider::Cpu.name()) {
-            let domain = crate::elu::operator_domain().map_err(load)?;
+            let domain = crate::kernels::operator_domain().map_err(load)?;
             builder = builder.with_operators(domain).map_err(|e| load(e.into()))?;
         }
         let session = builder.commit_from_file(&path).map_err(load)?;

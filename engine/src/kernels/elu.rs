@@ -1,31 +1,23 @@
-//! ELU on the CPU, vectorized: a kernel the engine registers on its CPU sessions for the
-//! ONNX `Elu` operator, which ONNX Runtime then runs in place of its own. Encodec's decoder
-//! (and its encoder) applies ELU after every convolution but the last: thirteen times per
-//! codec chunk, over up to 64 channels at 32 kHz.
+//! ELU (ONNX `Elu`), vectorized. Encodec's decoder (and its encoder) applies ELU after
+//! every convolution but the last: thirteen times per codec chunk, over up to 64 channels
+//! at 32 kHz.
 //!
 //! Why: ONNX Runtime's CPU `Elu` takes `exp` one element at a time, 1.6 ns an element
 //! here: 4.5 ms of each 18 ms upsampler chunk of musicgen-small's codec went to it
 //! (`Relu` over the same tensor: 0.2 ms). This one computes `e^x` for 16 lanes at once
 //! with a polynomial ([`exp_non_positive`]), within 2 ulp of `f32::exp`.
-//!
-//! ONNX Runtime takes a registered kernel over its own for an operator of the same domain
-//! and name; the graphs do not change, and stock ONNX Runtime (the export's Python checks)
-//! runs them with its own.
 
-use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorDomain, OperatorInput, OperatorOutput};
+use ort::operator::{ComputeContext, Kernel, KernelContext, Operator, OperatorInput, OperatorOutput};
 use ort::value::TensorElementType;
+
+use super::SharedOutput;
 
 /// Elements one parallel task takes: below this a call stays on its thread.
 const TASK_ELEMENTS: usize = 1 << 16;
 /// Lanes the loops are written over, so that the compiler vectorizes them.
 const LANES: usize = 16;
 
-/// The engine's kernels for ONNX's default domain, added to its CPU sessions.
-pub(crate) fn operator_domain() -> ort::Result<OperatorDomain> {
-    OperatorDomain::new("")?.add(EluOperator)
-}
-
-struct EluOperator;
+pub(super) struct EluOperator;
 
 impl Operator for EluOperator {
     type Kernel<'attr> = EluKernel;
@@ -53,22 +45,8 @@ impl Operator for EluOperator {
     }
 }
 
-struct EluKernel {
+pub(super) struct EluKernel {
     alpha: f32,
-}
-
-/// The output's address, for tasks on other threads: each writes its own range of it.
-#[derive(Clone, Copy)]
-struct Output(*mut f32);
-// SAFETY: see the type's comment; the tasks' ranges are disjoint.
-unsafe impl Send for Output {}
-unsafe impl Sync for Output {}
-
-impl Output {
-    /// The pointer (a method, so that closures capture the whole `Output`).
-    fn get(self) -> *mut f32 {
-        self.0
-    }
 }
 
 impl Kernel for EluKernel {
@@ -84,7 +62,7 @@ impl Kernel for EluKernel {
             elu(x, y, alpha);
             return Ok(());
         }
-        let out = Output(y.as_mut_ptr());
+        let out = SharedOutput(y.as_mut_ptr());
         let len = x.len();
         ctx.par_for(len.div_ceil(TASK_ELEMENTS), 0, |task| {
             let start = task * TASK_ELEMENTS;
